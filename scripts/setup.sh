@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a virtualenv in .venv with mechakit and everything its tests need.
+# Safe to run again; does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.mechakit-installed
+# Reinstall only when the project's dependency list changed.
+want=$(sha256sum pyproject.toml examples/third-party-component/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing mechakit and test dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

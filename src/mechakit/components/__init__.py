@@ -1,0 +1,1 @@
+"""mechakit's built-in drivers: one module per component type string."""

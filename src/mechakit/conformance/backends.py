@@ -1,0 +1,161 @@
+"""Backend provisioning for the conformance suite.
+
+In order: an address from the environment; a local binary started on a free loopback port
+in a temp dir; testcontainers where a Docker engine answers; otherwise the tests are
+skipped with the reason, which pytest prints (``-rs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be had here; the message says why and how to provide one."""
+
+
+@dataclass
+class BackendInfo:
+    """Where a provisioned backend answers, as placeholders ``{backend.<key>}``."""
+
+    values: dict[str, str]
+    source: str
+    """How it was obtained: 'environment', 'local binary', 'testcontainers'."""
+    stop: Callable[[], None] = field(default=lambda: None)
+    restart: Callable[[], None] | None = None
+    """Stop and start the same server again (for fault tests); None when not ours."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise BackendUnavailable(f"nothing answered on {host}:{port} within {timeout:.0f}s")
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(["docker", "info"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+class LocalProcess:
+    """A server binary run in a temp dir until stopped; restartable with the same arguments."""
+
+    def __init__(self, argv: Sequence[str], port: int, workdir: Path, log_name: str) -> None:
+        self.argv, self.port, self.workdir = list(argv), port, workdir
+        self.log_path = workdir / f"{log_name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout)
+        except BackendUnavailable as exc:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-800:]
+            raise BackendUnavailable(f"{self.argv[0]} did not start: {exc}\n{tail}") from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Backend(ABC):
+    """How to get one kind of server. Subclasses fill in the three ways."""
+
+    name: str = ""
+    env_var: str = ""
+    """Environment variable holding an address to use instead of starting anything."""
+
+    def from_environment(self, environ: Mapping[str, str]) -> BackendInfo | None:
+        value = environ.get(self.env_var) if self.env_var else None
+        if not value:
+            return None
+        return BackendInfo(self.parse_address(value), source=f"environment ({self.env_var})")
+
+    def parse_address(self, value: str) -> dict[str, str]:
+        return {"url": value}
+
+    @abstractmethod
+    def start_local(self, workdir: Path) -> BackendInfo:
+        """Start a local binary; raise ``BackendUnavailable`` with a reason when it is missing."""
+
+    def start_container(self) -> BackendInfo:
+        raise BackendUnavailable(f"no testcontainers recipe for {self.name}")
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Make a backend known by its name (matrix ``backend:`` field)."""
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def known_backends() -> dict[str, Backend]:
+    return dict(_BACKENDS)
+
+
+def provision(name: str, environ: Mapping[str, str] | None = None) -> BackendInfo:
+    """Environment → local binary → testcontainers; ``BackendUnavailable`` lists every reason."""
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        raise BackendUnavailable(
+            f"unknown backend {name!r} (known: {', '.join(sorted(_BACKENDS)) or 'none'})"
+        )
+    info = backend.from_environment(os.environ if environ is None else environ)
+    if info is not None:
+        return info
+    reasons = []
+    if backend.env_var:
+        reasons.append(f"{backend.env_var} is not set")
+    workdir = Path(tempfile.mkdtemp(prefix=f"mechakit-{name}-"))
+    try:
+        return backend.start_local(workdir)
+    except BackendUnavailable as exc:
+        reasons.append(f"local binary: {exc}")
+    if docker_available():
+        try:
+            return backend.start_container()
+        except BackendUnavailable as exc:
+            reasons.append(f"testcontainers: {exc}")
+    else:
+        reasons.append("testcontainers: no Docker engine answers")
+    raise BackendUnavailable(f"{name} backend unavailable: " + "; ".join(reasons))

@@ -1,0 +1,101 @@
+"""What the conformance suite runs against: a matrix of targets, or one component file.
+
+A target is a component type with its metadata, the features it is expected to declare,
+the backend it needs, and suite options. Metadata values may hold placeholders filled in
+per test: ``{tmp}`` (a fresh folder) and ``{backend.<key>}`` (from the provisioned backend).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mechakit.core.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    type: str
+    version: str = "v1"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    features: frozenset[str] | None = None
+    """Expected features; None means 'whatever the driver declares' (third-party runs)."""
+    backend: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Suite options, e.g. ``files`` to write into ``{tmp}``, ``env``, ``bad_etag``."""
+
+    @property
+    def category(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    def render(self, value: str, context: Mapping[str, str]) -> str:
+        """Fill ``{tmp}`` and ``{backend.key}`` placeholders in one metadata or option value."""
+        try:
+            return string.Formatter().vformat(value, (), _Context(context))
+        except KeyError as exc:
+            raise ManifestError(
+                f"placeholder {exc} has no value (known: {', '.join(sorted(context))})",
+                component=self.name,
+            ) from None
+
+
+class _Context(dict[str, Any]):
+    """Lets ``{backend.host}`` address the flat key ``backend.host``."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        super().__init__()
+        self._flat = values
+
+    def __missing__(self, key: str) -> Any:
+        if key in self._flat:
+            return self._flat[key]
+        prefix = key + "."
+        if any(k.startswith(prefix) for k in self._flat):
+            return _Namespace(self._flat, prefix)
+        raise KeyError(key)
+
+
+class _Namespace:
+    def __init__(self, values: Mapping[str, str], prefix: str) -> None:
+        self._values, self._prefix = values, prefix
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._values[self._prefix + name]
+        except KeyError:
+            raise KeyError(self._prefix + name) from None
+
+
+def load_matrix(path: str | Path) -> list[Target]:
+    """Targets from a matrix file: ``targets: [{name, type, metadata, features, backend, options}]``."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ManifestError(f"cannot read conformance matrix: {exc}", file=str(path)) from None
+    entries = (doc or {}).get("targets") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ManifestError("a conformance matrix needs a 'targets' list", file=str(path))
+    targets = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "type" not in entry:
+            raise ManifestError(f"target #{index + 1} needs a 'type'", file=str(path))
+        features = entry.get("features")
+        targets.append(
+            Target(
+                name=str(entry.get("name") or entry["type"]),
+                type=str(entry["type"]),
+                version=str(entry.get("version") or "v1"),
+                metadata={str(k): str(v) for k, v in (entry.get("metadata") or {}).items()},
+                features=None if features is None else frozenset(str(f) for f in features),
+                backend=entry.get("backend"),
+                options=dict(entry.get("options") or {}),
+            )
+        )
+    return targets

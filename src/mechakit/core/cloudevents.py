@@ -1,0 +1,93 @@
+"""The CloudEvents 1.0 envelope pub/sub messages travel in, as Dapr builds it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+CONTENT_TYPE = "application/cloudevents+json"
+SPEC_VERSION = "1.0"
+EVENT_TYPE = "com.dapr.event.sent"
+_REQUIRED = ("id", "source", "specversion", "type")
+
+
+def is_json_content(content_type: str | None) -> bool:
+    base = (content_type or "").split(";")[0].strip().lower()
+    return base == "application/json" or base.endswith("+json") or base == "text/json"
+
+
+def new_event(
+    data: bytes,
+    *,
+    content_type: str | None,
+    topic: str,
+    pubsub_name: str,
+    source: str,
+    event_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Wrap a payload: JSON stays JSON, text stays text, anything else goes in ``data_base64``."""
+    content_type = content_type or "application/json"
+    event: dict[str, Any] = {
+        "specversion": SPEC_VERSION,
+        "id": event_id or str(uuid.uuid4()),
+        "source": source,
+        "type": EVENT_TYPE,
+        "datacontenttype": content_type,
+        "topic": topic,
+        "pubsubname": pubsub_name,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    if is_json_content(content_type):
+        try:
+            event["data"] = json.loads(data) if data else None
+        except ValueError:
+            event["data"] = data.decode("utf-8", errors="replace")
+    elif content_type.startswith("text/"):
+        event["data"] = data.decode("utf-8", errors="replace")
+    else:
+        event["data_base64"] = base64.b64encode(data).decode()
+    if extra:
+        event.update(extra)
+    return event
+
+
+def parse_event(body: bytes) -> dict[str, Any] | None:
+    """The event if ``body`` is a CloudEvent (a JSON object with the required attributes)."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(event, dict) and all(isinstance(event.get(k), str) for k in _REQUIRED):
+        return event
+    return None
+
+
+def event_data(event: Mapping[str, Any]) -> bytes:
+    """The payload of an event as bytes, whichever way it was carried."""
+    if "data_base64" in event:
+        return base64.b64decode(event["data_base64"])
+    data = event.get("data")
+    if data is None:
+        return b""
+    if isinstance(data, str) and not is_json_content(event.get("datacontenttype")):
+        return data.encode()
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def is_expired(event: Mapping[str, Any], now: datetime | None = None) -> bool:
+    """True when the event carries an ``expiration`` (RFC 3339) that has passed."""
+    raw = event.get("expiration")
+    if not isinstance(raw, str):
+        return False
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when <= (now or datetime.now(UTC))

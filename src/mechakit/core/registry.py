@@ -1,0 +1,177 @@
+"""Discovery: plug-ins announce component specs through the ``mechakit.components`` entry points.
+
+A spec names its class by import path (a string), so listing components imports nothing
+but the plug-in modules themselves; a driver module is imported only when built, and its
+SDK only inside ``init``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import importlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pluggy
+
+from .component import Component
+from .errors import ComponentNotFoundError, MissingDependencyError
+
+PROJECT = "mechakit"
+ENTRY_POINT_GROUP = "mechakit.components"
+CATEGORIES = ("state", "pubsub", "bindings", "secretstores", "lock", "configuration")
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a plug-in says about one component: enough to list it without importing it."""
+
+    type: str
+    """The type string users write in ``spec.type``, e.g. ``state.redis``."""
+    target: str
+    """``module:Class`` of the driver."""
+    version: str = "v1"
+    extra: str | None = None
+    """The mechakit extra (or a pip requirement) that installs the SDK it needs."""
+    requires: tuple[str, ...] = ()
+    """Top-level modules the driver imports lazily; used to tell whether it is installed."""
+    status: str = "stable"
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    plugin: str = field(default="", compare=False)
+
+    @property
+    def category(self) -> str:
+        return self.type.split(".", 1)[0]
+
+    @property
+    def install_hint(self) -> str:
+        if not self.extra:
+            return ""
+        if " " in self.extra or "/" in self.extra or "==" in self.extra:
+            return f"pip install '{self.extra}'"
+        return f"pip install 'mechakit[{self.extra}]'"
+
+    def installed(self) -> bool:
+        """Whether every module in ``requires`` can be imported (checked without importing)."""
+        from importlib.util import find_spec
+
+        return all(find_spec(module) is not None for module in self.requires)
+
+    def load(self) -> builtins.type[Component[Any]]:
+        """Import the driver class; a missing SDK becomes an error that says what to install."""
+        module_name, _, attr = self.target.partition(":")
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise MissingDependencyError(
+                    f"needs the {module!r} package, which is not installed: {self.install_hint}"
+                    if self.install_hint
+                    else f"needs the {module!r} package, which is not installed ({exc})",
+                    component=self.type,
+                ) from exc
+        module_obj = importlib.import_module(module_name)
+        cls = getattr(module_obj, attr)
+        if not (isinstance(cls, type) and issubclass(cls, Component)):
+            raise ComponentNotFoundError(
+                f"{self.target} is not a mechakit Component class", component=self.type
+            )
+        return cls
+
+
+class ComponentHookspecs:
+    """The hooks a plug-in implements."""
+
+    @hookspec
+    def mechakit_components(self) -> Sequence[ComponentSpec]:  # type: ignore[empty-body]
+        """Return the component specs this plug-in provides."""
+
+
+class Registry:
+    """Every component spec from every installed plug-in, looked up by type and version."""
+
+    def __init__(self, plugins: Iterable[object] = (), *, load_entry_points: bool = True) -> None:
+        self._pm = pluggy.PluginManager(PROJECT)
+        self._pm.add_hookspecs(ComponentHookspecs)
+        if load_entry_points:
+            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for plugin in plugins:
+            self._pm.register(plugin)
+        self._specs: dict[tuple[str, str], ComponentSpec] | None = None
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Add a plug-in object or module at run time (tests, embedding applications)."""
+        self._pm.register(plugin, name=name)
+        self._specs = None
+
+    def _index(self) -> dict[tuple[str, str], ComponentSpec]:
+        if self._specs is None:
+            specs: dict[tuple[str, str], ComponentSpec] = {}
+            for impl in self._pm.hook.mechakit_components.get_hookimpls():
+                plugin_name = self._pm.get_name(impl.plugin) or ""
+                specs_of_plugin = cast("Sequence[ComponentSpec]", impl.function())
+                for spec in specs_of_plugin:
+                    tagged = ComponentSpec(**{**spec.__dict__, "plugin": plugin_name})
+                    for type_name in (spec.type, *spec.aliases):
+                        specs.setdefault((type_name.lower(), spec.version.lower()), tagged)
+            self._specs = specs
+        return self._specs
+
+    def specs(self, category: str | None = None) -> list[ComponentSpec]:
+        seen: dict[tuple[str, str], ComponentSpec] = {}
+        for spec in self._index().values():
+            seen.setdefault((spec.type, spec.version), spec)
+        found = [s for s in seen.values() if category is None or s.category == category]
+        return sorted(found, key=lambda s: (s.type, s.version))
+
+    def resolve(self, type_name: str, version: str = "v1") -> ComponentSpec:
+        """The spec for ``type_name``/``version``, or an error listing near matches."""
+        version = (version or "v1").lower()
+        index = self._index()
+        spec = index.get((type_name.lower(), version))
+        if spec is not None:
+            return spec
+        versions = sorted(v for (t, v) in index if t == type_name.lower())
+        if versions:
+            raise ComponentNotFoundError(
+                f"version {version!r} of {type_name!r} is not available "
+                f"(installed versions: {', '.join(versions)})",
+                component=type_name,
+                field="spec.version",
+            )
+        known = sorted({t for (t, _) in index})
+        near = difflib.get_close_matches(type_name.lower(), known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        category = type_name.split(".", 1)[0]
+        if category not in CATEGORIES:
+            hint += f" (the type must start with one of: {', '.join(CATEGORIES)})"
+        else:
+            hint += (
+                " If it comes from a plug-in package, install that package; "
+                "`mechakit components list` shows what is installed."
+            )
+        raise ComponentNotFoundError(
+            f"unknown component type {type_name!r}{hint}", component=type_name, field="spec.type"
+        )
+
+    def create(self, type_name: str, version: str = "v1") -> Component[Any]:
+        """A fresh, uninitialised driver instance."""
+        cls = self.resolve(type_name, version).load()
+        return cls()
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry over installed entry points (built on first use)."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default

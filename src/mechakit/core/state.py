@@ -1,0 +1,401 @@
+"""The state store contract: key/value with ETags, TTL, bulk, transactions and query."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeAlias
+
+from .component import Component, FeaturesMixin, SettingsT
+from .errors import BulkError, InvalidRequestError
+from .metadata import Settings, setting
+
+
+class StateFeature(enum.StrEnum):
+    ETAG = "ETAG"
+    TRANSACTIONAL = "TRANSACTIONAL"
+    QUERY_API = "QUERY_API"
+    TTL = "TTL"
+    DELETE_WITH_PREFIX = "DELETE_WITH_PREFIX"
+    PARTITION_KEY = "PARTITION_KEY"
+    KEYS_LIKE = "KEYS_LIKE"
+
+
+class Concurrency(enum.StrEnum):
+    FIRST_WRITE = "first-write"
+    LAST_WRITE = "last-write"
+
+
+class Consistency(enum.StrEnum):
+    STRONG = "strong"
+    EVENTUAL = "eventual"
+
+
+def _choice(enum_type: type[enum.StrEnum], value: object, what: str) -> Any:
+    if isinstance(value, enum_type):
+        return value
+    if value in (None, ""):
+        return None
+    try:
+        return enum_type(str(value).lower())
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum_type)
+        raise InvalidRequestError(f"{what} must be one of {allowed}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    concurrency: Concurrency = Concurrency.LAST_WRITE
+    consistency: Consistency = Consistency.EVENTUAL
+
+    @classmethod
+    def parse(cls, concurrency: object = None, consistency: object = None) -> StateOptions:
+        """Build options from API strings; unknown words are an ``InvalidRequestError``."""
+        return cls(
+            concurrency=_choice(Concurrency, concurrency, "concurrency") or Concurrency.LAST_WRITE,
+            consistency=_choice(Consistency, consistency, "consistency") or Consistency.EVENTUAL,
+        )
+
+
+@dataclass(frozen=True)
+class GetRequest:
+    key: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    consistency: Consistency = Consistency.EVENTUAL
+
+
+@dataclass(frozen=True)
+class SetRequest:
+    key: str
+    value: Any
+    """``bytes`` are stored raw; anything else round-trips as JSON."""
+    etag: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    options: StateOptions = StateOptions()
+
+    @property
+    def first_write(self) -> bool:
+        return self.options.concurrency is Concurrency.FIRST_WRITE
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    key: str
+    etag: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    options: StateOptions = StateOptions()
+
+    @property
+    def first_write(self) -> bool:
+        return self.options.concurrency is Concurrency.FIRST_WRITE
+
+
+TransactionOperation: TypeAlias = SetRequest | DeleteRequest
+
+
+@dataclass(frozen=True)
+class StateItem:
+    """A stored value with its ETag; ``metadata`` carries ``ttlExpireTime`` when a TTL is set."""
+
+    key: str
+    value: Any
+    etag: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BulkGetItem:
+    """One key of a bulk get: found, missing (``value`` None, no error) or failed (``error``)."""
+
+    key: str
+    value: Any = None
+    etag: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+    found: bool = False
+
+
+# --- query ---------------------------------------------------------------------------
+
+FilterOp = Literal["EQ", "NEQ", "IN", "GT", "GTE", "LT", "LTE", "AND", "OR"]
+_LEAF_OPS = ("EQ", "NEQ", "IN", "GT", "GTE", "LT", "LTE")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One node of a query filter: a comparison on a (dotted) field, or AND/OR of children."""
+
+    op: FilterOp
+    key: str = ""
+    value: Any = None
+    children: tuple[Filter, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sorting:
+    key: str
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class Query:
+    """Dapr's state query language, parsed and validated."""
+
+    filter: Filter | None = None
+    sort: tuple[Sorting, ...] = ()
+    limit: int = 0
+    token: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Query:
+        """Parse ``{"filter": …, "sort": […], "page": {"limit", "token"}}``."""
+        if not isinstance(body, Mapping):
+            raise InvalidRequestError("query must be a JSON object")
+        raw_filter = body.get("filter")
+        sort_items = body.get("sort") or []
+        page = body.get("page") or {}
+        if not isinstance(sort_items, list) or not isinstance(page, Mapping):
+            raise InvalidRequestError("query 'sort' must be a list and 'page' an object")
+        sorts = []
+        for item in sort_items:
+            if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
+                raise InvalidRequestError(f"query sort entry needs a 'key': {item!r}")
+            order = str(item.get("order", "ASC")).upper()
+            if order not in ("ASC", "DESC"):
+                raise InvalidRequestError(f"query sort order must be ASC or DESC, got {order!r}")
+            sorts.append(Sorting(item["key"], order == "DESC"))
+        limit = page.get("limit", 0)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise InvalidRequestError(
+                f"query page limit must be a whole number >= 0, got {limit!r}"
+            )
+        token = page.get("token")
+        return cls(
+            filter=_parse_filter(raw_filter) if raw_filter else None,
+            sort=tuple(sorts),
+            limit=limit,
+            token=str(token) if token not in (None, "") else None,
+            metadata=dict(metadata or {}),
+        )
+
+
+def _parse_filter(node: object) -> Filter:
+    if not isinstance(node, Mapping) or len(node) != 1:
+        raise InvalidRequestError(f"query filter must be an object with one operator: {node!r}")
+    op, arg = next(iter(node.items()))
+    op = str(op).upper()
+    if op in ("AND", "OR"):
+        if not isinstance(arg, list) or len(arg) < 2:
+            raise InvalidRequestError(f"query {op} needs a list of at least two filters")
+        return Filter(op, children=tuple(_parse_filter(c) for c in arg))  # type: ignore[arg-type]
+    if op not in _LEAF_OPS:
+        allowed = ", ".join((*_LEAF_OPS, "AND", "OR"))
+        raise InvalidRequestError(f"unknown query operator {op!r} (supported: {allowed})")
+    if not isinstance(arg, Mapping) or len(arg) != 1:
+        raise InvalidRequestError(f"query {op} needs one field: value pair, got {arg!r}")
+    key, value = next(iter(arg.items()))
+    if op == "IN" and not isinstance(value, list):
+        raise InvalidRequestError(f"query IN on {key!r} needs a list of values")
+    return Filter(op, key=str(key), value=value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class QueryItem:
+    key: str
+    value: Any
+    etag: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryResponse:
+    results: Sequence[QueryItem]
+    token: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+# --- values, TTL and key prefixes ------------------------------------------------------
+
+
+def encode_value(value: Any) -> tuple[bytes, bool]:
+    """Bytes as they are; anything else as compact JSON. Returns (data, is_binary)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), True
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), False
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"value is not JSON serialisable: {exc}") from None
+
+
+def decode_value(data: bytes, is_binary: bool) -> Any:
+    """The inverse of :func:`encode_value`."""
+    return data if is_binary else json.loads(data)
+
+
+TTL_METADATA = "ttlInSeconds"
+TTL_EXPIRE_TIME = "ttlExpireTime"
+
+
+def parse_ttl(metadata: Mapping[str, str]) -> int | None:
+    """``ttlInSeconds`` from request metadata: None (absent), -1 (no expiry) or seconds > 0."""
+    raw = next((v for k, v in metadata.items() if k.lower() == TTL_METADATA.lower()), None)
+    if raw is None or raw == "":
+        return None
+    try:
+        seconds = int(str(raw).strip())
+    except ValueError:
+        raise InvalidRequestError(
+            f"metadata {TTL_METADATA!r} must be a whole number of seconds, got {raw!r}"
+        ) from None
+    if seconds == -1 or seconds > 0:
+        return seconds
+    raise InvalidRequestError(
+        f"metadata {TTL_METADATA!r} must be > 0, or -1 for no expiry, got {seconds}"
+    )
+
+
+def expire_time(ttl: int | None, now: datetime | None = None) -> datetime | None:
+    if ttl is None or ttl < 0:
+        return None
+    return (now or datetime.now(UTC)) + timedelta(seconds=ttl)
+
+
+def format_expire_time(when: datetime) -> str:
+    """RFC 3339 in UTC, as Dapr returns ``ttlExpireTime``."""
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StateSettings(Settings):
+    """Settings every state store shares."""
+
+    key_prefix: str = setting(
+        "appid",
+        name="keyPrefix",
+        description=(
+            "Prefix for stored keys: 'appid' (app id||key), 'name' (component name||key), "
+            "'none', or any other text used as the prefix."
+        ),
+        example="appid",
+    )
+
+
+@dataclass(frozen=True)
+class KeyPrefix:
+    """Dapr's key prefix strategy: stored key = ``prefix||key`` unless the prefix is empty."""
+
+    prefix: str
+
+    SEPARATOR = "||"
+
+    @classmethod
+    def resolve(cls, strategy: str, *, app_id: str, component_name: str) -> KeyPrefix:
+        lowered = strategy.strip().lower()
+        if lowered == "appid":
+            return cls(app_id)
+        if lowered == "name":
+            return cls(component_name)
+        if lowered in ("none", ""):
+            return cls("")
+        return cls(strategy.strip())
+
+    def apply(self, key: str) -> str:
+        return f"{self.prefix}{self.SEPARATOR}{key}" if self.prefix else key
+
+    def strip(self, stored: str) -> str:
+        head = f"{self.prefix}{self.SEPARATOR}"
+        return stored[len(head) :] if self.prefix and stored.startswith(head) else stored
+
+
+# --- the contract -----------------------------------------------------------------------
+
+_BULK_PARALLELISM = 32
+
+
+class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
+    """A key/value state store. Required: get, set, delete. Bulk defaults to single calls."""
+
+    @abstractmethod
+    async def get(self, request: GetRequest) -> StateItem | None:
+        """The item, or None when the key does not exist (or has expired)."""
+
+    @abstractmethod
+    async def set(self, request: SetRequest) -> None:
+        """Write; ``ETagError`` on a failed ETag or first-write check, and then nothing changed."""
+
+    @abstractmethod
+    async def delete(self, request: DeleteRequest) -> None:
+        """Delete; deleting a missing key without an ETag succeeds."""
+
+    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        """Per-key results in request order; a failure is reported in that key's entry."""
+
+        async def one(request: GetRequest) -> BulkGetItem:
+            try:
+                item = await self.get(request)
+            except Exception as exc:
+                return BulkGetItem(key=request.key, error=str(exc))
+            if item is None:
+                return BulkGetItem(key=request.key)
+            return BulkGetItem(
+                key=request.key,
+                value=item.value,
+                etag=item.etag,
+                metadata=item.metadata,
+                found=True,
+            )
+
+        return await _bounded_gather([one(r) for r in requests])
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        """Write each item; raise ``BulkError`` naming every key that failed."""
+        await self._bulk(requests, self.set)
+
+    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
+        """Delete each item; raise ``BulkError`` naming every key that failed."""
+        await self._bulk(requests, self.delete)
+
+    async def _bulk(self, requests: Sequence[Any], op: Any) -> None:
+        async def one(request: Any) -> tuple[str, Exception | None]:
+            try:
+                await op(request)
+            except Exception as exc:
+                return request.key, exc
+            return request.key, None
+
+        results = await _bounded_gather([one(r) for r in requests])
+        errors = {key: exc for key, exc in results if exc is not None}
+        if errors:
+            raise BulkError(errors, component=self.label)
+
+
+class TransactionalStore(StateStore[SettingsT]):
+    """A store whose ``transact`` applies every operation, in order, or none of them."""
+
+    @abstractmethod
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Apply all operations atomically; any failed ETag check leaves every key untouched."""
+
+
+class QueryableStore(StateStore[SettingsT]):
+    """A store that answers Dapr's state query language."""
+
+    @abstractmethod
+    async def query(self, query: Query) -> QueryResponse: ...
+
+
+async def _bounded_gather(coros: Sequence[Any]) -> list[Any]:
+    limit = asyncio.Semaphore(_BULK_PARALLELISM)
+
+    async def run(coro: Any) -> Any:
+        async with limit:
+            return await coro
+
+    return list(await asyncio.gather(*(run(c) for c in coros)))
