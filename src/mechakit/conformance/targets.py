@@ -73,8 +73,13 @@ class _Namespace:
 
 
 def load_matrix(path: str | Path) -> list[Target]:
-    """Targets from a matrix file: ``targets: [{name, type, metadata, features, backend, options}]``."""
+    """Targets from a matrix file, or from every ``*.yaml`` file of a matrix folder.
+
+    A file holds ``targets: [{name, type, version, metadata, features, backend, options}]``.
+    """
     path = Path(path)
+    if path.is_dir():
+        return [t for file in sorted(path.glob("*.yaml")) for t in load_matrix(file)]
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
