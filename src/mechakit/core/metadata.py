@@ -380,7 +380,8 @@ def _warn_unknown(
 def _describe(cls: type[Settings], exc: ValidationError, seen: Mapping[str, str]) -> list[str]:
     problems: list[str] = []
     for error in exc.errors(include_url=False):
-        field_name = str(error["loc"][0]) if error["loc"] else ""
+        loc = str(error["loc"][0]) if error["loc"] else ""
+        field_name = cls._names().get(loc.lower(), loc)
         info = cls.model_fields.get(field_name)
         name = seen.get(field_name) or (cls.dapr_name(field_name) if info else field_name)
         if error["type"] == "missing":
