@@ -1,0 +1,343 @@
+"""bindings.localstorage: files under one root folder, as Dapr's local storage binding.
+
+Operations (request metadata in brackets):
+
+- ``create`` [``fileName``, ``decodeBase64``]: writes the data (atomically: readers never see
+  half a file). Without ``fileName`` a UUID name is made. The name is returned in the
+  response metadata ``fileName`` and, as in Dapr, in the body ``{"fileName": ...}``.
+  ``decodeBase64=true`` stores the base64-decoded data (Dapr guesses instead; we never do).
+- ``get`` [``fileName``, ``encodeBase64``]: the file's bytes, base64-encoded on request.
+- ``delete`` [``fileName``]: removes the file.
+- ``list`` [``fileName`` = a sub-folder, ``prefix``, ``maxResults``]: a JSON array of file
+  names relative to the root, sorted; ``prefix`` and ``maxResults`` may also come in the
+  request data as a JSON object (metadata wins).
+
+A name can never reach outside the root: ``..`` segments, absolute paths and symlinks that
+resolve outside are refused with ``InvalidRequestError`` (Dapr silently clamps them). A
+missing file on get or delete is ``NotFoundError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    ComponentError,
+    InvalidRequestError,
+    MetadataError,
+    NotFoundError,
+)
+from mechakit.core.metadata import Settings, parse_bool, setting
+
+
+class LocalStorageSettings(Settings):
+    ignored_metadata = frozenset({"direction", "route"})
+
+    root_path: str = setting(
+        name="rootPath",
+        description="The folder files are read from and written to; created when missing.",
+        example="/tmp/files",
+    )
+
+
+class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
+    settings_model = LocalStorageSettings
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._root: Path | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._root = await asyncio.to_thread(self._prepare_root, settings.root_path)
+
+    async def close(self) -> None:
+        self._root = None
+
+    async def ping(self) -> None:
+        root = self._require_root()
+        if not await asyncio.to_thread(root.is_dir):
+            raise ComponentError(
+                f"rootPath {str(root)!r} is no longer a folder", component=self.label
+            )
+
+    def operations(self) -> Sequence[str]:
+        return [OperationKind.CREATE, OperationKind.GET, OperationKind.DELETE, OperationKind.LIST]
+
+    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
+        operation = self.check_operation(request)
+        if operation == OperationKind.CREATE:
+            return await self._create(request)
+        if operation == OperationKind.GET:
+            return await self._get(request)
+        if operation == OperationKind.DELETE:
+            return await self._delete(request)
+        return await self._list(request)
+
+    async def _create(self, request: InvokeRequest) -> InvokeResponse:
+        name = request.metadata.get("fileName") or str(uuid.uuid4())
+        path = await self._resolve(name)
+        data = request.data
+        if self._flag(request.metadata, "decodeBase64"):
+            try:
+                data = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidRequestError(
+                    f"data of file {name!r} is not valid base64 (decodeBase64=true)",
+                    component=self.label,
+                    field="data",
+                    key=name,
+                ) from None
+        try:
+            await asyncio.to_thread(_write_atomically, path, data)
+        except IsADirectoryError:
+            raise InvalidRequestError(
+                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
+            ) from None
+        except OSError as exc:
+            raise ComponentError(
+                f"cannot write file {name!r}: {exc.strerror or exc}", component=self.label, key=name
+            ) from exc
+        relative = self._relative(path)
+        return InvokeResponse(
+            data=json.dumps({"fileName": relative}).encode(),
+            metadata={"fileName": relative},
+            content_type="application/json",
+        )
+
+    async def _get(self, request: InvokeRequest) -> InvokeResponse:
+        name = self._required_name(request)
+        path = await self._resolve(name)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"file {name!r} not found", component=self.label, key=name
+            ) from None
+        except IsADirectoryError:
+            raise InvalidRequestError(
+                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
+            ) from None
+        except OSError as exc:
+            raise ComponentError(
+                f"cannot read file {name!r}: {exc.strerror or exc}", component=self.label, key=name
+            ) from exc
+        if self._flag(request.metadata, "encodeBase64"):
+            data = base64.b64encode(data)
+        return InvokeResponse(data=data, metadata={"fileName": self._relative(path)})
+
+    async def _delete(self, request: InvokeRequest) -> InvokeResponse:
+        name = self._required_name(request)
+        path = await self._resolve(name)
+        try:
+            await asyncio.to_thread(_unlink_file, path)
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"file {name!r} not found", component=self.label, key=name
+            ) from None
+        except IsADirectoryError:
+            raise InvalidRequestError(
+                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
+            ) from None
+        except OSError as exc:
+            raise ComponentError(
+                f"cannot delete file {name!r}: {exc.strerror or exc}",
+                component=self.label,
+                key=name,
+            ) from exc
+        return InvokeResponse()
+
+    async def _list(self, request: InvokeRequest) -> InvokeResponse:
+        options = self._list_options(request)
+        root = self._require_root()
+        folder_name = request.metadata.get("fileName") or ""
+        folder = await self._resolve(folder_name, folder=True) if folder_name else root
+        prefix = str(options.get("prefix") or "")
+        limit = self._max_results(options.get("maxResults"))
+        try:
+            names = await asyncio.to_thread(_walk_files, root, folder)
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"folder {folder_name!r} not found", component=self.label, key=folder_name
+            ) from None
+        except NotADirectoryError:
+            raise InvalidRequestError(
+                f"fileName {folder_name!r} is a file, not a folder to list",
+                component=self.label,
+                field="fileName",
+                key=folder_name,
+            ) from None
+        selected = [name for name in names if name.startswith(prefix)]
+        if limit is not None:
+            selected = selected[:limit]
+        return InvokeResponse(data=json.dumps(selected).encode(), content_type="application/json")
+
+    def _list_options(self, request: InvokeRequest) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if request.data.strip():
+            try:
+                parsed = json.loads(request.data)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise InvalidRequestError(
+                    "list data must be empty or a JSON object such as "
+                    '{"prefix": "logs/", "maxResults": 10}',
+                    component=self.label,
+                    field="data",
+                )
+            options.update(parsed)
+        for key in ("prefix", "maxResults"):
+            if key in request.metadata:
+                options[key] = request.metadata[key]
+        return options
+
+    def _max_results(self, value: object) -> int | None:
+        if value is None or value == "":
+            return None
+        try:
+            limit = int(str(value))
+        except ValueError:
+            limit = 0
+        if limit <= 0:
+            raise InvalidRequestError(
+                f"maxResults must be a positive whole number, got {value!r}",
+                component=self.label,
+                field="maxResults",
+            )
+        return limit
+
+    def _required_name(self, request: InvokeRequest) -> str:
+        name = request.metadata.get("fileName", "")
+        if not name:
+            raise InvalidRequestError(
+                f"operation {request.operation!r} needs metadata 'fileName'",
+                component=self.label,
+                field="fileName",
+            )
+        return name
+
+    async def _resolve(self, name: str, *, folder: bool = False) -> Path:
+        """The absolute path of ``name``, refusing any name that would leave the root.
+
+        Only a ``folder`` (to list) may be the root itself.
+        """
+        root = self._require_root()
+        relative = PurePath(name)
+        if "\x00" in name:
+            why = "contains a NUL character"
+        elif relative.is_absolute() or relative.drive or relative.root:
+            why = "is an absolute path; use a name relative to rootPath"
+        elif ".." in relative.parts:
+            why = "contains '..'; names must stay inside rootPath"
+        else:
+            path = await asyncio.to_thread((root / relative).resolve)
+            if path == root and not folder:
+                why = "names rootPath itself, not a file in it"
+            elif not path.is_relative_to(root):
+                why = "resolves outside rootPath (through a symlink)"
+            else:
+                return path
+        raise InvalidRequestError(
+            f"fileName {name!r} {why}", component=self.label, field="fileName", key=name
+        )
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self._require_root()).as_posix()
+
+    def _require_root(self) -> Path:
+        if self._root is None:
+            raise ComponentError(
+                "the binding is not initialised or already closed", component=self.label
+            )
+        return self._root
+
+    def _flag(self, metadata: Mapping[str, str], name: str) -> bool:
+        value = metadata.get(name, "")
+        if not value:
+            return False
+        try:
+            return parse_bool(value)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"metadata {name!r}: {exc}", component=self.label, field=name
+            ) from None
+
+    def _prepare_root(self, configured: str) -> Path:
+        """Creates the root when missing and resolves its symlinks, so later checks compare real paths."""
+        root = Path(configured).expanduser()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise MetadataError(
+                f"metadata 'rootPath': {configured!r} is a file, not a folder",
+                component=self.label,
+                field="rootPath",
+            ) from None
+        except OSError as exc:
+            raise MetadataError(
+                f"metadata 'rootPath': cannot create folder {configured!r}: {exc.strerror or exc}",
+                component=self.label,
+                field="rootPath",
+            ) from None
+        resolved = root.resolve()
+        for forbidden in _FORBIDDEN_ROOTS:
+            if resolved == forbidden or resolved.is_relative_to(forbidden):
+                raise MetadataError(
+                    f"metadata 'rootPath': {configured!r} is inside {str(forbidden)!r}, which is never allowed",
+                    component=self.label,
+                    field="rootPath",
+                )
+        return resolved
+
+
+_FORBIDDEN_ROOTS = tuple(
+    Path(p) for p in ("/proc", "/sys", "/boot", "/var/run/secrets", "/run/secrets")
+)
+"""System folders a binding must never expose (as Dapr refuses them)."""
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+
+
+def _unlink_file(path: Path) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(path)
+    path.unlink()
+
+
+def _walk_files(root: Path, folder: Path) -> list[str]:
+    """Relative names of the files under ``folder`` that resolve inside ``root``."""
+    if not folder.exists():
+        raise FileNotFoundError(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(folder)
+    names: list[str] = []
+    for directory, _, files in os.walk(folder):
+        for file_name in files:
+            path = Path(directory, file_name)
+            if path.resolve().is_relative_to(root) and path.is_file():
+                names.append(path.relative_to(root).as_posix())
+    return sorted(names)

@@ -1,0 +1,5 @@
+from mechakit.conformance.suites.secretstores import SecretStoreSuite
+
+
+class TestSecretStores(SecretStoreSuite):
+    pass
