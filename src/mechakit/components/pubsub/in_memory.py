@@ -1,0 +1,442 @@
+"""pubsub.in-memory: a broker inside the process, for tests and single-process apps.
+
+Each component instance is its own broker: two instances never see each other's messages,
+even under the same name, so hosts and tests stay isolated. Every subscription on a topic
+gets every message (fan-out). Delivery is at-least-once: a message is acked when its
+handler returns; an exception redelivers it after a doubling backoff, ``DropMessage``
+drops it, and once ``maxDeliveries`` are used up it goes to the dead-letter topic (the
+subscription's, else ``deadLetterTopic``) or is dropped with a log line.
+
+Unlike Dapr's in-memory broker, messages published to a topic nobody subscribes to are
+not lost: up to ``backlogSize`` of them wait and go to the next subscriber (0 restores
+Dapr's behaviour). A subscription cancelled as the topic's last one hands its unacked
+messages back to that backlog. Publish metadata ``ttlInSeconds`` expires a message that
+has not reached a handler in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import heapq
+import itertools
+import time
+import types
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import Field
+
+from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.errors import ComponentError, InvalidRequestError
+from mechakit.core.metadata import Duration, Settings, setting
+from mechakit.core.pubsub import (
+    BulkPublisher,
+    BulkPublishFailure,
+    BulkPublishRequest,
+    BulkPublishResponse,
+    DropMessage,
+    Handler,
+    Message,
+    PublishRequest,
+    PubSubFeature,
+    SubscribeRequest,
+    validate_topic,
+)
+from mechakit.core.state import TTL_METADATA, parse_ttl
+
+NonNegativeDuration = Annotated[Duration, Field(ge=timedelta(0))]
+
+
+class InMemoryPubSubSettings(Settings):
+    max_deliveries: Annotated[int, Field(ge=1)] = setting(
+        3,
+        name="maxDeliveries",
+        aliases=("maxDeliveryCount",),
+        description=(
+            "Deliveries of a message (the first included) before it goes to the "
+            "dead-letter topic, or is dropped when there is none."
+        ),
+        example="3",
+    )
+    redelivery_interval: NonNegativeDuration = setting(
+        timedelta(milliseconds=500),
+        name="redeliveryInterval",
+        aliases=("redeliverInterval",),
+        description="Wait before the first redelivery of a failed message; doubles each time.",
+        example="500ms",
+    )
+    max_redelivery_interval: NonNegativeDuration = setting(
+        timedelta(seconds=10),
+        name="maxRedeliveryInterval",
+        description="Upper bound of the doubling redelivery wait.",
+        example="10s",
+    )
+    concurrency: Annotated[int, Field(ge=1)] = setting(
+        10,
+        name="concurrency",
+        description="Handler calls that may run at once, per subscription.",
+        example="10",
+    )
+    dead_letter_topic: str = setting(
+        "",
+        name="deadLetterTopic",
+        description=(
+            "Where messages go once their deliveries are used up, for subscriptions "
+            "that name none. Empty: such messages are dropped with an error log."
+        ),
+        example="poison",
+    )
+    backlog_size: Annotated[int, Field(ge=0)] = setting(
+        1000,
+        name="backlogSize",
+        description=(
+            "Messages kept per topic while nobody subscribes, handed to the next "
+            "subscriber; the oldest go first when full. 0 drops them, as Dapr does."
+        ),
+        example="1000",
+    )
+
+
+class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
+    """Topics in this instance's memory; see the module docstring for delivery rules."""
+
+    settings_model = InMemoryPubSubSettings
+    FEATURES = frozenset({PubSubFeature.BULK_PUBLISH, PubSubFeature.MESSAGE_TTL})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings: InMemoryPubSubSettings | None = None
+        self._subscriptions: dict[str, list[_TopicSubscription]] = {}
+        self._backlogs: dict[str, collections.deque[_Envelope]] = {}
+        self._sequence = itertools.count()
+        self._closed = False
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        self._settings = self.decode_settings(metadata)
+        self._closed = False
+
+    async def close(self) -> None:
+        """Cancels every subscription, waiting for running handlers.
+
+        Bound it with ``asyncio.wait_for`` to cancel handlers that do not finish in time.
+        """
+        self._closed = True
+        subscriptions = [s for subs in self._subscriptions.values() for s in subs]
+        caller = asyncio.current_task()
+        try:
+            await asyncio.gather(*(s.stop(caller) for s in subscriptions))
+        finally:
+            self._subscriptions.clear()
+            self._backlogs.clear()
+
+    async def ping(self) -> None:
+        self._open_settings()
+
+    async def publish(self, request: PublishRequest) -> None:
+        self._open_settings()
+        self._route(request.topic, self._envelope(request))
+
+    async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
+        """Queues the entries in their order, in one step; a bad entry fails alone."""
+        self._open_settings()
+        validate_topic(request.topic)
+        accepted: list[_Envelope] = []
+        failed: list[BulkPublishFailure] = []
+        for entry in request.entries:
+            try:
+                accepted.append(
+                    self._envelope(
+                        PublishRequest(
+                            topic=request.topic,
+                            data=entry.data,
+                            content_type=entry.content_type,
+                            metadata={**request.metadata, **entry.metadata},
+                        )
+                    )
+                )
+            except InvalidRequestError as exc:
+                failed.append(BulkPublishFailure(entry.entry_id, str(exc)))
+        for envelope in accepted:
+            self._route(request.topic, envelope)
+        return BulkPublishResponse(failed=failed)
+
+    async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
+        settings = self._open_settings()
+        subscription = _TopicSubscription(
+            self,
+            settings,
+            request.topic,
+            handler,
+            request.dead_letter_topic or settings.dead_letter_topic,
+        )
+        subscribers = self._subscriptions.setdefault(request.topic, [])
+        if not subscribers:
+            for envelope in self._backlogs.pop(request.topic, ()):
+                subscription.enqueue(envelope)
+        subscribers.append(subscription)
+        return subscription
+
+    # --- broker internals, used by _TopicSubscription ----------------------------------
+
+    def _open_settings(self) -> InMemoryPubSubSettings:
+        if self._settings is None or self._closed:
+            state = "closed" if self._closed else "not initialised"
+            raise ComponentError(f"the component is {state}", component=self.label)
+        return self._settings
+
+    def _envelope(self, request: PublishRequest) -> _Envelope:
+        try:
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                exc.reason, component=self.label, field=TTL_METADATA
+            ) from None
+        message = Message(
+            topic=request.topic,
+            data=request.data,
+            metadata=types.MappingProxyType(dict(request.metadata)),
+            content_type=request.content_type,
+            id=str(uuid.uuid4()),
+        )
+        expires_at = time.monotonic() + ttl if ttl is not None and ttl > 0 else None
+        return _Envelope(next(self._sequence), message, expires_at)
+
+    def _route(self, topic: str, envelope: _Envelope) -> None:
+        subscribers = self._subscriptions.get(topic)
+        if subscribers:
+            for subscription in subscribers:
+                subscription.enqueue(envelope)
+        else:
+            self._keep(topic, [envelope])
+
+    def _keep(self, topic: str, envelopes: Iterable[_Envelope]) -> None:
+        """Adds messages to the topic's backlog in publish order, dropping the oldest past the bound."""
+        if self._closed or self._settings is None:
+            return
+        limit = self._settings.backlog_size
+        backlog = self._backlogs.setdefault(topic, collections.deque())
+        merged = list(heapq.merge(backlog, envelopes, key=lambda e: e.sequence))
+        excess = max(0, len(merged) - limit)
+        if excess and limit == 0:
+            self.log.warning(
+                "%s: topic %r has no subscriber; dropped %d message(s), e.g. %s (backlogSize is 0)",
+                self.label,
+                topic,
+                excess,
+                merged[0].message.id,
+            )
+        elif excess:
+            self.log.warning(
+                "%s: topic %r has no subscriber and its backlog is full (backlogSize %d); "
+                "dropped the %d oldest message(s), e.g. %s",
+                self.label,
+                topic,
+                limit,
+                excess,
+                merged[0].message.id,
+            )
+        backlog.clear()
+        backlog.extend(merged[excess:])
+        if not backlog:
+            del self._backlogs[topic]
+
+    def _detach(self, subscription: _TopicSubscription) -> bool:
+        """Stops routing to ``subscription``; True when it was the topic's last subscriber."""
+        subscribers = self._subscriptions.get(subscription.topic, [])
+        with contextlib.suppress(ValueError):
+            subscribers.remove(subscription)
+        if subscribers:
+            return False
+        self._subscriptions.pop(subscription.topic, None)
+        return True
+
+    def _exhausted(
+        self, subscription: _TopicSubscription, envelope: _Envelope, error: Exception
+    ) -> None:
+        message = envelope.message
+        target = subscription.dead_letter_topic
+        if target and target != message.topic:
+            self.log.warning(
+                "%s: message %s on topic %r failed %d deliveries (last error: %r); "
+                "moved to dead-letter topic %r",
+                self.label,
+                message.id,
+                message.topic,
+                message.delivery_count,
+                error,
+                target,
+            )
+            dead = replace(message, topic=target, delivery_count=1)
+            self._route(target, _Envelope(next(self._sequence), dead, None))
+            return
+        self.log.error(
+            "%s: message %s on topic %r failed %d deliveries and was dropped "
+            "(no dead-letter topic): %r",
+            self.label,
+            message.id,
+            message.topic,
+            message.delivery_count,
+            error,
+        )
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    sequence: int
+    message: Message
+    expires_at: float | None
+    """``time.monotonic()`` after which the message must not reach a handler."""
+
+    def redelivery(self) -> _Envelope:
+        return replace(
+            self, message=replace(self.message, delivery_count=self.message.delivery_count + 1)
+        )
+
+
+class _TopicSubscription(Subscription):
+    """One handler on one topic: its own queue, a slot per concurrent call, its retries."""
+
+    def __init__(
+        self,
+        broker: InMemoryPubSub,
+        settings: InMemoryPubSubSettings,
+        topic: str,
+        handler: Handler,
+        dead_letter_topic: str,
+    ) -> None:
+        self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
+        self._broker = broker
+        self._settings = settings
+        self._handler = handler
+        self._queue: asyncio.Queue[_Envelope] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._running: set[asyncio.Task[None]] = set()
+        self._retrying: dict[asyncio.Task[None], _Envelope] = {}
+        self._interrupted: list[_Envelope] = []
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"pubsub:{topic}")
+
+    @property
+    def active(self) -> bool:
+        return not self._stopping and not self._dispatcher.done()
+
+    def enqueue(self, envelope: _Envelope) -> None:
+        self._queue.put_nowait(envelope)
+
+    async def cancel(self) -> None:
+        """Stops taking messages, lets running handlers finish, hands back what is unacked."""
+        await self.stop(asyncio.current_task())
+
+    async def stop(self, caller: asyncio.Task[object] | None) -> None:
+        """``cancel``, called from ``caller``: a handler may cancel its own subscription."""
+        if self._stopping:
+            if caller in self._running:
+                return
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        last = self._broker._detach(self)
+        try:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            running = [t for t in self._running if t is not caller]
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            unacked = self._collect_unacked()
+            if unacked and last:
+                self._broker._keep(self.topic, unacked)
+            elif unacked:
+                self._broker.log.debug(
+                    "%s: subscription to %r cancelled with %d unacked message(s); "
+                    "other subscribers hold their own copies",
+                    self._broker.label,
+                    self.topic,
+                    len(unacked),
+                )
+            self._stopped.set()
+
+    def _collect_unacked(self) -> list[_Envelope]:
+        unacked = list(self._interrupted)
+        for task, envelope in list(self._retrying.items()):
+            if not task.done():
+                task.cancel()
+                unacked.append(envelope)
+        self._retrying.clear()
+        while not self._queue.empty():
+            unacked.append(self._queue.get_nowait())
+        return sorted(unacked, key=lambda e: e.sequence)
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            envelope = await self._queue.get()
+            if envelope.expires_at is not None and time.monotonic() >= envelope.expires_at:
+                self._broker.log.info(
+                    "%s: message %s on topic %r expired (%s) before delivery; dropped",
+                    self._broker.label,
+                    envelope.message.id,
+                    self.topic,
+                    TTL_METADATA,
+                )
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._deliver(envelope))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _deliver(self, envelope: _Envelope) -> None:
+        message = envelope.message
+        try:
+            await self._handler(message)
+        except DropMessage as exc:
+            self._broker.log.info(
+                "%s: message %s on topic %r dropped by its handler%s",
+                self._broker.label,
+                message.id,
+                self.topic,
+                f": {exc}" if str(exc) else "",
+            )
+        except asyncio.CancelledError:
+            self._interrupted.append(envelope)
+            raise
+        except Exception as exc:
+            self._failed(envelope, exc)
+        finally:
+            self._slots.release()
+
+    def _failed(self, envelope: _Envelope, error: Exception) -> None:
+        message = envelope.message
+        if message.delivery_count >= self._settings.max_deliveries:
+            self._broker._exhausted(self, envelope, error)
+            return
+        base = self._settings.redelivery_interval.total_seconds()
+        cap = self._settings.max_redelivery_interval.total_seconds()
+        delay = min(base * 2 ** (message.delivery_count - 1), cap)
+        self._broker.log.warning(
+            "%s: handler failed on message %s of topic %r (delivery %d of %d): %r; "
+            "redelivering in %.3gs",
+            self._broker.label,
+            message.id,
+            self.topic,
+            message.delivery_count,
+            self._settings.max_deliveries,
+            error,
+            delay,
+        )
+        retry = envelope.redelivery()
+        task = asyncio.create_task(self._redeliver_later(retry, delay))
+        self._retrying[task] = retry
+        task.add_done_callback(lambda done: self._retrying.pop(done, None))
+
+    async def _redeliver_later(self, envelope: _Envelope, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._queue.put_nowait(envelope)

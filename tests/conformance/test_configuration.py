@@ -1,0 +1,5 @@
+from mechakit.conformance.suites.configuration import ConfigurationSuite
+
+
+class TestConfiguration(ConfigurationSuite):
+    pass

@@ -1,0 +1,5 @@
+from mechakit.conformance.suites.lock import LockSuite
+
+
+class TestLock(LockSuite):
+    pass

@@ -1,0 +1,5 @@
+from mechakit.conformance.suites.pubsub import PubSubSuite
+
+
+class TestPubSub(PubSubSuite):
+    pass
