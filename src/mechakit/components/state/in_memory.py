@@ -1,0 +1,234 @@
+"""``state.in-memory``: state held in this process, with ETags, TTL and transactions.
+
+Every operation runs without awaiting between its check and its write, so each one (and
+each transaction) is atomic with respect to other coroutines on the event loop. Values are
+stored encoded, so later changes to a caller's object never leak into the store. Each
+instance has its own data; nothing survives ``close`` or the process.
+
+ETags are decimal strings of one counter shared by every key of the instance: each write
+takes the next number, so an ETag is never reused, not even after a key is deleted and
+written again. A write without ``ttlInSeconds`` stores the value without expiry (like
+``-1``), as Dapr's SQL stores do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import ETagError, ETagErrorKind, InvalidRequestError
+from mechakit.core.metadata import Duration, setting
+from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
+    DeleteRequest,
+    GetRequest,
+    KeyPrefix,
+    SetRequest,
+    StateFeature,
+    StateItem,
+    StateSettings,
+    TransactionalStore,
+    TransactionOperation,
+    decode_value,
+    encode_value,
+    format_expire_time,
+    parse_ttl,
+)
+
+
+class InMemorySettings(StateSettings):
+    cleanup_interval: Duration = setting(
+        timedelta(seconds=10),
+        name="cleanupInterval",
+        aliases=("cleanupIntervalInSeconds",),
+        description=(
+            "How often expired items are purged from memory; 0 turns the periodic purge off "
+            "(expired items are invisible either way, and purged when next touched)."
+        ),
+        example="10s",
+    )
+
+
+class InMemoryStateStore(TransactionalStore[InMemorySettings]):
+    """Key/value state in process memory; lost when the process exits."""
+
+    settings_model = InMemorySettings
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: dict[str, _Entry] = {}
+        self._etags = itertools.count(1)
+        self._prefix = KeyPrefix("")
+        self._purger: asyncio.Task[None] | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._prefix = KeyPrefix.resolve(
+            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
+        )
+        interval = settings.cleanup_interval.total_seconds()
+        if interval > 0:
+            self._purger = asyncio.create_task(
+                self._purge_periodically(interval), name=f"{self.label} TTL cleanup"
+            )
+
+    async def close(self) -> None:
+        purger, self._purger = self._purger, None
+        if purger is not None:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+        self._items.clear()
+
+    async def ping(self) -> None:
+        """Memory always answers."""
+
+    async def get(self, request: GetRequest) -> StateItem | None:
+        entry = self._live(self._stored_key(request.key), time.time())
+        if entry is None:
+            return None
+        return StateItem(
+            key=request.key,
+            value=decode_value(entry.data, entry.is_binary),
+            etag=str(entry.etag),
+            metadata=_ttl_metadata(entry.expires_at),
+        )
+
+    async def set(self, request: SetRequest) -> None:
+        self._apply(self._prepare(request), time.time())
+
+    async def delete(self, request: DeleteRequest) -> None:
+        self._apply(self._prepare(request), time.time())
+
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Apply every operation in order; on any failure restore the touched keys."""
+        prepared = [self._prepare(op) for op in operations]
+        before = {op.stored_key: self._items.get(op.stored_key) for op in prepared}
+        now = time.time()
+        try:
+            for op in prepared:
+                self._apply(op, now)
+        except BaseException:
+            for stored_key, entry in before.items():
+                if entry is None:
+                    self._items.pop(stored_key, None)
+                else:
+                    self._items[stored_key] = entry
+            raise
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _stored_key(self, key: str) -> str:
+        if not key:
+            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
+        return self._prefix.apply(key)
+
+    def _live(self, stored_key: str, now: float) -> _Entry | None:
+        """The entry unless missing or expired; an expired one is dropped on the way."""
+        entry = self._items.get(stored_key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
+            del self._items[stored_key]
+            return None
+        return entry
+
+    def _prepare(self, request: TransactionOperation) -> _Operation:
+        """Validate everything that does not depend on stored data, before anything changes."""
+        stored_key = self._stored_key(request.key)
+        etag = self._parse_etag(request.etag, request.key)
+        if isinstance(request, DeleteRequest):
+            return _Operation(request.key, stored_key, etag)
+        if not isinstance(request, SetRequest):
+            raise InvalidRequestError(
+                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
+                component=self.label,
+            )
+        try:
+            data, is_binary = encode_value(request.value)
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
+        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
+        return _Operation(
+            request.key,
+            stored_key,
+            etag,
+            first_write=request.first_write,
+            entry=_Entry(data, is_binary, 0, expires_at),
+        )
+
+    def _parse_etag(self, etag: str | None, key: str) -> int | None:
+        if not etag:
+            return None
+        if not _ETAG.fullmatch(etag):
+            raise ETagError(ETagErrorKind.INVALID, component=self.label, key=key)
+        return int(etag)
+
+    def _apply(self, op: _Operation, now: float) -> None:
+        current = self._live(op.stored_key, now)
+        stored_etag = current.etag if current is not None else None
+        if op.etag is not None and op.etag != stored_etag:
+            raise ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
+        if op.etag is None and op.first_write and current is not None:
+            raise ETagError(
+                ETagErrorKind.MISMATCH,
+                f"key {op.key!r} already exists (first-write without an ETag)",
+                component=self.label,
+                key=op.key,
+            )
+        if op.entry is None:
+            self._items.pop(op.stored_key, None)
+        else:
+            self._items[op.stored_key] = _Entry(
+                op.entry.data, op.entry.is_binary, next(self._etags), op.entry.expires_at
+            )
+
+    async def _purge_periodically(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            expired = [
+                k
+                for k, e in self._items.items()
+                if e.expires_at is not None and e.expires_at <= now
+            ]
+            for stored_key in expired:
+                del self._items[stored_key]
+
+
+_ETAG = re.compile(r"[0-9]+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    data: bytes
+    is_binary: bool
+    etag: int
+    expires_at: float | None
+    """Seconds since the epoch; None for no expiry."""
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """A validated set (``entry`` given) or delete (``entry`` None)."""
+
+    key: str
+    stored_key: str
+    etag: int | None
+    first_write: bool = False
+    entry: _Entry | None = None
+
+
+def _ttl_metadata(expires_at: float | None) -> dict[str, str]:
+    if expires_at is None:
+        return {}
+    return {TTL_EXPIRE_TIME: format_expire_time(datetime.fromtimestamp(expires_at, UTC))}

@@ -1,0 +1,545 @@
+"""``state.sqlite``: state in a SQLite file, safe for several processes sharing that file.
+
+The file is opened in WAL mode (readers never block the writer) and every write runs in a
+``BEGIN IMMEDIATE`` transaction, so an ETag check and the write it guards are one atomic
+step even when other processes write the same file. One connection per component, used
+from one dedicated thread, keeps the event loop free.
+
+ETags are decimal strings of one counter kept in the metadata table and shared by every
+key (and every process): each write takes the next number, so an ETag is never reused, not
+even after a key is deleted and written again. A write without ``ttlInSeconds`` stores the
+value without expiry (like ``-1``). Expired rows are invisible at once, replaced or removed
+when next written, and deleted by a periodic cleanup.
+
+Bulk set and bulk delete run in one write transaction: an item that fails (bad value, bad
+TTL, ETag check) is skipped and named in the ``BulkError``; every other item is committed.
+A connection or I/O failure fails the whole call (nothing is written) with a retriable
+``ConnectionFailedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import field_validator
+
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    BulkError,
+    ComponentError,
+    ConfigurationError,
+    ConnectionFailedError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+    MechakitError,
+    OperationTimeoutError,
+)
+from mechakit.core.metadata import Bool, Duration, setting
+from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
+    BulkGetItem,
+    DeleteRequest,
+    GetRequest,
+    KeyPrefix,
+    SetRequest,
+    StateFeature,
+    StateItem,
+    StateSettings,
+    TransactionalStore,
+    TransactionOperation,
+    decode_value,
+    encode_value,
+    format_expire_time,
+    parse_ttl,
+)
+
+T = TypeVar("T")
+
+
+class SQLiteSettings(StateSettings):
+    connection_string: str = setting(
+        name="connectionString",
+        description=(
+            "The database file: a path, a 'file:' URI (e.g. file:data.db?mode=rwc), "
+            "or ':memory:' for a private in-memory database."
+        ),
+        example="data.db",
+    )
+    table_name: str = setting(
+        "state",
+        name="tableName",
+        description="Table holding the state; created when missing.",
+        example="state",
+    )
+    metadata_table_name: str = setting(
+        "metadata",
+        name="metadataTableName",
+        description="Table holding the schema version and the ETag counter.",
+        example="metadata",
+    )
+    timeout: Duration = setting(
+        timedelta(seconds=20),
+        name="timeout",
+        aliases=("timeoutInSeconds",),
+        description="How long one operation may take before it fails with a timeout; 0 for no limit.",
+        example="20s",
+    )
+    busy_timeout: Duration = setting(
+        timedelta(seconds=2),
+        name="busyTimeout",
+        description="How long a write waits for another connection's write lock.",
+        example="2s",
+    )
+    cleanup_interval: Duration = setting(
+        timedelta(hours=1),
+        name="cleanupInterval",
+        aliases=("cleanupIntervalInSeconds",),
+        description="How often expired rows are deleted; 0 turns the periodic cleanup off.",
+        example="1h",
+    )
+    disable_wal: Bool = setting(
+        False,
+        name="disableWAL",
+        description="Keep the rollback journal instead of WAL (for network file systems).",
+        example="false",
+    )
+
+    @field_validator("table_name", "metadata_table_name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.fullmatch(value):
+            raise ValueError("must be a SQL identifier: letters, digits and '_', not first a digit")
+        return value
+
+
+class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
+    """Key/value state in a SQLite file; ETags, TTL and transactions across processes."""
+
+    settings_model = SQLiteSettings
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._prefix = KeyPrefix("")
+        self._sql = _Statements("state", "metadata")
+        self._timeout: float | None = 20.0
+        self._cleaner: asyncio.Task[None] | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._prefix = KeyPrefix.resolve(
+            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
+        )
+        self._sql = _Statements(settings.table_name, settings.metadata_table_name)
+        timeout = settings.timeout.total_seconds()
+        self._timeout = timeout if timeout > 0 else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.label)
+        try:
+            self._conn = await self._call(lambda: self._connect(settings), "open the database")
+            await self._run(self._migrate, "create the tables")
+        except MechakitError as exc:
+            await self.close()
+            if not isinstance(exc, ConnectionFailedError):
+                raise
+            raise ConnectionFailedError(
+                f"cannot open {settings.connection_string!r}: {exc.reason}",
+                component=self.label,
+                field="connectionString",
+            ) from exc
+        interval = settings.cleanup_interval.total_seconds()
+        if interval > 0:
+            self._cleaner = asyncio.create_task(
+                self._clean_periodically(interval), name=f"{self.label} TTL cleanup"
+            )
+
+    async def close(self) -> None:
+        cleaner, self._cleaner = self._cleaner, None
+        if cleaner is not None:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+        conn, self._conn = self._conn, None
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        executor.shutdown(wait=False)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchall(), "ping")
+
+    async def get(self, request: GetRequest) -> StateItem | None:
+        stored_key = self._stored_key(request.key)
+        rows = await self._run(
+            lambda conn: self._select(conn, [stored_key], time.time()), "get", request.key
+        )
+        row = rows.get(stored_key)
+        if row is None:
+            return None
+        return StateItem(request.key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
+
+    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        """One read for all keys; a missing or expired key is an entry with ``found`` False."""
+        stored_keys = [self._prefix.apply(r.key) if r.key else "" for r in requests]
+        wanted = [k for k in stored_keys if k]
+        rows = {}
+        if wanted:
+            rows = await self._run(lambda conn: self._select(conn, wanted, time.time()), "bulk get")
+        items = []
+        for request, stored_key in zip(requests, stored_keys, strict=True):
+            row = rows.get(stored_key)
+            if not stored_key:
+                items.append(BulkGetItem(key=request.key, error="the key must not be empty"))
+            elif row is None:
+                items.append(BulkGetItem(key=request.key))
+            else:
+                items.append(
+                    BulkGetItem(
+                        key=request.key,
+                        value=row.value,
+                        etag=str(row.etag),
+                        metadata=_ttl_metadata(row.expires_at),
+                        found=True,
+                    )
+                )
+        return items
+
+    async def set(self, request: SetRequest) -> None:
+        op = self._prepare(request)
+        await self._run(
+            lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "set", op.key
+        )
+
+    async def delete(self, request: DeleteRequest) -> None:
+        op = self._prepare(request)
+        await self._run(
+            lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "delete", op.key
+        )
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        await self._bulk(requests, "bulk set")
+
+    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
+        await self._bulk(requests, "bulk delete")
+
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """All operations in order in one write transaction; any failure rolls back all."""
+        ops = [self._prepare(op) for op in operations]
+        if ops:
+            await self._run(
+                lambda conn: self._write(conn, lambda: self._apply(conn, ops)), "transaction"
+            )
+
+    # --- preparing requests -----------------------------------------------------------
+
+    def _stored_key(self, key: str) -> str:
+        if not key:
+            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
+        return self._prefix.apply(key)
+
+    def _prepare(self, request: TransactionOperation) -> _Operation:
+        """Validate everything that does not depend on stored data, before anything changes."""
+        stored_key = self._stored_key(request.key)
+        etag = self._parse_etag(request.etag, request.key)
+        if isinstance(request, DeleteRequest):
+            return _Operation(request.key, stored_key, etag)
+        if not isinstance(request, SetRequest):
+            raise InvalidRequestError(
+                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
+                component=self.label,
+            )
+        try:
+            data, is_binary = encode_value(request.value)
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
+        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
+        return _Operation(
+            request.key, stored_key, etag, request.first_write, _Value(data, is_binary, expires_at)
+        )
+
+    def _parse_etag(self, etag: str | None, key: str) -> int | None:
+        if not etag:
+            return None
+        if not _ETAG.fullmatch(etag) or int(etag) > _MAX_ETAG:
+            raise ETagError(ETagErrorKind.INVALID, component=self.label, key=key)
+        return int(etag)
+
+    async def _bulk(
+        self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
+    ) -> None:
+        errors: dict[str, Exception] = {}
+        ops: list[_Operation] = []
+        for request in requests:
+            try:
+                ops.append(self._prepare(request))
+            except ComponentError as exc:
+                errors[request.key] = exc
+        if ops:
+            errors.update(
+                await self._run(
+                    lambda conn: self._write(conn, lambda: self._apply_each(conn, ops)), what
+                )
+            )
+        if errors:
+            raise BulkError(errors, component=self.label)
+
+    # --- running on the database thread -----------------------------------------------
+
+    async def _call(self, fn: Callable[[], T], what: str, key: str | None = None) -> T:
+        """Run ``fn`` on the database thread; sqlite errors become core errors."""
+        if self._executor is None:
+            raise ComponentError("the store is closed or was not initialised", component=self.label)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.wait_for(future, self._timeout)
+        except TimeoutError:
+            if self._conn is not None:
+                self._conn.interrupt()
+            raise OperationTimeoutError(
+                f"{what} did not finish within {self._timeout:g}s; it may or may not have happened",
+                component=self.label,
+                key=key,
+            ) from None
+        except sqlite3.DataError as exc:
+            raise InvalidRequestError(
+                f"{what} failed: {exc}", component=self.label, key=key
+            ) from exc
+        except sqlite3.Error as exc:
+            raise ConnectionFailedError(
+                f"{what} failed: {exc}", component=self.label, key=key
+            ) from exc
+
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], what: str, key: str | None = None
+    ) -> T:
+        conn = self._conn
+        if conn is None:
+            raise ComponentError("the store is closed or was not initialised", component=self.label)
+        return await self._call(lambda: fn(conn), what, key)
+
+    def _connect(self, settings: SQLiteSettings) -> sqlite3.Connection:
+        target = settings.connection_string
+        uri = target.startswith("file:")
+        if not uri and target != ":memory:":
+            target = os.path.expanduser(target)
+        conn = sqlite3.connect(
+            target,
+            uri=uri,
+            timeout=settings.busy_timeout.total_seconds(),
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=" + ("DELETE" if settings.disable_wal else "WAL"))
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        def create() -> None:
+            for statement in self._sql.schema:
+                conn.execute(statement)
+            found = conn.execute(self._sql.read_meta, (self._sql.version_key,)).fetchall()
+            version = int(found[0][0]) if found else 0
+            if version > _SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"table {self._sql.table!r} has schema version {version}, newer than the "
+                    f"{_SCHEMA_VERSION} this mechakit knows; upgrade mechakit",
+                    component=self.label,
+                    field="tableName",
+                )
+            conn.execute(self._sql.write_meta, (self._sql.version_key, str(_SCHEMA_VERSION)))
+
+        self._write(conn, create)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+        """``body`` in a ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on any error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _select(
+        self, conn: sqlite3.Connection, stored_keys: Sequence[str], now: float
+    ) -> dict[str, _Row]:
+        rows: dict[str, _Row] = {}
+        for start in range(0, len(stored_keys), _CHUNK):
+            chunk = list(dict.fromkeys(stored_keys[start : start + _CHUNK]))
+            sql = self._sql.select.format(marks=",".join("?" * len(chunk)))
+            for key, value, is_binary, etag, expires_at in conn.execute(
+                sql, (*chunk, now)
+            ).fetchall():
+                rows[key] = _Row(decode_value(bytes(value), bool(is_binary)), etag, expires_at)
+        return rows
+
+    def _apply(self, conn: sqlite3.Connection, ops: Sequence[_Operation]) -> None:
+        """Check and write each operation in order; the first ETag failure raises."""
+        now = time.time()
+        etags = self._reserve_etags(conn, sum(op.value is not None for op in ops))
+        for op in ops:
+            self._check(conn, op, now)
+            self._store(conn, op, etags, now)
+
+    def _apply_each(
+        self, conn: sqlite3.Connection, ops: Sequence[_Operation]
+    ) -> dict[str, Exception]:
+        """Check and write each operation; failures are collected per key, not raised."""
+        now = time.time()
+        etags = self._reserve_etags(conn, sum(op.value is not None for op in ops))
+        errors: dict[str, Exception] = {}
+        for op in ops:
+            try:
+                self._check(conn, op, now)
+            except ETagError as exc:
+                errors[op.key] = exc
+                continue
+            self._store(conn, op, etags, now)
+        return errors
+
+    def _reserve_etags(self, conn: sqlite3.Connection, count: int) -> Iterator[int]:
+        if count == 0:
+            return iter(())
+        ((last,),) = conn.execute(self._sql.bump_etag, (count, _ETAG_KEY)).fetchall()
+        return iter(range(int(last) - count + 1, int(last) + 1))
+
+    def _check(self, conn: sqlite3.Connection, op: _Operation, now: float) -> None:
+        if op.etag is None and not (op.first_write and op.value is not None):
+            return
+        found = conn.execute(self._sql.current_etag, (op.stored_key, now)).fetchall()
+        stored_etag = found[0][0] if found else None
+        if op.etag is not None and op.etag != stored_etag:
+            raise ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
+        if op.etag is None and stored_etag is not None:
+            raise ETagError(
+                ETagErrorKind.MISMATCH,
+                f"key {op.key!r} already exists (first-write without an ETag)",
+                component=self.label,
+                key=op.key,
+            )
+
+    def _store(
+        self, conn: sqlite3.Connection, op: _Operation, etags: Iterator[int], now: float
+    ) -> None:
+        if op.value is None:
+            conn.execute(self._sql.delete, (op.stored_key,))
+            return
+        value = op.value
+        conn.execute(
+            self._sql.upsert,
+            (op.stored_key, value.data, int(value.is_binary), next(etags), value.expires_at, now),
+        )
+
+    async def _clean_periodically(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._run(
+                    lambda conn: self._write(
+                        conn, lambda: conn.execute(self._sql.purge, (time.time(),)).rowcount
+                    ),
+                    "delete expired rows",
+                )
+            except ComponentError as exc:
+                self.log.warning("%s: TTL cleanup failed, will retry: %s", self.label, exc.reason)
+
+
+_SCHEMA_VERSION = 1
+_ETAG_KEY = "etag-sequence"
+_ETAG = re.compile(r"[0-9]{1,19}", re.ASCII)
+_MAX_ETAG = 2**63 - 1
+_CHUNK = 500
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+@dataclass(frozen=True)
+class _Value:
+    data: bytes
+    is_binary: bool
+    expires_at: float | None
+    """Seconds since the epoch; None for no expiry."""
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """A validated set (``value`` given) or delete (``value`` None)."""
+
+    key: str
+    stored_key: str
+    etag: int | None
+    first_write: bool = False
+    value: _Value | None = None
+
+
+@dataclass(frozen=True)
+class _Row:
+    value: Any
+    etag: int
+    expires_at: float | None
+
+
+class _Statements:
+    """Every SQL statement, for one state table and one metadata table (validated names)."""
+
+    def __init__(self, table: str, metadata_table: str) -> None:
+        self.table = table
+        self.version_key = f"schema-version:{table}"
+        t, m = f'"{table}"', f'"{metadata_table}"'
+        live = "(expires_at IS NULL OR expires_at > ?)"
+        self.schema = (
+            f"CREATE TABLE IF NOT EXISTS {m} (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            "key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL, is_binary INTEGER NOT NULL, "
+            "etag INTEGER NOT NULL, expires_at REAL, updated_at REAL NOT NULL)",
+            f'CREATE INDEX IF NOT EXISTS "{table}_expires_at" ON {t} (expires_at) '
+            "WHERE expires_at IS NOT NULL",
+            f"INSERT OR IGNORE INTO {m} (key, value) VALUES ('{_ETAG_KEY}', '0')",
+        )
+        self.read_meta = f"SELECT value FROM {m} WHERE key = ?"
+        self.write_meta = f"INSERT OR REPLACE INTO {m} (key, value) VALUES (?, ?)"
+        self.bump_etag = (
+            f"UPDATE {m} SET value = CAST(value AS INTEGER) + ? WHERE key = ? RETURNING value"
+        )
+        self.select = (
+            f"SELECT key, value, is_binary, etag, expires_at FROM {t} "
+            f"WHERE key IN ({{marks}}) AND {live}"
+        )
+        self.current_etag = f"SELECT etag FROM {t} WHERE key = ? AND {live}"
+        self.upsert = (
+            f"INSERT INTO {t} (key, value, is_binary, etag, expires_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+            "is_binary = excluded.is_binary, etag = excluded.etag, "
+            "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
+        )
+        self.delete = f"DELETE FROM {t} WHERE key = ?"
+        self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+
+
+def _ttl_metadata(expires_at: float | None) -> dict[str, str]:
+    if expires_at is None:
+        return {}
+    return {TTL_EXPIRE_TIME: format_expire_time(datetime.fromtimestamp(expires_at, UTC))}
