@@ -131,6 +131,10 @@ class SecretNotFoundError(NotFoundError):
     """The secret store has no secret with that name."""
 
 
+class PermissionDeniedError(ComponentError):
+    """The app may not do this, e.g. read a secret outside its Configuration's secret scopes."""
+
+
 class BulkError(ComponentError):
     """Some items of a bulk operation failed; ``errors`` maps each failed key to its error.
 
@@ -160,5 +164,6 @@ __all__ = [
     "NotFoundError",
     "NotSupportedError",
     "OperationTimeoutError",
+    "PermissionDeniedError",
     "SecretNotFoundError",
 ]

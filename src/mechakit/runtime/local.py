@@ -1,0 +1,169 @@
+"""The in-process runtime: components from Dapr YAML, used straight from Python.
+
+``async with mechakit.open("components/", app_id="myapp") as rt:`` loads the manifests,
+starts every component (see :mod:`mechakit.runtime.host`), hands out typed clients
+(``rt.state("statestore")``), and on exit stops the subscriptions those clients started,
+then closes the components in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from mechakit.core.bindings import InputBinding, OutputBinding
+from mechakit.core.component import Component
+from mechakit.core.configuration import ConfigurationStore
+from mechakit.core.errors import ConfigurationError
+from mechakit.core.lock import LockStore
+from mechakit.core.pubsub import PubSub
+from mechakit.core.registry import Registry
+from mechakit.core.secretstores import SecretStore
+from mechakit.core.state import StateStore
+
+from .clients import (
+    BindingClient,
+    ConfigurationClient,
+    LockClient,
+    PubSubClient,
+    SecretsClient,
+    StateClient,
+    SubscriptionTracker,
+)
+from .host import CATEGORY_NOUNS, ComponentHost, HostedComponent
+from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
+
+ClientT = TypeVar("ClientT")
+
+
+class Runtime:
+    """Components of a folder (or files) of Dapr YAML, for one app id."""
+
+    def __init__(
+        self,
+        resources: PathLike | Sequence[PathLike] | Manifests,
+        *,
+        app_id: str = "",
+        registry: Registry | None = None,
+        configuration: str | None = None,
+    ) -> None:
+        self._resources = resources
+        self.app_id = app_id
+        self._registry = registry
+        self._configuration = configuration
+        self._host: ComponentHost | None = None
+        self._tracker = SubscriptionTracker()
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    async def start(self) -> Runtime:
+        """Load the manifests and start every component; nothing stays running on failure."""
+        if self._host is not None:
+            return self
+        resources = self._resources
+        manifests = (
+            resources
+            if isinstance(resources, Manifests)
+            else await asyncio.to_thread(load_manifests, resources)
+        )
+        host = ComponentHost(
+            manifests,
+            app_id=self.app_id,
+            registry=self._registry,
+            configuration=self._configuration,
+        )
+        await host.start()
+        self._host = host
+        return self
+
+    async def close(self) -> None:
+        """Stop what clients started, then close the components (last started first)."""
+        host, self._host = self._host, None
+        self._clients.clear()
+        await self._tracker.cancel_all()
+        if host is not None:
+            await host.close()
+
+    async def __aenter__(self) -> Runtime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def host(self) -> ComponentHost:
+        if self._host is None:
+            raise ConfigurationError(
+                "the runtime is not started: use 'async with mechakit.open(...) as rt' "
+                "or 'await rt.start()'"
+            )
+        return self._host
+
+    @property
+    def components(self) -> Mapping[str, HostedComponent]:
+        """The running components by name, in start order."""
+        return self.host.components
+
+    @property
+    def subscriptions(self) -> list[SubscriptionManifest]:
+        """Declarative subscriptions in scope (served by ``mechakit run``; listed here)."""
+        return self.host.subscriptions
+
+    # --- typed clients -------------------------------------------------------------
+
+    def state(self, name: str) -> StateClient:
+        store = self._component(name, "state", StateStore)
+        return self._client(name, "state", lambda: StateClient(store))
+
+    def pubsub(self, name: str) -> PubSubClient:
+        pubsub = self._component(name, "pubsub", PubSub)
+        return self._client(
+            name,
+            "pubsub",
+            lambda: PubSubClient(pubsub, app_id=self.app_id, tracker=self._tracker),
+        )
+
+    def lock(self, name: str) -> LockClient:
+        store = self._component(name, "lock", LockStore)
+        return self._client(name, "lock", lambda: LockClient(store))
+
+    def secrets(self, name: str) -> SecretsClient:
+        store = self._component(name, "secretstores", SecretStore)
+        host = self.host
+        return self._client(
+            name,
+            "secretstores",
+            lambda: SecretsClient(store, allows=lambda secret: host.allows_secret(name, secret)),
+        )
+
+    def binding(self, name: str) -> BindingClient:
+        binding = self._component(name, "bindings", OutputBinding, InputBinding)
+        return self._client(name, "bindings", lambda: BindingClient(binding, tracker=self._tracker))
+
+    def configuration(self, name: str) -> ConfigurationClient:
+        store = self._component(name, "configuration", ConfigurationStore)
+        return self._client(
+            name, "configuration", lambda: ConfigurationClient(store, tracker=self._tracker)
+        )
+
+    def _component(self, name: str, category: str, *contracts: type[Any]) -> Any:
+        hosted = self.host.get(name, category)
+        instance: Component[Any] = hosted.instance
+        if not isinstance(instance, contracts):
+            contract = " or ".join(c.__name__ for c in contracts)
+            raise ConfigurationError(
+                f"{hosted.spec.target} does not implement {contract}, so it cannot be used "
+                f"as a {CATEGORY_NOUNS[category]}",
+                component=instance.label,
+            )
+        return instance
+
+    def _client(self, name: str, category: str, make: Callable[[], ClientT]) -> ClientT:
+        key = (category, name)
+        if key not in self._clients:
+            self._clients[key] = make()
+        client: ClientT = self._clients[key]
+        return client
+
+
+__all__ = ["Runtime"]

@@ -1,0 +1,1 @@
+"""Tests of mechakit.runtime: manifests, host, in-process API, CLI."""
