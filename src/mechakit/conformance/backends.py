@@ -70,10 +70,10 @@ class LocalProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
+            self.proc = subprocess.Popen(
+                self.argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             wait_for_port("127.0.0.1", self.port, timeout)
         except BackendUnavailable as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
+import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from .component import Component, FeaturesMixin, SettingsT
-from .errors import BulkError, InvalidRequestError
+from .errors import BulkError, ETagError, ETagErrorKind, InvalidRequestError
 from .metadata import Settings, setting
 
 
@@ -310,6 +312,76 @@ class KeyPrefix:
     def strip(self, stored: str) -> str:
         head = f"{self.prefix}{self.SEPARATOR}"
         return stored[len(head) :] if self.prefix and stored.startswith(head) else stored
+
+
+# --- preparing writes -----------------------------------------------------------------
+
+_INT_ETAG = re.compile(r"[0-9]{1,19}", re.ASCII)
+_MAX_INT_ETAG = 2**63 - 1
+
+
+def parse_int_etag(etag: str | None, *, component: str, key: str) -> int | None:
+    """A numeric ETag (what most stores use); None when absent, ``INVALID`` when malformed."""
+    if etag is None or etag == "":
+        return None
+    if not _INT_ETAG.fullmatch(etag) or int(etag) > _MAX_INT_ETAG:
+        raise ETagError(
+            ETagErrorKind.INVALID,
+            f"ETag {etag!r} for key {key!r} is invalid: this store's ETags are whole numbers",
+            component=component,
+            key=key,
+        )
+    return int(etag)
+
+
+@dataclass(frozen=True)
+class PreparedValue:
+    data: bytes
+    is_binary: bool
+    expires_at: float | None
+    """Seconds since the epoch; None for no expiry."""
+
+
+@dataclass(frozen=True)
+class PreparedOperation:
+    """A set (``value`` given) or delete (``value`` None), checked for everything that does
+    not depend on stored data, so that a batch can be rejected before anything changes."""
+
+    key: str
+    stored_key: str
+    etag: int | None
+    first_write: bool = False
+    value: PreparedValue | None = None
+
+
+def prepare_operation(
+    request: TransactionOperation, prefix: KeyPrefix, *, component: str
+) -> PreparedOperation:
+    """Validate key, numeric ETag, value and TTL of one set or delete request."""
+    if not request.key:
+        raise InvalidRequestError("the key must not be empty", component=component, key="")
+    stored_key = prefix.apply(request.key)
+    etag = parse_int_etag(request.etag, component=component, key=request.key)
+    if isinstance(request, DeleteRequest):
+        return PreparedOperation(request.key, stored_key, etag)
+    if not isinstance(request, SetRequest):
+        raise InvalidRequestError(
+            f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
+            component=component,
+        )
+    try:
+        data, is_binary = encode_value(request.value)
+        ttl = parse_ttl(request.metadata)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(exc.reason, component=component, key=request.key) from None
+    expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
+    return PreparedOperation(
+        request.key,
+        stored_key,
+        etag,
+        request.first_write,
+        PreparedValue(data, is_binary, expires_at),
+    )
 
 
 # --- the contract -----------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from mechakit.core.state import (
     DeleteRequest,
     GetRequest,
     KeyPrefix,
+    PreparedOperation,
     SetRequest,
     StateFeature,
     StateItem,
@@ -37,9 +37,8 @@ from mechakit.core.state import (
     TransactionalStore,
     TransactionOperation,
     decode_value,
-    encode_value,
     format_expire_time,
-    parse_ttl,
+    prepare_operation,
 )
 
 
@@ -141,39 +140,10 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
             return None
         return entry
 
-    def _prepare(self, request: TransactionOperation) -> _Operation:
-        """Validate everything that does not depend on stored data, before anything changes."""
-        stored_key = self._stored_key(request.key)
-        etag = self._parse_etag(request.etag, request.key)
-        if isinstance(request, DeleteRequest):
-            return _Operation(request.key, stored_key, etag)
-        if not isinstance(request, SetRequest):
-            raise InvalidRequestError(
-                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
-                component=self.label,
-            )
-        try:
-            data, is_binary = encode_value(request.value)
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
-        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
-        return _Operation(
-            request.key,
-            stored_key,
-            etag,
-            first_write=request.first_write,
-            entry=_Entry(data, is_binary, 0, expires_at),
-        )
+    def _prepare(self, request: TransactionOperation) -> PreparedOperation:
+        return prepare_operation(request, self._prefix, component=self.label)
 
-    def _parse_etag(self, etag: str | None, key: str) -> int | None:
-        if not etag:
-            return None
-        if not _ETAG.fullmatch(etag):
-            raise ETagError(ETagErrorKind.INVALID, component=self.label, key=key)
-        return int(etag)
-
-    def _apply(self, op: _Operation, now: float) -> None:
+    def _apply(self, op: PreparedOperation, now: float) -> None:
         current = self._live(op.stored_key, now)
         stored_etag = current.etag if current is not None else None
         if op.etag is not None and op.etag != stored_etag:
@@ -185,11 +155,11 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
                 component=self.label,
                 key=op.key,
             )
-        if op.entry is None:
+        if op.value is None:
             self._items.pop(op.stored_key, None)
         else:
             self._items[op.stored_key] = _Entry(
-                op.entry.data, op.entry.is_binary, next(self._etags), op.entry.expires_at
+                op.value.data, op.value.is_binary, next(self._etags), op.value.expires_at
             )
 
     async def _purge_periodically(self, interval: float) -> None:
@@ -205,9 +175,6 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
                 del self._items[stored_key]
 
 
-_ETAG = re.compile(r"[0-9]+", re.ASCII)
-
-
 @dataclass(frozen=True)
 class _Entry:
     data: bytes
@@ -215,17 +182,6 @@ class _Entry:
     etag: int
     expires_at: float | None
     """Seconds since the epoch; None for no expiry."""
-
-
-@dataclass(frozen=True)
-class _Operation:
-    """A validated set (``entry`` given) or delete (``entry`` None)."""
-
-    key: str
-    stored_key: str
-    etag: int | None
-    first_write: bool = False
-    entry: _Entry | None = None
 
 
 def _ttl_metadata(expires_at: float | None) -> dict[str, str]:

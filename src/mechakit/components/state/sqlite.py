@@ -52,6 +52,7 @@ from mechakit.core.state import (
     DeleteRequest,
     GetRequest,
     KeyPrefix,
+    PreparedOperation,
     SetRequest,
     StateFeature,
     StateItem,
@@ -59,9 +60,8 @@ from mechakit.core.state import (
     TransactionalStore,
     TransactionOperation,
     decode_value,
-    encode_value,
     format_expire_time,
-    parse_ttl,
+    prepare_operation,
 )
 
 T = TypeVar("T")
@@ -254,39 +254,14 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
         return self._prefix.apply(key)
 
-    def _prepare(self, request: TransactionOperation) -> _Operation:
-        """Validate everything that does not depend on stored data, before anything changes."""
-        stored_key = self._stored_key(request.key)
-        etag = self._parse_etag(request.etag, request.key)
-        if isinstance(request, DeleteRequest):
-            return _Operation(request.key, stored_key, etag)
-        if not isinstance(request, SetRequest):
-            raise InvalidRequestError(
-                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
-                component=self.label,
-            )
-        try:
-            data, is_binary = encode_value(request.value)
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
-        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
-        return _Operation(
-            request.key, stored_key, etag, request.first_write, _Value(data, is_binary, expires_at)
-        )
-
-    def _parse_etag(self, etag: str | None, key: str) -> int | None:
-        if not etag:
-            return None
-        if not _ETAG.fullmatch(etag) or int(etag) > _MAX_ETAG:
-            raise ETagError(ETagErrorKind.INVALID, component=self.label, key=key)
-        return int(etag)
+    def _prepare(self, request: TransactionOperation) -> PreparedOperation:
+        return prepare_operation(request, self._prefix, component=self.label)
 
     async def _bulk(
         self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
     ) -> None:
         errors: dict[str, Exception] = {}
-        ops: list[_Operation] = []
+        ops: list[PreparedOperation] = []
         for request in requests:
             try:
                 ops.append(self._prepare(request))
@@ -397,7 +372,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
                 rows[key] = _Row(decode_value(bytes(value), bool(is_binary)), etag, expires_at)
         return rows
 
-    def _apply(self, conn: sqlite3.Connection, ops: Sequence[_Operation]) -> None:
+    def _apply(self, conn: sqlite3.Connection, ops: Sequence[PreparedOperation]) -> None:
         """Check and write each operation in order; the first ETag failure raises."""
         now = time.time()
         etags = self._reserve_etags(conn, sum(op.value is not None for op in ops))
@@ -406,7 +381,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             self._store(conn, op, etags, now)
 
     def _apply_each(
-        self, conn: sqlite3.Connection, ops: Sequence[_Operation]
+        self, conn: sqlite3.Connection, ops: Sequence[PreparedOperation]
     ) -> dict[str, Exception]:
         """Check and write each operation; failures are collected per key, not raised."""
         now = time.time()
@@ -427,7 +402,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         ((last,),) = conn.execute(self._sql.bump_etag, (count, _ETAG_KEY)).fetchall()
         return iter(range(int(last) - count + 1, int(last) + 1))
 
-    def _check(self, conn: sqlite3.Connection, op: _Operation, now: float) -> None:
+    def _check(self, conn: sqlite3.Connection, op: PreparedOperation, now: float) -> None:
         if op.etag is None and not (op.first_write and op.value is not None):
             return
         found = conn.execute(self._sql.current_etag, (op.stored_key, now)).fetchall()
@@ -443,7 +418,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             )
 
     def _store(
-        self, conn: sqlite3.Connection, op: _Operation, etags: Iterator[int], now: float
+        self, conn: sqlite3.Connection, op: PreparedOperation, etags: Iterator[int], now: float
     ) -> None:
         if op.value is None:
             conn.execute(self._sql.delete, (op.stored_key,))
@@ -470,29 +445,8 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
 
 _SCHEMA_VERSION = 1
 _ETAG_KEY = "etag-sequence"
-_ETAG = re.compile(r"[0-9]{1,19}", re.ASCII)
-_MAX_ETAG = 2**63 - 1
 _CHUNK = 500
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-
-
-@dataclass(frozen=True)
-class _Value:
-    data: bytes
-    is_binary: bool
-    expires_at: float | None
-    """Seconds since the epoch; None for no expiry."""
-
-
-@dataclass(frozen=True)
-class _Operation:
-    """A validated set (``value`` given) or delete (``value`` None)."""
-
-    key: str
-    stored_key: str
-    etag: int | None
-    first_write: bool = False
-    value: _Value | None = None
 
 
 @dataclass(frozen=True)
