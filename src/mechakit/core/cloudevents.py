@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -91,3 +91,41 @@ def is_expired(event: Mapping[str, Any], now: datetime | None = None) -> bool:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when <= (now or datetime.now(UTC))
+
+
+def is_cloudevent_content(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == CONTENT_TYPE
+
+
+def envelope(
+    payload: bytes,
+    content_type: str | None,
+    *,
+    topic: str,
+    pubsub_name: str,
+    source: str,
+    expire_after: int | None = None,
+) -> bytes:
+    """The bytes to publish: ``payload`` wrapped in a CloudEvent, or, when it is one already
+    (``application/cloudevents+json``), that event stamped with topic and pub/sub name.
+
+    ``expire_after`` seconds sets ``expiration``, for brokers that cannot expire messages
+    themselves. A CloudEvent payload that is not a JSON object raises ``ValueError``.
+    """
+    if is_cloudevent_content(content_type):
+        try:
+            event = json.loads(payload)
+        except (ValueError, RecursionError):
+            event = None
+        if not isinstance(event, dict):
+            raise ValueError("a body sent as application/cloudevents+json must be a JSON object")
+        event["topic"] = topic
+        event["pubsubname"] = pubsub_name
+    else:
+        event = new_event(
+            payload, content_type=content_type, topic=topic, pubsub_name=pubsub_name, source=source
+        )
+    if expire_after is not None and expire_after > 0:
+        expires = datetime.now(UTC) + timedelta(seconds=expire_after)
+        event["expiration"] = expires.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps(event, separators=(",", ":")).encode()

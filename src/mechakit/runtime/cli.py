@@ -1,26 +1,32 @@
-"""The ``mechakit`` command: validate manifests, list and document components, run conformance.
+"""The ``mechakit`` command: validate manifests, list and document components, run conformance,
+serve the Dapr HTTP API for an app (``run``) and write default components (``init``).
 
 Each subcommand imports what it needs when it runs, so ``mechakit components list``
-imports no backend SDK. Another issue adds ``run`` and ``init``: each subcommand is one
-``_add_<name>`` function registering its parser and handler in :func:`build_parser`.
+imports no backend SDK. Each subcommand is one ``_add_<name>`` function registering its
+parser and handler in :func:`build_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mechakit.core.metadata import Settings
     from mechakit.core.registry import ComponentSpec
+    from mechakit.runtime.local import Runtime
     from mechakit.runtime.manifest import ComponentManifest, Manifests
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
@@ -45,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     namespace = parser.parse_args(args)
     if passthrough and not getattr(namespace, "accepts_passthrough", False):
-        parser.error("arguments after '--' are only accepted by 'mechakit conformance'")
+        parser.error("arguments after '--' are only accepted by 'mechakit conformance' and 'run'")
     handler: Handler = namespace.handler
     try:
         return handler(namespace, passthrough)
@@ -57,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mechakit",
         description="Dapr-compatible components for Python: check manifests, inspect drivers, "
-        "run the conformance suite.",
+        "run the conformance suite, serve the Dapr HTTP API for an app.",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _add_validate(commands)
     _add_components(commands)
     _add_conformance(commands)
+    _add_run(commands)
+    _add_init(commands)
     return parser
 
 
@@ -456,4 +464,343 @@ def _conformance(namespace: argparse.Namespace, passthrough: list[str]) -> int:
     return subprocess.call(command)
 
 
+# --- run --------------------------------------------------------------------------------
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+DEFAULT_GRPC_PORT = 50001
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
+    return port
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="serve the Dapr HTTP API over the components of a folder, and run the app",
+        description="Start the components, serve the Dapr HTTP API v1.0 on "
+        "--api-listen-address:--dapr-http-port, and run the command after '--' with "
+        "DAPR_HTTP_PORT, DAPR_GRPC_PORT and APP_ID set. SIGINT and SIGTERM are passed on to "
+        "the app; when it exits, mechakit stops and exits with its code. Without a command "
+        "it serves until stopped. Set DAPR_API_TOKEN to require the dapr-api-token header.",
+    )
+    parser.add_argument("--app-id", required=True, help="the app id (key prefix, event source)")
+    parser.add_argument(
+        "--resources-path",
+        "--components-path",
+        dest="resources_paths",
+        action="append",
+        metavar="DIR",
+        help="a folder (or file) of Component, Subscription and Configuration YAML; "
+        "repeatable (default: $MECHAKIT_HOME/components, ~/.mechakit/components, else "
+        "built-in SQLite state, in-memory pub/sub and locks)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="a file with the Configuration (secret scopes) to apply"
+    )
+    parser.add_argument("--dapr-http-port", type=_port, default=3500, metavar="PORT")
+    parser.add_argument(
+        "--dapr-grpc-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help=f"given to the app as DAPR_GRPC_PORT (default {DEFAULT_GRPC_PORT}); gRPC is not "
+        "served yet",
+    )
+    parser.add_argument("--app-port", type=_port, default=None, metavar="PORT")
+    parser.add_argument("--app-protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument("--log-level", choices=tuple(LOG_LEVELS), default="info")
+    parser.add_argument(
+        "--api-listen-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="where the HTTP API listens (default 127.0.0.1; 0.0.0.0 exposes it)",
+    )
+    parser.add_argument(
+        "--dapr-http-max-request-size",
+        type=int,
+        default=4,
+        metavar="MB",
+        help="larger request bodies get 413 (default 4)",
+    )
+    parser.set_defaults(handler=_run, accepts_passthrough=True)
+
+
+def _run(namespace: argparse.Namespace, command: list[str]) -> int:
+    logging.basicConfig(
+        level=LOG_LEVELS[namespace.log_level],
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if namespace.dapr_http_max_request_size <= 0:
+        print("error: --dapr-http-max-request-size must be > 0", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(namespace, command))
+
+
+async def _serve(namespace: argparse.Namespace, command: list[str]) -> int:
+    from mechakit.core.errors import MechakitError
+    from mechakit.runtime.local import Runtime
+
+    log = logging.getLogger("mechakit.run")
+    try:
+        manifests, configuration = await asyncio.to_thread(_run_resources, namespace, log)
+    except MechakitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    runtime = Runtime(manifests, app_id=namespace.app_id, configuration=configuration)
+    log.info("app id %r: starting %d component(s)", namespace.app_id, len(manifests.components))
+    try:
+        await runtime.start()
+    except MechakitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve_started(runtime, namespace, command, log)
+    finally:
+        await runtime.close()
+
+
+def _run_resources(
+    namespace: argparse.Namespace, log: logging.Logger
+) -> tuple[Manifests, str | None]:
+    """The manifests to run and the name of the Configuration to apply."""
+    import tempfile
+
+    from mechakit.core.errors import ConfigurationError
+    from mechakit.runtime.defaults import components_dir, default_components, mechakit_home
+    from mechakit.runtime.manifest import Manifests, load_manifests
+
+    paths: list[str] | None = namespace.resources_paths
+    if paths:
+        manifests = load_manifests(paths)
+    elif components_dir().is_dir():
+        log.info("loading components from %s", components_dir())
+        manifests = load_manifests(components_dir())
+    else:
+        home = mechakit_home()
+        home.mkdir(parents=True, exist_ok=True)
+        defaults = default_components(home)
+        log.info(
+            "no folder %s ('mechakit init' writes one): using the built-in components "
+            "statestore (state.sqlite in %s), pubsub (pubsub.in-memory), lockstore "
+            "(lock.in-memory)",
+            components_dir(),
+            home / "state.db",
+        )
+        with tempfile.TemporaryDirectory(prefix="mechakit-") as folder:
+            for name, text in defaults.items():
+                Path(folder, name).write_text(text, encoding="utf-8")
+            manifests = load_manifests(folder)
+    if not namespace.config:
+        return manifests, None
+    chosen = load_manifests(namespace.config).configurations
+    if not chosen:
+        raise ConfigurationError(f"{namespace.config}: no 'kind: Configuration' document found")
+    names = {c.name for c in chosen}
+    merged = Manifests(
+        components=manifests.components,
+        subscriptions=manifests.subscriptions,
+        configurations=[*chosen, *(c for c in manifests.configurations if c.name not in names)],
+        files=[*manifests.files, namespace.config],
+    )
+    return merged, chosen[0].name
+
+
+async def _serve_started(
+    runtime: Runtime, namespace: argparse.Namespace, command: list[str], log: logging.Logger
+) -> int:
+    """Serve the HTTP API (and run the app) until the app exits or a signal arrives."""
+    import uvicorn
+
+    from mechakit.runtime.http_api import create_app
+
+    class _QuietServer(uvicorn.Server):
+        """uvicorn without its own signal handling: ``mechakit run`` handles the signals."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    host: str = namespace.api_listen_address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, namespace.dapr_http_port), family=family)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {host}:{namespace.dapr_http_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    port: int = listener.getsockname()[1]
+    app = create_app(
+        runtime,
+        api_token=os.environ.get("DAPR_API_TOKEN") or None,
+        max_request_size=namespace.dapr_http_max_request_size * 1024 * 1024,
+        app_port=namespace.app_port,
+        app_protocol=namespace.app_protocol,
+    )
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=namespace.log_level == "debug",
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _QuietServer(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]), name="mechakit http api")
+    log.info("Dapr HTTP API listening on http://%s:%d/v1.0", host, port)
+    if namespace.dapr_grpc_port is not None:
+        log.warning(
+            "--dapr-grpc-port %d: the gRPC API is not served yet (HTTP only)",
+            namespace.dapr_grpc_port,
+        )
+    if namespace.app_port is not None:
+        log.info(
+            "app port %d (%s): delivery of subscriptions to the app is not served yet",
+            namespace.app_port,
+            namespace.app_protocol,
+        )
+    try:
+        return await _supervise(namespace, command, port, serving, log)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await serving
+        listener.close()
+
+
+async def _supervise(
+    namespace: argparse.Namespace,
+    command: list[str],
+    port: int,
+    serving: asyncio.Task[None],
+    log: logging.Logger,
+) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    child: asyncio.subprocess.Process | None = None
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if child is None or child.returncode is not None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            stopping.set()
+        elif signals_seen.count(signum) > 1:
+            log.warning("%s again: killing the app", signal.Signals(signum).name)
+            child.kill()
+        else:
+            log.info("%s received: passing it on to the app", signal.Signals(signum).name)
+            child.send_signal(signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for signum in handled:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        if command:
+            env = {
+                **os.environ,
+                "DAPR_HTTP_PORT": str(port),
+                "DAPR_GRPC_PORT": str(namespace.dapr_grpc_port or DEFAULT_GRPC_PORT),
+                "APP_ID": namespace.app_id,
+            }
+            if namespace.app_port is not None:
+                env["APP_PORT"] = str(namespace.app_port)
+            try:
+                child = await asyncio.create_subprocess_exec(*command, env=env)
+            except OSError as exc:
+                print(f"error: cannot start {command[0]!r}: {exc.strerror or exc}", file=sys.stderr)
+                return 127
+            log.info("app started (pid %d): %s", child.pid, subprocess.list2cmdline(command))
+        waits: set[asyncio.Future[Any]] = {serving, asyncio.ensure_future(stopping.wait())}
+        if child is not None:
+            waits.add(asyncio.ensure_future(child.wait()))
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            if waiter is not serving:
+                waiter.cancel()
+        if serving in done:
+            error = serving.exception() if not serving.cancelled() else None
+            log.error("the HTTP API stopped unexpectedly: %s", error)
+            await _stop_child(child, log)
+            return 1
+        if child is not None and child.returncode is not None:
+            code = child.returncode if child.returncode >= 0 else 128 - child.returncode
+            log.info("app exited with code %d", code)
+            return code
+        await _stop_child(child, log)
+        return 0
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def _stop_child(child: asyncio.subprocess.Process | None, log: logging.Logger) -> None:
+    if child is None or child.returncode is not None:
+        return
+    child.terminate()
+    try:
+        await asyncio.wait_for(child.wait(), 5)
+    except TimeoutError:
+        log.warning("the app did not stop within 5s of SIGTERM: killing it")
+        child.kill()
+        await child.wait()
+
+
+# --- init -------------------------------------------------------------------------------
+
+
+def _add_init(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "init",
+        help="write the default components into $MECHAKIT_HOME/components (~/.mechakit)",
+        description="Write Component YAML for a SQLite state store (statestore), in-memory "
+        "pub/sub (pubsub) and locks (lockstore) into the folder 'mechakit run' loads by "
+        "default. Files that exist are kept unless --force is given.",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite files that exist")
+    parser.set_defaults(handler=_init)
+
+
+def _init(namespace: argparse.Namespace, _: list[str]) -> int:
+    from mechakit.runtime.defaults import components_dir, default_components, mechakit_home
+
+    home = mechakit_home()
+    folder = components_dir(home)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in default_components(home).items():
+            path = folder / name
+            if path.exists() and not namespace.force:
+                print(f"kept     {path} (it exists; --force overwrites it)")
+                continue
+            verb = "replaced" if path.exists() else "wrote"
+            path.write_text(text, encoding="utf-8")
+            print(f"{verb:<8} {path}")
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n'mechakit run --app-id myapp -- <command>' now uses these components")
+    return 0
+
+
 __all__ = ["build_parser", "main"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

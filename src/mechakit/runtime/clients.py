@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from mechakit.core import cloudevents
@@ -382,23 +382,19 @@ class PubSubClient(_Client):
         meta = dict(metadata or {})
         payload, content_type = _encode_payload(data, content_type)
         raw = meta.get(RAW_PAYLOAD, "").strip().lower() in ("true", "1", "yes")
-        if not raw and not _is_cloud_event_type(content_type):
-            extra: dict[str, Any] = {}
+        if not raw:
             ttl = parse_ttl(meta)
-            if ttl is not None and ttl > 0 and PubSubFeature.MESSAGE_TTL not in self.features():
-                expires = datetime.now(UTC) + timedelta(seconds=ttl)
-                extra["expiration"] = expires.isoformat(timespec="milliseconds").replace(
-                    "+00:00", "Z"
+            try:
+                payload = cloudevents.envelope(
+                    payload,
+                    content_type,
+                    topic=topic,
+                    pubsub_name=self.name,
+                    source=self._app_id or "mechakit",
+                    expire_after=None if PubSubFeature.MESSAGE_TTL in self.features() else ttl,
                 )
-            event = cloudevents.new_event(
-                payload,
-                content_type=content_type,
-                topic=topic,
-                pubsub_name=self.name,
-                source=self._app_id or "mechakit",
-                extra=extra,
-            )
-            payload = json.dumps(event, separators=(",", ":")).encode()
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), component=self._pubsub.label) from None
             content_type = cloudevents.CONTENT_TYPE
         await self._pubsub.publish(
             PublishRequest(topic=topic, data=payload, content_type=content_type, metadata=meta)
@@ -459,7 +455,8 @@ def to_topic_event(message: Message) -> TopicEvent:
             metadata=message.metadata,
             delivery_count=message.delivery_count,
         )
-    content_type = envelope.get("datacontenttype")
+    # CloudEvents: an event without datacontenttype carries JSON.
+    content_type = envelope.get("datacontenttype") or "application/json"
     raw = cloudevents.event_data(envelope)
     if "data_base64" in envelope:
         data: Any = raw

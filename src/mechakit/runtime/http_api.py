@@ -1,0 +1,1201 @@
+"""The Dapr HTTP API v1.0 over running components, as an ASGI app (Starlette).
+
+``create_app(runtime)`` answers what a Dapr sidecar answers on its HTTP port for state,
+publish, output bindings, secrets, locks, configuration (get), metadata and health: the
+same paths, status codes and ``{"errorCode": "ERR_…", "message": "…"}`` bodies, so Dapr
+SDKs and curl examples work unchanged. ``mechakit run`` serves it with uvicorn.
+
+Where Dapr answers 500 for something the request itself got wrong, we answer 4xx, so a
+client error never looks like a failing sidecar to retry policies:
+
+- a component that does not exist is always its ``…_NOT_FOUND`` error (Dapr says
+  ``…_NOT_CONFIGURED`` with 500 when no component of that kind exists at all); an unknown
+  output binding is 400 ``ERR_INVOKE_OUTPUT_BINDING``;
+- a missing secret is 404 ``ERR_SECRET_GET``;
+- a request a component rejects (bad ``ttlInSeconds``, unsupported operation) is 400 with
+  the endpoint's error code, and so is a transaction or query on a store without that
+  capability (``ERR_STATE_STORE_NOT_SUPPORTED``); an ETag conflict in a transaction is 409
+  (invalid ETag 400) ``ERR_STATE_TRANSACTION``.
+
+So 500 always means the backend failed.
+
+Everything else, including Dapr's 401 for an unknown secret store, follows Dapr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mechakit import __version__
+from mechakit.core import cloudevents
+from mechakit.core.bindings import InvokeRequest
+from mechakit.core.errors import (
+    BulkError,
+    ConfigurationError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+)
+from mechakit.core.lock import TryLockRequest, UnlockRequest
+from mechakit.core.metadata import parse_bool
+from mechakit.core.pubsub import (
+    BulkPublishEntry,
+    BulkPublishRequest,
+    PublishRequest,
+    PubSub,
+    PubSubFeature,
+)
+from mechakit.core.state import (
+    DeleteRequest,
+    GetRequest,
+    QueryableStore,
+    SetRequest,
+    StateOptions,
+    TransactionalStore,
+    TransactionOperation,
+    parse_ttl,
+)
+
+from .local import Runtime
+
+log = logging.getLogger("mechakit.http")
+
+DEFAULT_MAX_REQUEST_SIZE = 4 * 1024 * 1024
+"""Dapr's default ``--dapr-http-max-request-size`` (4 MB)."""
+
+API_TOKEN_HEADER = "dapr-api-token"
+METADATA_PREFIX = "metadata."
+RAW_PAYLOAD = "rawPayload"
+_HEALTH_PATHS = ("v1.0/healthz", "v1.0/healthz/outbound")
+_KEY_SEPARATOR = "||"
+
+MALFORMED = "ERR_MALFORMED_REQUEST"
+
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and Dapr's ``errorCode`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def response(self) -> Response:
+        return JSONResponse({"errorCode": self.code, "message": self.message}, self.status)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One route: what Starlette serves and what ``/v1.0/openapi.json`` documents."""
+
+    methods: tuple[str, ...]
+    path: str
+    handler: Handler
+    summary: str
+    responses: Mapping[int, str] = field(default_factory=dict)
+    body: str | None = None
+    """A description of the request body, or None when it has none."""
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    api_token: str | None = None,
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+    app_port: int | None = None,
+    app_protocol: str = "http",
+) -> Starlette:
+    """The Dapr HTTP API over a started ``runtime``.
+
+    ``api_token`` (from ``DAPR_API_TOKEN``) makes every call but the health checks carry
+    the ``dapr-api-token`` header. Bodies over ``max_request_size`` bytes get 413.
+    """
+    return DaprHttpApi(
+        runtime,
+        api_token=api_token,
+        max_request_size=max_request_size,
+        app_port=app_port,
+        app_protocol=app_protocol,
+    ).app
+
+
+class DaprHttpApi:
+    """The handlers; :attr:`app` is the ASGI application serving them."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        api_token: str | None = None,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        app_port: int | None = None,
+        app_protocol: str = "http",
+    ) -> None:
+        self.runtime = runtime
+        self.app_port = app_port
+        self.app_protocol = app_protocol
+        self.extended_metadata: dict[str, str] = {}
+        self.endpoints = self._endpoints()
+        routes = [
+            Route(e.path, _guarded(e.handler), methods=list(e.methods)) for e in self.endpoints
+        ]
+        limits = Middleware(_Limits, api_token=api_token or None, max_request_size=max_request_size)
+        self.app = Starlette(
+            routes=routes,
+            middleware=[limits],
+            exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        )
+
+    # --- routes --------------------------------------------------------------------------
+
+    def _endpoints(self) -> list[Endpoint]:
+        state_item = (
+            "JSON array of {key, value, etag?, metadata?, options?: {concurrency, consistency}}"
+        )
+        missing = {400: "malformed request or unknown state store"}
+        return [
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/state/{store}/bulk",
+                self.get_bulk_state,
+                "Get many keys",
+                {200: "array of {key, data?, etag?, metadata?, error?}", **missing},
+                "JSON object {keys: [string], parallelism?, metadata?}",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/state/{store}/transaction",
+                self.transact_state,
+                "Apply upserts and deletes atomically",
+                {
+                    204: "applied",
+                    409: "ETag mismatch",
+                    **missing,
+                    500: "the transaction failed",
+                },
+                "JSON object {operations: [{operation: upsert|delete, request}], metadata?}",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0-alpha1/state/{store}/query",
+                self.query_state,
+                "Query state (stores with QUERY_API)",
+                {
+                    200: "{results: [{key, data, etag?}], token?}",
+                    204: "no results",
+                    **missing,
+                },
+                "JSON object {filter?, sort?, page?}",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/state/{store}",
+                self.save_state,
+                "Save state",
+                {204: "saved", 409: "ETag mismatch or first-write conflict", **missing},
+                state_item,
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/state/{store}/{key:path}",
+                self.get_state,
+                "Get one key",
+                {200: "the value (ETag header)", 204: "no such key", **missing},
+            ),
+            Endpoint(
+                ("DELETE",),
+                "/v1.0/state/{store}/{key:path}",
+                self.delete_state,
+                "Delete one key (If-Match: ETag)",
+                {204: "deleted", 409: "ETag mismatch", **missing},
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0-alpha1/publish/bulk/{pubsub}/{topic:path}",
+                self.bulk_publish,
+                "Publish many events",
+                {
+                    204: "all published",
+                    400: "malformed request",
+                    404: "unknown pub/sub",
+                    500: "{failedEntries: [{entryId, error}], errorCode}",
+                },
+                "JSON array of {entryId, event, contentType, metadata?}",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/publish/bulk/{pubsub}/{topic:path}",
+                self.bulk_publish,
+                "Publish many events",
+                {
+                    204: "all published",
+                    400: "malformed request",
+                    404: "unknown pub/sub",
+                    500: "{failedEntries: [{entryId, error}], errorCode}",
+                },
+                "JSON array of {entryId, event, contentType, metadata?}",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/publish/{pubsub}/{topic:path}",
+                self.publish,
+                "Publish an event (wrapped in a CloudEvent unless metadata.rawPayload=true)",
+                {
+                    204: "published",
+                    400: "malformed request",
+                    404: "unknown pub/sub or no topic",
+                    500: "the broker failed",
+                },
+                "the payload, typed by Content-Type (default text/plain)",
+            ),
+            Endpoint(
+                ("POST", "PUT"),
+                "/v1.0/bindings/{name}",
+                self.invoke_binding,
+                "Invoke an output binding",
+                {
+                    200: "the binding's data (metadata.* headers)",
+                    204: "no data",
+                    400: "malformed request, unknown binding or unsupported operation",
+                },
+                "JSON object {operation, data?, metadata?}",
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/secrets/{store}/bulk",
+                self.get_bulk_secret,
+                "Every secret the app may read",
+                {200: "{name: {key: value}}", 401: "unknown secret store"},
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/secrets/{store}/{name:path}",
+                self.get_secret,
+                "Get one secret",
+                {
+                    200: "{key: value}",
+                    401: "unknown secret store",
+                    403: "denied by the secret scopes",
+                    404: "no such secret",
+                },
+            ),
+            Endpoint(
+                ("POST",),
+                "/v1.0-alpha1/lock/{store}",
+                self.try_lock,
+                "Try to take a lock",
+                {200: "{success: bool}", 400: "malformed request or unknown lock store"},
+                "JSON object {resourceId, lockOwner, expiryInSeconds}",
+            ),
+            Endpoint(
+                ("POST",),
+                "/v1.0-alpha1/unlock/{store}",
+                self.unlock,
+                "Release a lock",
+                {
+                    200: "{status: 0 success, 1 no such lock, 2 held by another owner}",
+                    400: "malformed request or unknown lock store",
+                },
+                "JSON object {resourceId, lockOwner}",
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/configuration/{store}",
+                self.get_configuration,
+                "Get configuration items (?key=a&key=b; none: all)",
+                {
+                    200: "{key: {value, version, metadata}}",
+                    204: "no items",
+                    400: "unknown configuration store",
+                },
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0-alpha1/configuration/{store}",
+                self.get_configuration,
+                "Get configuration items (?key=a&key=b; none: all)",
+                {
+                    200: "{key: {value, version, metadata}}",
+                    204: "no items",
+                    400: "unknown configuration store",
+                },
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/metadata",
+                self.get_metadata,
+                "The app id, components (never their metadata values) and subscriptions",
+                {
+                    200: "{id, runtimeVersion, components: [{name, type, version, capabilities}], "
+                    "subscriptions, extended}"
+                },
+            ),
+            Endpoint(
+                ("PUT",),
+                "/v1.0/metadata/{key}",
+                self.put_metadata,
+                "Set an extended metadata attribute",
+                {204: "set"},
+                "the value as text",
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/healthz",
+                self.healthz,
+                "Health (no API token needed)",
+                {204: "healthy", 500: "not ready"},
+            ),
+            Endpoint(
+                ("GET",),
+                "/v1.0/healthz/outbound",
+                self.healthz_outbound,
+                "Components ready (no API token needed)",
+                {204: "ready", 500: "not ready"},
+            ),
+            Endpoint(
+                ("GET",), "/v1.0/openapi.json", self.openapi, "This document", {200: "OpenAPI 3.1"}
+            ),
+        ]
+
+    # --- state ---------------------------------------------------------------------------
+
+    async def save_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        items = _json(await request.body())
+        if not isinstance(items, list):
+            raise _malformed(f"expected a JSON array of state items, got {_kind(items)}")
+        query = _query_metadata(request)
+        requests = [_set_request(item, f"item {i}", query) for i, item in enumerate(items)]
+        if requests:
+            with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
+                if len(requests) == 1:
+                    await store.set(requests[0])
+                else:
+                    await store.bulk_set(requests)
+        return Response(status_code=204)
+
+    async def get_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        key = _key(request.path_params["key"], "key")
+        options = _state_options(None, request.query_params.get("consistency"), "query")
+        get = GetRequest(key, _query_metadata(request), consistency=options.consistency)
+        with _failure("ERR_STATE_GET", f"fail to get {key} from state store {name}"):
+            item = await store.get(get)
+        if item is None:
+            return Response(status_code=204)
+        headers = _metadata_headers(item.metadata)
+        if item.etag is not None:
+            headers["ETag"] = _header_value(item.etag)
+        body, content_type = _state_body(item.value)
+        return Response(body, 200, headers=headers, media_type=content_type)
+
+    async def get_bulk_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        body = _object(_json(await request.body()), "request body")
+        keys = body.get("keys") or []
+        if not isinstance(keys, list):
+            raise _malformed(f"'keys' must be an array of strings, got {_kind(keys)}")
+        parallelism = body.get("parallelism")
+        if parallelism is not None and not _is_int(parallelism):
+            raise _malformed(f"'parallelism' must be a whole number, got {_kind(parallelism)}")
+        metadata = {**_string_map(body.get("metadata"), "metadata"), **_query_metadata(request)}
+        requests = [GetRequest(_key(k, f"keys[{i}]"), metadata) for i, k in enumerate(keys)]
+        if not requests:
+            return JSONResponse([])
+        with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
+            found = await store.bulk_get(requests)
+        results: list[dict[str, Any]] = []
+        for item in found:
+            entry: dict[str, Any] = {"key": item.key}
+            if item.error:
+                entry["error"] = item.error
+            elif item.found:
+                entry["data"] = _state_data(item.value)
+                if item.etag is not None:
+                    entry["etag"] = item.etag
+                if item.metadata:
+                    entry["metadata"] = dict(item.metadata)
+            results.append(entry)
+        return JSONResponse(results)
+
+    async def delete_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        key = _key(request.path_params["key"], "key")
+        query = request.query_params
+        options = _state_options(query.get("concurrency"), query.get("consistency"), "query")
+        delete = DeleteRequest(
+            key,
+            etag=request.headers.get("if-match"),
+            metadata=_query_metadata(request),
+            options=options,
+        )
+        with _failure("ERR_STATE_DELETE", f"failed deleting state with key {key}"):
+            await store.delete(delete)
+        return Response(status_code=204)
+
+    async def transact_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        body = _object(_json(await request.body()), "request body")
+        if not isinstance(store, TransactionalStore):
+            raise ApiError(
+                400,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {name} doesn't support transactions",
+            )
+        query = _query_metadata(request)
+        metadata = {**_string_map(body.get("metadata"), "metadata"), **query}
+        raw_operations = body.get("operations") or []
+        if not isinstance(raw_operations, list):
+            raise _malformed(f"'operations' must be an array, got {_kind(raw_operations)}")
+        operations: list[TransactionOperation] = []
+        for i, raw in enumerate(raw_operations):
+            where = f"operations[{i}]"
+            operation = _object(raw, where)
+            kind = operation.get("operation")
+            item = operation.get("request")
+            if kind == "upsert":
+                operations.append(_set_request(item, f"{where}.request", query))
+            elif kind == "delete":
+                operations.append(_delete_request(item, f"{where}.request", query))
+            else:
+                raise ApiError(
+                    400,
+                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
+                    f"{where}: operation type {kind!r} not supported (use upsert or delete)",
+                )
+        if operations:
+            with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
+                await store.transact(operations, metadata)
+        return Response(status_code=204)
+
+    async def query_state(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = self._state(name)
+        body = _object(_json(await request.body()), "query")
+        if not isinstance(store, QueryableStore):
+            raise ApiError(
+                400, "ERR_STATE_STORE_NOT_SUPPORTED", "state store does not support querying"
+            )
+        client = self.runtime.state(name)
+        with _failure("ERR_STATE_QUERY", f"state store {name} query failed"):
+            response = await client.query(body, metadata=_query_metadata(request))
+        if not response.results:
+            return Response(status_code=204)
+        results = []
+        for item in response.results:
+            entry: dict[str, Any] = {"key": item.key, "data": _state_data(item.value)}
+            if item.etag is not None:
+                entry["etag"] = item.etag
+            if item.error:
+                entry["error"] = item.error
+            results.append(entry)
+        out: dict[str, Any] = {"results": results}
+        if response.token:
+            out["token"] = response.token
+        if response.metadata:
+            out["metadata"] = dict(response.metadata)
+        return JSONResponse(out)
+
+    def _state(self, name: str) -> Any:
+        client = _lookup(self.runtime.state, name, 400, "ERR_STATE_STORE_NOT_FOUND")
+        return client.component
+
+    # --- pub/sub -------------------------------------------------------------------------
+
+    async def publish(self, request: Request) -> Response:
+        name = request.path_params["pubsub"]
+        pubsub = self._pubsub(name)
+        topic = _topic(request, name)
+        payload = await request.body()
+        metadata = _query_metadata(request)
+        content_type = request.headers.get("content-type") or "text/plain"
+        data, data_type = self._envelope(pubsub, topic, payload, content_type, metadata)
+        with _failure(
+            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+        ):
+            await pubsub.publish(PublishRequest(topic, data, data_type, metadata))
+        return Response(status_code=204)
+
+    async def bulk_publish(self, request: Request) -> Response:
+        name = request.path_params["pubsub"]
+        pubsub = self._pubsub(name)
+        topic = _topic(request, name)
+        metadata = _query_metadata(request)
+        raw = _raw_payload(metadata)
+        body = _json(await request.body(), code="ERR_PUBSUB_EVENTS_SER")
+        if not isinstance(body, list):
+            raise _events_error(f"expected a JSON array of entries, got {_kind(body)}")
+        entries: list[BulkPublishEntry] = []
+        seen: set[str] = set()
+        for i, raw_entry in enumerate(body):
+            where = f"entry {i}"
+            if not isinstance(raw_entry, dict):
+                raise _events_error(f"{where}: expected an object, got {_kind(raw_entry)}")
+            entry_id = raw_entry.get("entryId")
+            if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
+                raise _events_error(f"{where}: entryId is duplicated or not present for entry")
+            seen.add(entry_id)
+            content_type = raw_entry.get("contentType")
+            if not isinstance(content_type, str):
+                raise _events_error(f"{where}: 'contentType' must be a string")
+            try:
+                entry_metadata = {**metadata, **_string_map(raw_entry.get("metadata"), "metadata")}
+            except ApiError as exc:
+                raise _events_error(f"{where}: {exc.message}") from None
+            data = _event_bytes(raw_entry.get("event"), content_type, where)
+            if not raw:
+                data, content_type = self._envelope(
+                    pubsub, topic, data, content_type, entry_metadata
+                )
+            entries.append(BulkPublishEntry(entry_id, data, content_type, entry_metadata))
+        with _failure(
+            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+        ):
+            result = await pubsub.bulk_publish(BulkPublishRequest(topic, entries, metadata))
+        if result.failed:
+            failed = [{"entryId": f.entry_id, "error": f.error} for f in result.failed]
+            return JSONResponse(
+                {"failedEntries": failed, "errorCode": "ERR_PUBSUB_PUBLISH_MESSAGE"}, 500
+            )
+        return Response(status_code=204)
+
+    def _pubsub(self, name: str) -> PubSub[Any]:
+        client = _lookup(self.runtime.pubsub, name, 404, "ERR_PUBSUB_NOT_FOUND")
+        return client.component
+
+    def _envelope(
+        self,
+        pubsub: PubSub[Any],
+        topic: str,
+        payload: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> tuple[bytes, str]:
+        """The bytes to publish: a CloudEvent around the payload, or the payload raw."""
+        if _raw_payload(metadata):
+            return payload, content_type
+        try:
+            ttl = parse_ttl(metadata)
+        except InvalidRequestError as exc:
+            raise ApiError(400, "ERR_PUBSUB_REQUEST_METADATA", exc.reason) from None
+        try:
+            data = cloudevents.envelope(
+                payload,
+                content_type,
+                topic=topic,
+                pubsub_name=pubsub.name,
+                source=self.runtime.app_id or "mechakit",
+                expire_after=None if PubSubFeature.MESSAGE_TTL in pubsub.features() else ttl,
+            )
+        except ValueError as exc:
+            raise ApiError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)) from None
+        return data, cloudevents.CONTENT_TYPE
+
+    # --- bindings ------------------------------------------------------------------------
+
+    async def invoke_binding(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        binding = _lookup(self.runtime.binding, name, 400, "ERR_INVOKE_OUTPUT_BINDING")
+        body = _object(_json(await request.body()), "request body")
+        operation = body.get("operation")
+        if not isinstance(operation, str) or not operation.strip():
+            raise _malformed("'operation' must be a non-empty string, e.g. create")
+        metadata = _string_map(body.get("metadata"), "metadata")
+        data = body.get("data")
+        payload = (
+            b""
+            if data is None
+            else data.encode()
+            if isinstance(data, str)
+            else json.dumps(data, separators=(",", ":")).encode()
+        )
+        with _failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
+            result = await binding.invoke(InvokeRequest(operation, payload, metadata))
+        headers = _metadata_headers(result.metadata)
+        if not result.data:
+            return Response(status_code=204, headers=headers)
+        return Response(
+            result.data, 200, headers=headers, media_type=result.content_type or "application/json"
+        )
+
+    # --- secrets -------------------------------------------------------------------------
+
+    async def get_secret(self, request: Request) -> Response:
+        store = request.path_params["store"]
+        secrets = _lookup(self.runtime.secrets, store, 401, "ERR_SECRET_STORE_NOT_FOUND")
+        name = request.path_params["name"]
+        if not name:
+            raise _malformed("the secret name is empty")
+        with _failure(
+            "ERR_SECRET_GET", f"failed getting secret with key {name} from secret store {store}"
+        ):
+            values = await secrets.get(name, metadata=_query_metadata(request))
+        return JSONResponse(values)
+
+    async def get_bulk_secret(self, request: Request) -> Response:
+        store = request.path_params["store"]
+        secrets = _lookup(self.runtime.secrets, store, 401, "ERR_SECRET_STORE_NOT_FOUND")
+        with _failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
+            values = await secrets.bulk_get(metadata=_query_metadata(request))
+        return JSONResponse(values)
+
+    # --- locks ---------------------------------------------------------------------------
+
+    async def try_lock(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        body = _object(_json(await request.body()), "request body")
+        locks = _lookup(self.runtime.lock, name, 400, "ERR_LOCK_STORE_NOT_FOUND")
+        expiry = _proto_int(_field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds")
+        try:
+            lock = TryLockRequest(
+                _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
+                _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
+                expiry,
+            )
+        except InvalidRequestError as exc:
+            raise _malformed(f"{exc.reason} in lock store {name}") from None
+        with _failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
+            success = await locks.try_lock(lock)
+        return JSONResponse({"success": success})
+
+    async def unlock(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        body = _object(_json(await request.body()), "request body")
+        locks = _lookup(self.runtime.lock, name, 400, "ERR_LOCK_STORE_NOT_FOUND")
+        try:
+            release = UnlockRequest(
+                _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
+                _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
+            )
+        except InvalidRequestError as exc:
+            raise _malformed(f"{exc.reason} in lock store {name}") from None
+        with _failure("ERR_UNLOCK", "failed to release lock"):
+            status = await locks.unlock(release)
+        return JSONResponse({"status": int(status)})
+
+    # --- configuration -------------------------------------------------------------------
+
+    async def get_configuration(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        keys = request.query_params.getlist("key")
+        with _failure(
+            "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
+        ):
+            items = await store.get(keys, metadata=_query_metadata(request))
+        if not items:
+            return Response(status_code=204)
+        return JSONResponse(
+            {
+                key: {"value": item.value, "version": item.version, "metadata": dict(item.metadata)}
+                for key, item in items.items()
+            }
+        )
+
+    # --- metadata, health, OpenAPI ---------------------------------------------------------
+
+    async def get_metadata(self, request: Request) -> Response:
+        host = self.runtime.host
+        components = [
+            {
+                "name": hosted.name,
+                "type": hosted.manifest.type,
+                "version": hosted.manifest.version,
+                "capabilities": hosted.features(),
+            }
+            for hosted in host.components.values()
+        ]
+        subscriptions = [
+            {
+                "pubsubname": s.pubsub_name,
+                "topic": s.topic,
+                "metadata": dict(s.metadata),
+                "rules": [{"match": r.match, "path": r.path} for r in s.rules]
+                + ([{"match": "", "path": s.default_route}] if s.default_route else []),
+                "deadLetterTopic": s.dead_letter_topic or "",
+                "type": "DECLARATIVE",
+            }
+            for s in host.subscriptions
+        ]
+        body: dict[str, Any] = {
+            "id": self.runtime.app_id,
+            "runtimeVersion": __version__,
+            "enabledFeatures": [],
+            "components": components,
+            "subscriptions": subscriptions,
+            "extended": {"runtime": "mechakit", **self.extended_metadata},
+        }
+        if self.app_port is not None:
+            body["appConnectionProperties"] = {
+                "port": self.app_port,
+                "protocol": self.app_protocol,
+                "channelAddress": "127.0.0.1",
+            }
+        return JSONResponse(body)
+
+    async def put_metadata(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            value = body.decode()
+        except UnicodeDecodeError:
+            raise _malformed("the metadata value must be UTF-8 text") from None
+        self.extended_metadata[request.path_params["key"]] = value
+        return Response(status_code=204)
+
+    async def healthz(self, request: Request) -> Response:
+        if not self._ready():
+            raise ApiError(500, "ERR_HEALTH_NOT_READY", "dapr is not ready: components not started")
+        wanted = request.query_params.get("appid")
+        if wanted is not None and wanted != self.runtime.app_id:
+            raise ApiError(500, "ERR_HEALTH_APPID_NOT_MATCH", "dapr app-id does not match")
+        return Response(status_code=204)
+
+    async def healthz_outbound(self, request: Request) -> Response:
+        if not self._ready():
+            raise ApiError(500, "ERR_OUTBOUND_HEALTH_NOT_READY", "dapr outbound is not ready")
+        return Response(status_code=204)
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.openapi_document())
+
+    def openapi_document(self) -> dict[str, Any]:
+        """OpenAPI 3.1, generated from the same table the routes are built from."""
+        paths: dict[str, dict[str, Any]] = {}
+        for endpoint in self.endpoints:
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", endpoint.path)
+            names = re.findall(r"\{(\w+)\}", path)
+            for method in endpoint.methods:
+                operation: dict[str, Any] = {
+                    "summary": endpoint.summary,
+                    "parameters": [
+                        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                        for n in names
+                    ],
+                    "responses": {
+                        str(code): {"description": text}
+                        for code, text in sorted(endpoint.responses.items())
+                    },
+                }
+                if endpoint.body is not None:
+                    operation["requestBody"] = {
+                        "description": endpoint.body,
+                        "content": {"*/*": {"schema": {}}},
+                    }
+                if endpoint.handler not in (self.healthz, self.healthz_outbound):
+                    operation["security"] = [{"daprApiToken": []}, {}]
+                paths.setdefault(path, {})[method.lower()] = operation
+        return {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "mechakit: Dapr HTTP API v1.0",
+                "version": __version__,
+                "description": "Errors are JSON {errorCode, message}; bodies over the size "
+                "limit get 413.",
+            },
+            "components": {
+                "securitySchemes": {
+                    "daprApiToken": {"type": "apiKey", "in": "header", "name": API_TOKEN_HEADER}
+                }
+            },
+            "paths": paths,
+        }
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(ConfigurationError):
+            return self.runtime.host is not None
+        return False
+
+
+# --- middleware and error rendering ---------------------------------------------------------
+
+
+class _Limits:
+    """The API token check and the request size limit, before any route runs."""
+
+    def __init__(self, app: ASGIApp, *, api_token: str | None, max_request_size: int) -> None:
+        self.app = app
+        self.token = api_token.encode() if api_token else None
+        self.max_request_size = max_request_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.token is not None and not _is_health_check(scope):
+            given = headers.get(API_TOKEN_HEADER.encode(), b"")
+            if not hmac.compare_digest(given, self.token):
+                await PlainTextResponse("invalid api token", 401)(scope, receive, send)
+                return
+        limit = self.max_request_size
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            error = (
+                _too_large(limit) if declared.isdigit() else _malformed("invalid Content-Length")
+            )
+            await error.response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _is_health_check(scope: Scope) -> bool:
+    return scope["method"] == "GET" and str(scope["path"]).strip("/") in _HEALTH_PATHS
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "ERR_BODY_READ",
+        f"failed to read request body: the body is larger than the {limit} byte limit "
+        "(--dapr-http-max-request-size)",
+    )
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+            else:
+                log.debug("%s %s: %s", request.method, request.url.path, exc.message)
+            return exc.response()
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return ApiError(500, "ERR_INTERNAL", "internal error; see the runtime's log").response()
+
+    return run
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"mechakit does not serve {request.method} {request.url.path}"
+        return ApiError(404, "ERR_API_UNIMPLEMENTED", message).response()
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+        response = ApiError(405, "ERR_METHOD_NOT_ALLOWED", message).response()
+        response.headers.update(exc.headers or {})
+        return response
+    return ApiError(exc.status_code, "ERR_BAD_REQUEST", str(exc.detail)).response()
+
+
+@contextlib.contextmanager
+def _failure(code: str, what: str) -> Iterator[None]:
+    """Turn a component's error into Dapr's answer for the endpoint whose ``code`` it is."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except ETagError as exc:
+        status = 409 if exc.kind is ETagErrorKind.MISMATCH else 400
+        raise ApiError(status, code, f"{what}: {exc}") from exc
+    except PermissionDeniedError as exc:
+        raise ApiError(403, "ERR_PERMISSION_DENIED", f"{what}: {exc}") from exc
+    except (InvalidRequestError, NotSupportedError) as exc:
+        raise ApiError(400, code, f"{what}: {exc}") from exc
+    except NotFoundError as exc:
+        raise ApiError(404, code, f"{what}: {exc}") from exc
+    except BulkError as exc:
+        status = _bulk_status(exc.errors.values())
+        raise ApiError(status, code, f"{what}: {_bulk_message(exc)}") from exc
+    except Exception as exc:
+        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+        raise ApiError(500, code, f"{what}: {exc}") from exc
+
+
+def _bulk_status(found: Iterable[Exception]) -> int:
+    errors = list(found)
+    etags = [e for e in errors if isinstance(e, ETagError)]
+    if etags:
+        mismatch = any(e.kind is ETagErrorKind.MISMATCH for e in etags)
+        return 409 if mismatch else 400
+    if errors and all(isinstance(e, InvalidRequestError | NotSupportedError) for e in errors):
+        return 400
+    return 500
+
+
+def _bulk_message(exc: BulkError) -> str:
+    return "; ".join(f"{key!r}: {error}" for key, error in exc.errors.items())
+
+
+def _lookup(get: Callable[[str], T], name: str, status: int, code: str) -> T:
+    try:
+        return get(name)
+    except (NotFoundError, ConfigurationError) as exc:
+        raise ApiError(status, code, exc.reason) from None
+
+
+# --- request parsing ------------------------------------------------------------------------
+
+
+def _malformed(message: str) -> ApiError:
+    return ApiError(400, MALFORMED, message)
+
+
+def _events_error(message: str) -> ApiError:
+    return ApiError(400, "ERR_PUBSUB_EVENTS_SER", message)
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not valid JSON")
+
+
+def _json(body: bytes, *, code: str = MALFORMED) -> Any:
+    if not body.strip():
+        raise ApiError(400, code, "failed deserializing HTTP body: the body is empty")
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, code, f"failed deserializing HTTP body: {exc}") from None
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), "a number")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _malformed(f"{what}: expected a JSON object, got {_kind(value)}")
+    return value
+
+
+def _string_map(value: object, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed(f"{where}: expected an object of strings, got {_kind(value)}")
+    bad = next((k for k, v in value.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise _malformed(f"{where}.{bad}: expected a string, got {_kind(value[bad])}")
+    return dict(value)
+
+
+def _key(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _malformed(f'{where}: "key" is a required field (a non-empty string)')
+    if _KEY_SEPARATOR in value:
+        raise _malformed(f"{where}: input key/keyPrefix {value!r} can't contain '||'")
+    return value
+
+
+def _etag(value: object, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _malformed(f"{where}.etag: expected a string, got {_kind(value)}")
+
+
+def _state_options(concurrency: object, consistency: object, where: str) -> StateOptions:
+    for name, value in (("concurrency", concurrency), ("consistency", consistency)):
+        if value is not None and not isinstance(value, str):
+            raise _malformed(f"{where}.{name}: expected a string, got {_kind(value)}")
+    try:
+        return StateOptions.parse(concurrency=concurrency, consistency=consistency)
+    except InvalidRequestError as exc:
+        raise _malformed(f"{where}: {exc.reason}") from None
+
+
+def _item_options(item: Mapping[str, Any], where: str) -> StateOptions:
+    options = item.get("options")
+    if options is None:
+        return StateOptions()
+    options = _object(options, f"{where}.options")
+    return _state_options(
+        options.get("concurrency"), options.get("consistency"), f"{where}.options"
+    )
+
+
+def _set_request(item: object, where: str, query: Mapping[str, str]) -> SetRequest:
+    item = _object(item, where)
+    metadata = {**_string_map(item.get("metadata"), f"{where}.metadata"), **query}
+    try:
+        parse_ttl(metadata)
+    except InvalidRequestError as exc:
+        raise _malformed(f"{where}: {exc.reason}") from None
+    return SetRequest(
+        key=_key(item.get("key"), where),
+        value=item.get("value"),
+        etag=_etag(item.get("etag"), where),
+        metadata=metadata,
+        options=_item_options(item, where),
+    )
+
+
+def _delete_request(item: object, where: str, query: Mapping[str, str]) -> DeleteRequest:
+    item = _object(item, where)
+    return DeleteRequest(
+        key=_key(item.get("key"), where),
+        etag=_etag(item.get("etag"), where),
+        metadata={**_string_map(item.get("metadata"), f"{where}.metadata"), **query},
+        options=_item_options(item, where),
+    )
+
+
+def _query_metadata(request: Request) -> dict[str, str]:
+    """``?metadata.ttlInSeconds=10`` → ``{"ttlInSeconds": "10"}`` (first value wins, as in Dapr)."""
+    metadata: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX):
+            metadata.setdefault(key[len(METADATA_PREFIX) :], value)
+    return metadata
+
+
+def _topic(request: Request, pubsub: str) -> str:
+    topic = str(request.path_params["topic"])
+    if not topic.strip():
+        raise ApiError(404, "ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub}")
+    return topic
+
+
+def _raw_payload(metadata: Mapping[str, str]) -> bool:
+    value = metadata.get(RAW_PAYLOAD)
+    if value is None:
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise ApiError(
+            400, "ERR_PUBSUB_REQUEST_METADATA", f"failed deserializing metadata. Error: {exc}"
+        ) from None
+
+
+def _base_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def _event_bytes(event: object, content_type: str, where: str) -> bytes:
+    """A bulk entry's ``event`` as bytes, checked against its ``contentType`` as Dapr does."""
+    base = _base_type(content_type)
+    mismatch = _events_error(f"{where}: mismatch between contentType {content_type!r} and event")
+    if base == "application/octet-stream":
+        if not isinstance(event, str):
+            raise mismatch
+        try:
+            return base64.b64decode(event, validate=True)
+        except (binascii.Error, ValueError):
+            raise _events_error(f"{where}: binary event data must be base64") from None
+    if base.startswith("text/") or base.endswith("/xml"):
+        if not isinstance(event, str):
+            raise mismatch
+        return event.encode()
+    if cloudevents.is_json_content(base):
+        return json.dumps(event, separators=(",", ":")).encode()
+    raise mismatch
+
+
+def _field(body: Mapping[str, Any], name: str, proto_name: str) -> Any:
+    """A field by its JSON name or its proto name, as protojson accepts both."""
+    return body.get(name, body.get(proto_name))
+
+
+def _proto_str(value: object, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _malformed(f"{name}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _proto_int(value: object, name: str) -> int:
+    """An int32 as protojson reads it: a whole number, or a string holding one."""
+    if value is None:
+        return 0
+    number: object = value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,10}", value.strip()):
+        number = int(value.strip())
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if not _is_int(number) or not -(2**31) <= number < 2**31:  # type: ignore[operator]
+        raise _malformed(f"{name}: expected a 32-bit whole number, got {value!r}")
+    assert isinstance(number, int)
+    return number
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _state_body(value: Any) -> tuple[bytes, str]:
+    if isinstance(value, bytes):
+        return value, "application/octet-stream"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+
+
+def _state_data(value: Any) -> Any:
+    """A value inside a JSON answer: bytes that are JSON as JSON, other bytes as base64."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return json.loads(value, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return base64.b64encode(value).decode()
+
+
+_UNSAFE_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+_HEADER_NAME_CHARS = "!#$&'*+-.^_`|~"
+
+
+def _header_value(value: str) -> str:
+    """Header-safe text: control and non-Latin-1 characters make the value percent-encoded."""
+    return quote(value, safe="") if _UNSAFE_HEADER_VALUE.search(value) else value
+
+
+def _metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {
+        METADATA_PREFIX + quote(str(k), safe=_HEADER_NAME_CHARS): _header_value(str(v))
+        for k, v in metadata.items()
+    }
+
+
+__all__ = ["DEFAULT_MAX_REQUEST_SIZE", "ApiError", "DaprHttpApi", "Endpoint", "create_app"]
