@@ -21,9 +21,23 @@ def mechakit_components() -> list[ComponentSpec]:
             description="State in a SQLite file, safe for several processes on one file.",
         ),
         ComponentSpec(
+            "state.redis",
+            f"{_PKG}.state.redis:RedisStateStore",
+            extra="redis",
+            requires=("redis",),
+            description="State in Redis hashes: atomic ETag checks, TTL, all-or-nothing transactions.",
+        ),
+        ComponentSpec(
             "pubsub.in-memory",
             f"{_PKG}.pubsub.in_memory:InMemoryPubSub",
             description="Pub/sub within one process: at-least-once, dead letters.",
+        ),
+        ComponentSpec(
+            "pubsub.redis",
+            f"{_PKG}.pubsub.redis:RedisPubSub",
+            extra="redis",
+            requires=("redis",),
+            description="Pub/sub on Redis Streams: consumer groups, ack after success, dead letters.",
         ),
         ComponentSpec(
             "lock.in-memory",
@@ -31,10 +45,24 @@ def mechakit_components() -> list[ComponentSpec]:
             description="Locks within one process, with expiry.",
         ),
         ComponentSpec(
+            "lock.redis",
+            f"{_PKG}.lock.redis:RedisLockStore",
+            extra="redis",
+            requires=("redis",),
+            description="Locks in Redis (SET NX PX), standalone or Sentinel.",
+        ),
+        ComponentSpec(
             "configuration.in-memory",
             f"{_PKG}.configuration.in_memory:InMemoryConfigurationStore",
             status="alpha",
             description="Configuration items held in process memory, with subscriptions.",
+        ),
+        ComponentSpec(
+            "configuration.redis",
+            f"{_PKG}.configuration.redis:RedisConfigurationStore",
+            extra="redis",
+            requires=("redis",),
+            description="Configuration items as 'value||version' strings, watched by keyspace events.",
         ),
         ComponentSpec(
             "secretstores.local.file",
@@ -50,6 +78,13 @@ def mechakit_components() -> list[ComponentSpec]:
             "bindings.localstorage",
             f"{_PKG}.bindings.localstorage:LocalStorageBinding",
             description="Files under a root folder: create, get, delete, list.",
+        ),
+        ComponentSpec(
+            "bindings.redis",
+            f"{_PKG}.bindings.redis:RedisBinding",
+            extra="redis",
+            requires=("redis",),
+            description="An output binding for Redis keys: create, get, delete, increment.",
         ),
         ComponentSpec(
             "bindings.cron",

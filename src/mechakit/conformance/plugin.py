@@ -18,6 +18,7 @@ import pytest_asyncio
 from mechakit.core.component import Component, ComponentMetadata
 from mechakit.core.registry import default_registry
 
+from . import backends_http, backends_redis  # noqa: F401 - register backends
 from .backends import BackendInfo, BackendUnavailable, provision
 from .targets import Target, load_matrix
 

@@ -1,0 +1,1 @@
+"""Benchmarks: mechakit drivers against their raw client libraries doing the same work."""

@@ -1,0 +1,123 @@
+"""bindings.redis: an output binding over Redis string keys, as Dapr's.
+
+Every operation names its key in the request metadata ``key``:
+
+- ``create``: store the data (``SET``); ``ttlInSeconds`` sets its expiry in the same
+  command (upstream uses a second EXPIRE); ``-1`` or no TTL stores it without expiry.
+- ``get``: the stored bytes, or empty data when the key does not exist; ``delete: "true"``
+  reads and removes the key in one step (GETDEL).
+- ``delete``: remove the key; succeeds when it does not exist.
+- ``increment``: add 1 (``INCR``) and answer with the new value; ``ttlInSeconds`` sets
+  the expiry (``-1`` removes it) atomically with the increment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mechakit.components._shared.redis import RedisSettings, close_client, connect, redis_errors
+from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import ConnectionFailedError, InvalidRequestError
+from mechakit.core.metadata import parse_bool
+from mechakit.core.state import parse_ttl
+
+INCREMENT = "increment"
+
+
+class RedisBindingSettings(RedisSettings):
+    """The common Redis settings."""
+
+
+class RedisBinding(OutputBinding[RedisBindingSettings]):
+    settings_model = RedisBindingSettings
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._client = await connect(settings, component=self.label)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        await close_client(client)
+
+    async def ping(self) -> None:
+        with redis_errors(self.label, action="ping"):
+            await self._redis.ping()
+
+    def operations(self) -> Sequence[str]:
+        return (OperationKind.CREATE, OperationKind.GET, OperationKind.DELETE, INCREMENT)
+
+    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
+        operation = self.check_operation(request)
+        key = _metadata(request, "key")
+        if not key:
+            raise InvalidRequestError(
+                f"operation {operation!r} needs the key in request metadata 'key'",
+                component=self.label,
+                field="key",
+            )
+        with redis_errors(self.label, key=key, action=operation):
+            if operation == OperationKind.CREATE:
+                ttl = self._ttl(request, key)
+                await self._redis.set(key, request.data, ex=ttl if ttl and ttl > 0 else None)
+                return InvokeResponse()
+            if operation == OperationKind.GET:
+                if self._flag(request, "delete", key):
+                    data = await self._redis.getdel(key)
+                else:
+                    data = await self._redis.get(key)
+                return InvokeResponse(data=b"" if data is None else bytes(data))
+            if operation == OperationKind.DELETE:
+                await self._redis.delete(key)
+                return InvokeResponse()
+            return InvokeResponse(data=str(await self._increment(key, request)).encode())
+
+    async def _increment(self, key: str, request: InvokeRequest) -> int:
+        ttl = self._ttl(request, key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            if ttl == -1:
+                pipe.persist(key)
+            elif ttl is not None:
+                pipe.expire(key, ttl)
+            results = await pipe.execute()
+        return int(results[0])
+
+    def _ttl(self, request: InvokeRequest, key: str) -> int | None:
+        try:
+            return parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                exc.reason, component=self.label, key=key, field="ttlInSeconds"
+            ) from None
+
+    def _flag(self, request: InvokeRequest, name: str, key: str) -> bool:
+        raw = _metadata(request, name)
+        if not raw:
+            return False
+        try:
+            return parse_bool(raw)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"metadata {name!r}: {exc}", component=self.label, key=key, field=name
+            ) from None
+
+    @property
+    def _redis(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+
+def _metadata(request: InvokeRequest, name: str) -> str:
+    return next((v for k, v in request.metadata.items() if k.lower() == name.lower()), "")
+
+
+__all__ = ["RedisBinding", "RedisBindingSettings"]

@@ -1,0 +1,88 @@
+"""lock.redis: one Redis string per resource (``SET resource owner NX PX expiry``).
+
+Release is a Lua script that deletes the key only when the caller owns it, so checking
+and deleting cannot interleave with another client. Redis expires the key, so a crashed
+owner's lock frees itself. Standalone and Sentinel only: Redis Cluster is refused because
+a lock must live on one primary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mechakit.components._shared.redis import (
+    RedisScript,
+    RedisSettings,
+    RedisType,
+    close_client,
+    connect,
+    redis_errors,
+)
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
+
+
+class RedisLockSettings(RedisSettings):
+    """The common Redis settings; ``redisType: cluster`` is refused at init."""
+
+
+class RedisLockStore(LockStore[RedisLockSettings]):
+    settings_model = RedisLockSettings
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        if settings.redis_type is RedisType.CLUSTER:
+            raise MetadataError(
+                "metadata 'redisType' 'cluster' is not supported: a lock must live on a single "
+                "primary; use redisType 'node' (with failover: true for Sentinel)",
+                component=self.label,
+                field="redisType",
+            )
+        self._client = await connect(settings, component=self.label)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        await close_client(client)
+
+    async def ping(self) -> None:
+        with redis_errors(self.label, action="ping"):
+            await self._redis.ping()
+
+    async def try_lock(self, request: TryLockRequest) -> bool:
+        with redis_errors(self.label, key=request.resource_id, action="lock"):
+            acquired = await self._redis.set(
+                request.resource_id, request.owner, nx=True, px=request.expiry_seconds * 1000
+            )
+        return bool(acquired)
+
+    async def unlock(self, request: UnlockRequest) -> UnlockStatus:
+        with redis_errors(self.label, key=request.resource_id, action="unlock"):
+            status = await _UNLOCK(self._redis, [request.resource_id], [request.owner])
+        return UnlockStatus(int(status))
+
+    @property
+    def _redis(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+
+# Returns an UnlockStatus number: 0 released, 1 no such lock, 2 held by another owner.
+_UNLOCK = RedisScript(
+    """
+local owner = redis.call('GET', KEYS[1])
+if not owner then return 1 end
+if owner ~= ARGV[1] then return 2 end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+)
+
+__all__ = ["RedisLockSettings", "RedisLockStore"]

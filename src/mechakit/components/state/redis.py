@@ -1,0 +1,385 @@
+"""state.redis: each key a Redis hash (``data``, ``version``, ``binary``); ETag = version.
+
+Every write is one EVALSHA of a Lua script that checks the ETag (or first-write), writes,
+and sets or removes the TTL, so it is atomic and one round trip. A transaction is one
+script call that checks every operation before writing anything. Reads are one script
+call too and report ``ttlExpireTime``. Unlike upstream Dapr, first-write applies only to
+the request that asks for it, connection failures are never reported as ETag errors, and
+a malformed ETag is ``ETagError(INVALID)``.
+
+Writes without ``ttlInSeconds`` (and no component default) leave an existing expiry as
+it is, as Redis and Dapr do; ``-1`` removes it. QUERY_API is not offered: it would need
+the RedisJSON and RediSearch modules and is not implemented.
+
+Redis Cluster: a transaction whose keys live in different hash slots is refused by the
+server (CROSSSLOT); use a ``{hashtag}`` in the keys to keep them together.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import field_validator
+
+from mechakit.components._shared.redis import (
+    RedisScript,
+    RedisSettings,
+    ScriptCall,
+    close_client,
+    connect,
+    map_error,
+    redis_errors,
+    run_pipelined,
+)
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    BulkError,
+    ConnectionFailedError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+)
+from mechakit.core.metadata import setting
+from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
+    BulkGetItem,
+    DeleteRequest,
+    GetRequest,
+    KeyPrefix,
+    SetRequest,
+    StateFeature,
+    StateItem,
+    StateSettings,
+    TransactionalStore,
+    TransactionOperation,
+    decode_value,
+    encode_value,
+    format_expire_time,
+    parse_ttl,
+)
+
+
+class RedisStateSettings(RedisSettings, StateSettings):
+    ttl_in_seconds: int | None = setting(
+        None,
+        name="ttlInSeconds",
+        description="Default TTL of every write that names none; requests may override it.",
+        example="3600",
+    )
+
+    @field_validator("ttl_in_seconds")
+    @classmethod
+    def _check_ttl(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0 and value != -1:
+            raise ValueError("must be > 0, or -1 for no expiry")
+        return value
+
+
+class RedisStateStore(TransactionalStore[RedisStateSettings]):
+    """Dapr's Redis state store, atomic per request and per transaction."""
+
+    settings_model = RedisStateSettings
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+        self._prefix = KeyPrefix("")
+        self._default_ttl: int | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._prefix = KeyPrefix.resolve(
+            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
+        )
+        self._default_ttl = settings.ttl_in_seconds
+        self._client = await connect(settings, component=self.label)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        await close_client(client)
+
+    async def ping(self) -> None:
+        with redis_errors(self.label, action="ping"):
+            await self._redis.ping()
+
+    async def get(self, request: GetRequest) -> StateItem | None:
+        with redis_errors(self.label, key=request.key, action="get"):
+            reply = await _GET(self._redis, [self._prefix.apply(request.key)], [])
+        return self._item(request.key, reply)
+
+    async def set(self, request: SetRequest) -> None:
+        with redis_errors(self.label, key=request.key, action="set"):
+            reply = await _SET(self._redis, *self._set_call(request))
+        self._check_reply(request.key, reply)
+
+    async def delete(self, request: DeleteRequest) -> None:
+        with redis_errors(self.label, key=request.key, action="delete"):
+            reply = await _DELETE(self._redis, *self._delete_call(request))
+        self._check_reply(request.key, reply)
+
+    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        """One pipeline; a key whose read failed carries the error in its entry."""
+        calls: list[ScriptCall] = [(_GET, [self._prefix.apply(r.key)], []) for r in requests]
+        results = await self._pipelined(calls, "bulk get")
+        items = []
+        for request, reply in zip(requests, results, strict=True):
+            if isinstance(reply, Exception):
+                error = map_error(reply, component=self.label, key=request.key, action="get")
+                items.append(BulkGetItem(key=request.key, error=str(error)))
+                continue
+            item = self._item(request.key, reply)
+            if item is None:
+                items.append(BulkGetItem(key=request.key))
+            else:
+                items.append(
+                    BulkGetItem(
+                        key=item.key,
+                        value=item.value,
+                        etag=item.etag,
+                        metadata=item.metadata,
+                        found=True,
+                    )
+                )
+        return items
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        """One pipeline of independent writes; ``BulkError`` names each key that failed.
+
+        A connection lost during the pipeline raises ``ConnectionFailedError`` instead, as
+        which items were applied is then unknown.
+        """
+        await self._bulk_write(requests, [(_SET, *self._set_call(r)) for r in requests], "bulk set")
+
+    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
+        await self._bulk_write(
+            requests, [(_DELETE, *self._delete_call(r)) for r in requests], "bulk delete"
+        )
+
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """One script: every ETag and first-write check first, then every write, or nothing."""
+        if not operations:
+            return
+        keys: list[str] = []
+        args: list[Any] = []
+        for op in operations:
+            if isinstance(op, SetRequest):
+                op_keys, (data, binary, etag, first_write, ttl) = self._set_call(op)
+                args += ["s", etag, first_write, data, binary, ttl]
+            elif isinstance(op, DeleteRequest):
+                op_keys, (etag,) = self._delete_call(op)
+                args += ["d", etag, "", b"", "", ""]
+            else:
+                raise InvalidRequestError(
+                    f"transaction operation must be a SetRequest or DeleteRequest, got {op!r}",
+                    component=self.label,
+                )
+            keys += op_keys
+        with redis_errors(self.label, action="transaction"):
+            reply = await _TRANSACT(self._redis, keys, args)
+        failed = int(reply[0])
+        if failed:
+            op = operations[failed - 1]
+            raise self._etag_error(op.key, int(reply[1]))
+
+    @property
+    def _redis(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+    def _set_call(self, request: SetRequest) -> tuple[list[str], list[Any]]:
+        etag = self._etag(request.key, request.etag)
+        try:
+            data, binary = encode_value(request.value)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
+        try:
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                exc.reason, component=self.label, key=request.key, field="ttlInSeconds"
+            ) from None
+        if ttl is None:
+            ttl = self._default_ttl
+        first_write = "1" if request.first_write and not etag else ""
+        return [self._prefix.apply(request.key)], [
+            data,
+            "1" if binary else "",
+            etag,
+            first_write,
+            "" if ttl is None else str(ttl),
+        ]
+
+    def _delete_call(self, request: DeleteRequest) -> tuple[list[str], list[Any]]:
+        return [self._prefix.apply(request.key)], [self._etag(request.key, request.etag)]
+
+    def _etag(self, key: str, etag: str | None) -> str:
+        """The canonical version text, so ``"007"`` matches version 7; '' for no ETag."""
+        if etag is None or etag == "":
+            return ""
+        text = str(etag)
+        if not _DIGITS.fullmatch(text) or int(text) == 0:
+            raise ETagError(
+                ETagErrorKind.INVALID,
+                f"ETag {etag!r} for key {key!r} is invalid: state.redis ETags are positive integers",
+                component=self.label,
+                key=key,
+            )
+        return str(int(text))
+
+    def _check_reply(self, key: str, reply: Sequence[Any]) -> None:
+        status = int(reply[0])
+        if status:
+            raise self._etag_error(key, status)
+
+    def _etag_error(self, key: str, status: int) -> ETagError:
+        if status == _FIRST_WRITE_CONFLICT:
+            return ETagError(
+                ETagErrorKind.MISMATCH,
+                f"key {key!r} already exists and first-write was requested without an ETag",
+                component=self.label,
+                key=key,
+            )
+        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=key)
+
+    def _item(self, key: str, reply: Sequence[Any] | None) -> StateItem | None:
+        if not reply:
+            return None
+        data, version, binary, pttl = reply
+        try:
+            value = decode_value(data, binary == b"1")
+        except ValueError:
+            value = bytes(data)  # written by something other than mechakit: hand back the bytes
+        metadata: dict[str, str] = {}
+        if int(pttl) > 0:
+            expires = datetime.now(UTC) + timedelta(milliseconds=int(pttl))
+            metadata[TTL_EXPIRE_TIME] = format_expire_time(expires)
+        return StateItem(key=key, value=value, etag=version.decode(), metadata=metadata)
+
+    async def _pipelined(self, calls: Sequence[ScriptCall], action: str) -> list[Any]:
+        if not calls:
+            return []
+        with redis_errors(self.label, action=action):
+            return await run_pipelined(self._redis, calls)
+
+    async def _bulk_write(
+        self, requests: Sequence[SetRequest | DeleteRequest], calls: list[ScriptCall], action: str
+    ) -> None:
+        results = await self._pipelined(calls, action)
+        errors: dict[str, Exception] = {}
+        for request, reply in zip(requests, results, strict=True):
+            if isinstance(reply, Exception):
+                errors[request.key] = map_error(
+                    reply, component=self.label, key=request.key, action=action
+                )
+            elif int(reply[0]):
+                errors[request.key] = self._etag_error(request.key, int(reply[0]))
+        if errors:
+            raise BulkError(errors, component=self.label)
+
+
+_FIRST_WRITE_CONFLICT = 2
+_DIGITS = re.compile(r"[0-9]+")
+
+# Shared Lua: check returns 0 (go), 1 (ETag mismatch) or 2 (first-write on an existing key);
+# write stores data and the next version and applies the TTL ('' keep, '-1' remove, n seconds).
+_LUA_HELPERS = """
+local function check(current, etag, first_write)
+  if etag ~= '' then
+    if current ~= etag then return 1 end
+  elseif first_write == '1' and current then
+    return 2
+  end
+  return 0
+end
+local function write(key, data, binary, ttl)
+  local version = (tonumber(redis.call('HGET', key, 'version')) or 0) + 1
+  if binary == '1' then
+    redis.call('HSET', key, 'data', data, 'version', version, 'binary', '1')
+  else
+    redis.call('HSET', key, 'data', data, 'version', version)
+    redis.call('HDEL', key, 'binary')
+  end
+  if ttl == '-1' then
+    redis.call('PERSIST', key)
+  elseif ttl ~= '' then
+    redis.call('EXPIRE', key, ttl)
+  end
+  return version
+end
+"""
+
+_GET = RedisScript(
+    """
+local h = redis.call('HMGET', KEYS[1], 'data', 'version', 'binary')
+if not h[2] then return false end
+return {h[1] or '', h[2], h[3] or '', redis.call('PTTL', KEYS[1])}
+"""
+)
+
+# ARGV: data, binary, etag, first_write, ttl
+_SET = RedisScript(
+    _LUA_HELPERS
+    + """
+local status = check(redis.call('HGET', KEYS[1], 'version'), ARGV[3], ARGV[4])
+if status ~= 0 then return {status} end
+return {0, write(KEYS[1], ARGV[1], ARGV[2], ARGV[5])}
+"""
+)
+
+# ARGV: etag
+_DELETE = RedisScript(
+    _LUA_HELPERS
+    + """
+if ARGV[1] ~= '' then
+  local status = check(redis.call('HGET', KEYS[1], 'version'), ARGV[1], '')
+  if status ~= 0 then return {status} end
+end
+redis.call('DEL', KEYS[1])
+return {0}
+"""
+)
+
+# KEYS: one per operation (repeats allowed); ARGV: 6 per operation:
+# kind ('s' set / 'd' delete), etag, first_write, data, binary, ttl.
+# Checks run against the state as the earlier operations of the transaction leave it.
+_TRANSACT = RedisScript(
+    _LUA_HELPERS
+    + """
+local seen, versions = {}, {}
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 6
+  if not seen[key] then
+    seen[key] = true
+    versions[key] = redis.call('HGET', key, 'version')
+  end
+  local current = versions[key]
+  local status = check(current, ARGV[b + 2], ARGV[b + 1] == 's' and ARGV[b + 3] or '')
+  if status ~= 0 then return {i, status} end
+  if ARGV[b + 1] == 's' then
+    versions[key] = tostring((tonumber(current) or 0) + 1)
+  else
+    versions[key] = false
+  end
+end
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 6
+  if ARGV[b + 1] == 's' then
+    write(key, ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
+  else
+    redis.call('DEL', key)
+  end
+end
+return {0}
+"""
+)
+
+__all__ = ["RedisStateSettings", "RedisStateStore"]
