@@ -291,3 +291,13 @@ async def test_restart_gives_retriable_connection_errors_never_etag_errors_then_
     await store.set(SetRequest(key, "again", etag="1"))
     item = await store.get(GetRequest(key))
     assert item is not None and (item.value, item.etag) == ("again", "2")
+
+
+async def test_a_burst_larger_than_the_pool_waits_for_connections_instead_of_failing(
+    redis_driver: RedisDriver,
+) -> None:
+    store = await redis_driver("state.redis", poolSize="4")
+    keys = [new_key("burst") for _ in range(200)]
+    await asyncio.gather(*(store.set(SetRequest(k, i)) for i, k in enumerate(keys)))
+    items = await store.bulk_get([GetRequest(k) for k in keys])
+    assert [item.value for item in items] == list(range(200))

@@ -55,7 +55,6 @@ class RedisSettings(Settings):
     ignored_metadata = frozenset(
         {
             # go-redis pool tuning that redis-py has no equivalent for.
-            "pooltimeout",
             "maxconnage",
             "minidleconns",
             "idlecheckfrequency",
@@ -150,6 +149,15 @@ class RedisSettings(Settings):
         None,
         name="poolSize",
         description="Most connections held open (default: 10 per CPU, as go-redis).",
+    )
+    pool_timeout: Duration = setting(
+        timedelta(seconds=5),
+        name="poolTimeout",
+        description=(
+            "How long a call waits for a free connection when all poolSize are busy, "
+            "before failing with a retriable error."
+        ),
+        example="5s",
     )
 
     @field_validator("redis_host")
@@ -263,8 +271,20 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
         )
         client = sentinel.master_for(settings.sentinel_master_name)
     else:
+        # A blocking pool makes a burst of calls wait for a connection instead of failing
+        # at once with "Too many connections" (redis-py's default pool).
         host, port = addresses[0]
-        client = aioredis.Redis(host=host, port=port, db=settings.redis_db, **common)
+        connection_options = {k: v for k, v in common.items() if k != "ssl"}
+        pool = aioredis.BlockingConnectionPool(
+            connection_class=aioredis.SSLConnection if tls else aioredis.Connection,
+            timeout=settings.pool_timeout.total_seconds(),
+            host=host,
+            port=port,
+            db=settings.redis_db,
+            **connection_options,
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=retry)
+        client.auto_close_connection_pool = True
     if tls_dir is not None:
         weakref.finalize(client, shutil.rmtree, tls_dir, ignore_errors=True)
     try:

@@ -300,14 +300,9 @@ local function check(current, etag, first_write)
   end
   return 0
 end
-local function write(key, data, binary, ttl)
-  local version = (tonumber(redis.call('HGET', key, 'version')) or 0) + 1
-  if binary == '1' then
-    redis.call('HSET', key, 'data', data, 'version', version, 'binary', '1')
-  else
-    redis.call('HSET', key, 'data', data, 'version', version)
-    redis.call('HDEL', key, 'binary')
-  end
+local function write(key, current, data, binary, ttl)
+  local version = (tonumber(current) or 0) + 1
+  redis.call('HSET', key, 'data', data, 'version', version, 'binary', binary)
   if ttl == '-1' then
     redis.call('PERSIST', key)
   elseif ttl ~= '' then
@@ -329,9 +324,10 @@ return {h[1] or '', h[2], h[3] or '', redis.call('PTTL', KEYS[1])}
 _SET = RedisScript(
     _LUA_HELPERS
     + """
-local status = check(redis.call('HGET', KEYS[1], 'version'), ARGV[3], ARGV[4])
+local current = redis.call('HGET', KEYS[1], 'version')
+local status = check(current, ARGV[3], ARGV[4])
 if status ~= 0 then return {status} end
-return {0, write(KEYS[1], ARGV[1], ARGV[2], ARGV[5])}
+return {0, write(KEYS[1], current, ARGV[1], ARGV[2], ARGV[5])}
 """
 )
 
@@ -354,12 +350,13 @@ return {0}
 _TRANSACT = RedisScript(
     _LUA_HELPERS
     + """
-local seen, versions = {}, {}
+local seen, versions, stored = {}, {}, {}
 for i, key in ipairs(KEYS) do
   local b = (i - 1) * 6
   if not seen[key] then
     seen[key] = true
     versions[key] = redis.call('HGET', key, 'version')
+    stored[key] = versions[key]
   end
   local current = versions[key]
   local status = check(current, ARGV[b + 2], ARGV[b + 1] == 's' and ARGV[b + 3] or '')
@@ -373,9 +370,10 @@ end
 for i, key in ipairs(KEYS) do
   local b = (i - 1) * 6
   if ARGV[b + 1] == 's' then
-    write(key, ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
+    stored[key] = write(key, stored[key], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
   else
     redis.call('DEL', key)
+    stored[key] = false
   end
 end
 return {0}
