@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from abc import ABC, abstractmethod
@@ -104,6 +103,22 @@ class Subscription(ABC):
     def active(self) -> bool: ...
 
 
+async def stop_tasks(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel until every task has ended.
+
+    Cancelling once is not always enough: a client library (redis-py is one) may swallow a
+    cancellation in the middle of a blocking call, and a loop would then run on.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: an error at shutdown is not worth a warning
+
+
 class TaskSubscription(Subscription):
     """A subscription served by one asyncio task, cancelled on ``cancel``."""
 
@@ -118,9 +133,7 @@ class TaskSubscription(Subscription):
         return not self._task.done()
 
     async def cancel(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_tasks(self._task)
         if self._on_cancel is not None:
             on_cancel, self._on_cancel = self._on_cancel, None
             await on_cancel()

@@ -30,7 +30,7 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata
+from mechakit.core.component import ComponentMetadata, stop_tasks
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
@@ -122,9 +122,7 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
                 f"no subscription with id {subscription_id!r}", component=self.label
             )
         if watch.task is not None:
-            watch.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch.task
+            await stop_tasks(watch.task)
         await _close_pubsub(watch.pubsub)
 
     @property

@@ -54,7 +54,7 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.component import ComponentMetadata, Subscription, stop_tasks
 from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
@@ -463,13 +463,13 @@ class _StreamSubscription(Subscription):
         self._stopping = True
         self._wake.set()
         try:
-            await _stop(self._loops)
-            await _stop([t for t in self._in_flight.values() if t not in self._started])
+            await stop_tasks(*self._loops)
+            await stop_tasks(*[t for t in self._in_flight.values() if t not in self._started])
             running = [t for t in self._in_flight.values() if t is not caller]
             if running:
                 grace = self._settings.processing_timeout.total_seconds() or None
                 _done, late = await asyncio.wait(running, timeout=grace)
-                await _stop(late)
+                await stop_tasks(*late)
             await self._forget_consumer_if_idle()
         finally:
             self._pubsub._forget(self)
@@ -747,15 +747,6 @@ class _StreamSubscription(Subscription):
             await _DELETE_IDLE_CONSUMER(
                 self._pubsub._redis, [self.topic], [self._group, self._consumer]
             )
-
-
-async def _stop(tasks: Sequence[asyncio.Task[None]] | set[asyncio.Task[None]]) -> None:
-    """Cancels until every task is done: redis-py can swallow a cancellation mid-command."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 class _Backoff:
