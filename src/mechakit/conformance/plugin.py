@@ -18,7 +18,13 @@ import pytest_asyncio
 from mechakit.core.component import Component, ComponentMetadata
 from mechakit.core.registry import default_registry
 
-from . import backends_http, backends_redis  # noqa: F401 - register backends
+from . import (  # noqa: F401 - importing registers each backend
+    backends_aws,
+    backends_http,
+    backends_postgres,
+    backends_redis,
+    backends_vault,
+)
 from .backends import BackendInfo, BackendUnavailable, provision
 from .targets import Target, load_matrix
 

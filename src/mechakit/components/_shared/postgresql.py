@@ -1,0 +1,391 @@
+"""Connection settings, pool and error mapping shared by every PostgreSQL driver.
+
+Drivers subclass :class:`PostgreSQLSettings`, call :func:`open_pool` in ``init`` (one
+connection is made first, so a bad address, login or database fails ``init`` with an error
+that says which), and run every statement through :meth:`PostgreSQLPool.run`, which applies
+the timeout and turns psycopg errors into core errors. ``psycopg`` is imported only when a
+pool or connection is opened, never when this module is imported. Messages name the
+server as ``host:port/dbname`` and never repeat the connection string, which can hold a
+password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import field_validator
+
+from mechakit.core.errors import (
+    ComponentError,
+    ConfigurationError,
+    ConnectionFailedError,
+    InvalidRequestError,
+    MechakitError,
+    MetadataError,
+    MissingDependencyError,
+    OperationTimeoutError,
+)
+from mechakit.core.metadata import Duration, Sensitive, Settings, setting
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+T = TypeVar("T")
+Prepare = Callable[["AsyncConnection[Any]"], Awaitable[None]]
+
+
+class PostgreSQLSettings(Settings):
+    """Dapr's common PostgreSQL metadata: the connection string, timeout and pool size."""
+
+    connection_string: Sensitive = setting(
+        name="connectionString",
+        description="libpq connection string: key=value pairs or a postgresql:// URL.",
+        example="host=localhost port=5432 user=postgres password=example dbname=dapr",
+    )
+    timeout: Duration = setting(
+        timedelta(seconds=20),
+        name="timeout",
+        aliases=("timeoutInSeconds",),
+        description="How long one operation (and connecting) may take; 0 for no limit.",
+        example="20s",
+    )
+    max_conns: int | None = setting(
+        None,
+        name="maxConns",
+        description="Most connections in the pool; default the larger of 4 and the CPU count.",
+        example="8",
+    )
+    connection_max_idle_time: Duration = setting(
+        timedelta(minutes=10),
+        name="connectionMaxIdleTime",
+        description="Idle pooled connections beyond one are closed after this long.",
+        example="5m",
+    )
+
+    @field_validator("max_conns")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        """The timeout in seconds, None for no limit."""
+        seconds = self.timeout.total_seconds()
+        return seconds if seconds > 0 else None
+
+
+QUALIFIED_NAME = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]{0,47}\.)?[A-Za-z_][A-Za-z0-9_]{0,47}", re.ASCII
+)
+QUALIFIED_NAME_RULE = (
+    "must be a table name, optionally schema-qualified (schema.table): letters, "
+    "digits and '_', not first a digit, at most 48 characters per part"
+)
+
+
+def qualified_name(value: str) -> str:
+    """A validated table name folded to lower case like unquoted SQL (for field validators)."""
+    if not QUALIFIED_NAME.fullmatch(value):
+        raise ValueError(QUALIFIED_NAME_RULE)
+    return value.lower()
+
+
+def quote_name(name: str) -> str:
+    """A validated (``schema.``)``table`` name, quoted part by part."""
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+def load_psycopg(component: str) -> Any:
+    """The psycopg module, or an error saying which extra installs it."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"needs {exc.name}: pip install 'mechakit[postgresql]'", component=component
+        ) from None
+    return psycopg
+
+
+def checked_conninfo(settings: PostgreSQLSettings, component: str) -> str:
+    """The connection string, after checking it parses (without echoing it)."""
+    psycopg = load_psycopg(component)
+    raw = settings.connection_string.get_secret_value()
+    if not raw.strip():
+        raise MetadataError(
+            "metadata 'connectionString' is required "
+            "(e.g. host=localhost user=postgres dbname=dapr)",
+            component=component,
+            field="connectionString",
+        )
+    try:
+        psycopg.conninfo.conninfo_to_dict(raw)
+    except psycopg.ProgrammingError:
+        # psycopg's message may quote parts of the string, which can hold a password.
+        raise MetadataError(
+            "metadata 'connectionString' is not a valid libpq connection string "
+            "(key=value pairs or a postgresql:// URL)",
+            component=component,
+            field="connectionString",
+        ) from None
+    return raw
+
+
+def describe_target(conninfo: str) -> str:
+    """host:port/dbname of a connection string, never its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(conninfo)
+    host = parts.get("host") or parts.get("hostaddr") or "localhost"
+    return f"PostgreSQL at {host}:{parts.get('port') or 5432}/{parts.get('dbname') or '(default)'}"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect_error(
+    exc: Exception,
+    conninfo: str,
+    *,
+    component: str,
+    prepare_field: str | None = None,
+    prepare_what: str = "the database",
+) -> MechakitError:
+    """A failure while connecting (or preparing the schema) as a core error.
+
+    A refused login or missing database is a configuration error naming
+    ``connectionString``; an unreachable server is retriable; anything else happened while
+    preparing ``prepare_what`` and names ``prepare_field``.
+    """
+    import psycopg
+
+    target = describe_target(conninfo)
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    reason = first_line(exc)
+    if sqlstate.startswith("28") or sqlstate == "3D000" or _LOGIN_REFUSED.search(str(exc)):
+        return MetadataError(
+            f"metadata 'connectionString': {target} refused the login: {reason}",
+            component=component,
+            field="connectionString",
+        )
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return ConnectionFailedError(
+            f"cannot connect to {target}: {reason}",
+            component=component,
+            field="connectionString",
+        )
+    return ConfigurationError(
+        f"cannot prepare {prepare_what} on {target}: {reason}",
+        component=component,
+        field=prepare_field,
+    )
+
+
+def operation_error(
+    exc: Exception, what: str, *, component: str, key: str | None = None
+) -> MechakitError:
+    """A failed statement as a core error: a lost connection is retriable, bad data is not."""
+    import psycopg
+
+    reason = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return ConnectionFailedError(f"{what} failed: {reason}", component=component, key=key)
+    if isinstance(exc, psycopg.DataError):
+        return InvalidRequestError(f"{what} failed: {reason}", component=component, key=key)
+    return ComponentError(f"{what} failed: {reason}", component=component, key=key)
+
+
+async def connect(
+    settings: PostgreSQLSettings,
+    *,
+    component: str,
+    prepare: Prepare | None = None,
+    prepare_field: str | None = None,
+    prepare_what: str = "the database",
+) -> AsyncConnection[Any]:
+    """One autocommit connection (e.g. for LISTEN), after ``prepare`` ran on it."""
+    psycopg = load_psycopg(component)
+    conninfo = checked_conninfo(settings, component)
+    timeout = settings.timeout_seconds
+    connection: list[AsyncConnection[Any]] = []
+
+    async def open_and_prepare() -> None:
+        connection.append(await psycopg.AsyncConnection.connect(conninfo, autocommit=True))
+        if prepare is not None:
+            await prepare(connection[0])
+
+    try:
+        await asyncio.wait_for(open_and_prepare(), timeout)
+    except BaseException as exc:
+        for conn in connection:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        if isinstance(exc, MechakitError):
+            raise
+        if isinstance(exc, TimeoutError):
+            raise ConnectionFailedError(
+                f"no answer from {describe_target(conninfo)} within {timeout:g}s",
+                component=component,
+                field="connectionString",
+            ) from None
+        if isinstance(exc, psycopg.Error):
+            raise connect_error(
+                exc,
+                conninfo,
+                component=component,
+                prepare_field=prepare_field,
+                prepare_what=prepare_what,
+            ) from None
+        raise
+    return connection[0]
+
+
+async def open_pool(
+    settings: PostgreSQLSettings,
+    *,
+    component: str,
+    prepare: Prepare | None = None,
+    prepare_field: str | None = None,
+    prepare_what: str = "the database",
+) -> PostgreSQLPool:
+    """A connection pool, opened after one connection succeeded and ran ``prepare``.
+
+    ``prepare`` (e.g. a schema migration) failing with a database error becomes a
+    :class:`ConfigurationError` about ``prepare_what`` naming ``prepare_field``.
+    """
+    from psycopg_pool import AsyncConnectionPool
+
+    conn = await connect(
+        settings,
+        component=component,
+        prepare=prepare,
+        prepare_field=prepare_field,
+        prepare_what=prepare_what,
+    )
+    await conn.close()
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        checked_conninfo(settings, component),
+        min_size=1,
+        max_size=settings.max_conns or max(4, os.cpu_count() or 1),
+        kwargs={"autocommit": True},
+        timeout=settings.timeout_seconds or 30.0,
+        max_idle=max(settings.connection_max_idle_time.total_seconds(), 1.0),
+        name=component,
+        open=False,
+    )
+    await pool.open(wait=False)
+    return PostgreSQLPool(pool, settings.timeout_seconds, component)
+
+
+class PostgreSQLPool:
+    """A psycopg pool plus the timeout and error mapping every statement goes through."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        timeout: float | None,
+        component: str,
+    ) -> None:
+        self.pool: AsyncConnectionPool[AsyncConnection[Any]] | None = pool
+        self.timeout = timeout
+        self.component = component
+        self._check: asyncio.Task[None] | None = None
+
+    async def run(
+        self,
+        body: Callable[[AsyncConnection[Any]], Awaitable[T]],
+        what: str,
+        key: str | None = None,
+        *,
+        map_error: Callable[[Exception], MechakitError | None] | None = None,
+    ) -> T:
+        """``body`` on a pooled connection within the timeout; driver errors become core errors.
+
+        ``map_error`` may claim a psycopg error first (e.g. a syntax error in user SQL).
+        """
+        import psycopg
+
+        pool = self.pool
+        if pool is None:
+            raise ComponentError(
+                "the component is closed or was not initialised", component=self.component
+            )
+
+        async def attempt() -> T:
+            async with pool.connection() as conn:
+                return await body(conn)
+
+        try:
+            return await asyncio.wait_for(attempt(), self.timeout)
+        except MechakitError:
+            raise
+        except TimeoutError:
+            raise OperationTimeoutError(
+                f"{what} did not finish within {self.timeout:g}s; it may or may not have happened",
+                component=self.component,
+                key=key,
+            ) from None
+        except psycopg.Error as exc:
+            error = map_error(exc) if map_error is not None else None
+            if error is None:
+                error = operation_error(exc, what, component=self.component, key=key)
+            if isinstance(error, ConnectionFailedError):
+                self._check_soon()
+            raise error from exc
+
+    async def close(self) -> None:
+        """Release every connection; safe to call twice."""
+        check, self._check = self._check, None
+        if check is not None:
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await check
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close(timeout=5.0)
+
+    def _check_soon(self) -> None:
+        """After a lost connection, drop the pool's other dead connections in the background."""
+        pool = self.pool
+        if pool is None or (self._check is not None and not self._check.done()):
+            return
+
+        async def check() -> None:
+            with contextlib.suppress(Exception):
+                await pool.check()
+
+        self._check = asyncio.create_task(check(), name=f"{self.component} pool check")
+
+
+# libpq reports a refused login without a SQLSTATE; the server's English text is all there is.
+_LOGIN_REFUSED = re.compile(
+    r"FATAL:\s+(database \S+ does not exist|role \S+ does not exist|"
+    r"password authentication failed|no pg_hba\.conf entry)"
+)
+
+__all__ = [
+    "QUALIFIED_NAME",
+    "PostgreSQLPool",
+    "PostgreSQLSettings",
+    "checked_conninfo",
+    "connect",
+    "connect_error",
+    "describe_target",
+    "load_psycopg",
+    "open_pool",
+    "operation_error",
+    "qualified_name",
+    "quote_name",
+]

@@ -1,0 +1,418 @@
+"""``bindings.aws.s3``: objects in one S3 bucket, as Dapr's S3 output binding.
+
+Operations (request metadata in brackets; ``decodeBase64``/``encodeBase64`` in a request
+override the component's):
+
+- ``create`` [``key``, ``decodeBase64``, ``contentType``, ``storageClass``, ``presignTTL``]:
+  uploads the data under ``key`` (a UUID when absent). The response body is Dapr's
+  ``{"location", "versionID", "presignURL"}`` (the last with ``presignTTL`` only); the
+  response metadata has ``key``, ``location``, ``etag`` and those that are set.
+- ``get`` [``key``, ``encodeBase64``]: the object's bytes; a missing object is
+  ``NotFoundError``.
+- ``delete`` [``key``]: removes the object (a missing one is not an error, as in S3).
+- ``list`` [``prefix``, ``maxResults``, ``marker``, ``delimiter``, also accepted as a JSON
+  object in the request data; metadata wins]: one page of ``ListObjects`` as JSON
+  (``Contents``, ``CommonPrefixes``, ``IsTruncated``, ``NextMarker`` …). ``NextMarker`` is
+  always set when more pages follow; pass it back as ``marker``. The response metadata
+  repeats ``isTruncated`` and ``nextMarker``.
+- ``presign`` [``key``, ``presignTTL``]: a URL that GETs the object without credentials
+  for ``presignTTL`` (a duration such as ``15m``, at most 7 days), in the body
+  ``{"presignURL"}`` and in the response metadata ``presignURL``. The object need not
+  exist yet; presigning is local and costs no request.
+
+``init`` checks the bucket exists (``HeadBucket``); without permission to check it only
+logs a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from mechakit.components._shared import aws
+from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    ConnectionFailedError,
+    InvalidRequestError,
+    MechakitError,
+    MetadataError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from mechakit.core.metadata import Bool, parse_bool, parse_duration, setting
+
+
+class S3Settings(AwsSettings):
+    ignored_metadata = frozenset({"direction", "route"})
+
+    bucket: str = setting(
+        name="bucket", description="Name of the S3 bucket the binding works on.", example="mybucket"
+    )
+    force_path_style: Bool = setting(
+        False,
+        name="forcePathStyle",
+        description="Address the bucket in the URL path (endpoint/bucket/key), e.g. for emulators.",
+    )
+    decode_base64: Bool = setting(
+        False,
+        name="decodeBase64",
+        description="create: the request data is base64; store it decoded.",
+    )
+    encode_base64: Bool = setting(
+        False, name="encodeBase64", description="get: return the object's bytes base64-encoded."
+    )
+    storage_class: str = setting(
+        "",
+        name="storageClass",
+        description="Storage class of created objects; default the bucket's.",
+        example="STANDARD_IA",
+    )
+
+
+class S3Binding(OutputBinding[S3Settings]):
+    """Create, get, delete, list and presign objects of one bucket."""
+
+    settings_model = S3Settings
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+        self._settings: S3Settings | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        if not settings.bucket.strip():
+            raise MetadataError(
+                "metadata 'bucket' must not be empty", component=self.label, field="bucket"
+            )
+        self._settings = settings
+        addressing = "path" if settings.force_path_style else "auto"
+        self._client = await aws.client(
+            settings,
+            "s3",
+            component=self.label,
+            config={"s3": {"addressing_style": addressing}, "signature_version": "s3v4"},
+        )
+        try:
+            await self._check_bucket()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    async def ping(self) -> None:
+        await self._call("ping", self._s3.head_bucket, Bucket=self._bucket)
+
+    def operations(self) -> Sequence[str]:
+        return [
+            OperationKind.CREATE,
+            OperationKind.GET,
+            OperationKind.DELETE,
+            OperationKind.LIST,
+            _PRESIGN,
+        ]
+
+    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
+        operation = self.check_operation(request)
+        if operation == OperationKind.CREATE:
+            return await self._create(request)
+        if operation == OperationKind.GET:
+            return await self._get(request)
+        if operation == OperationKind.DELETE:
+            return await self._delete(request)
+        if operation == OperationKind.LIST:
+            return await self._list(request)
+        return await self._presign(request)
+
+    async def _create(self, request: InvokeRequest) -> InvokeResponse:
+        key = _meta(request.metadata, "key") or str(uuid.uuid4())
+        data = request.data
+        if self._flag(request.metadata, "decodeBase64", self._config.decode_base64):
+            try:
+                data = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidRequestError(
+                    f"data of object {key!r} is not valid base64 (decodeBase64=true)",
+                    component=self.label,
+                    field="data",
+                    key=key,
+                ) from None
+        ttl = self._presign_ttl(request.metadata, required=False)
+        options: dict[str, Any] = {}
+        content_type = _meta(request.metadata, "contentType")
+        if content_type:
+            options["ContentType"] = content_type
+        storage_class = _meta(request.metadata, "storageClass") or self._config.storage_class
+        if storage_class:
+            options["StorageClass"] = storage_class
+        reply = await self._call(
+            "create",
+            self._s3.put_object,
+            key=key,
+            Bucket=self._bucket,
+            Key=key,
+            Body=data,
+            **options,
+        )
+        body = {"location": self._location(key), "versionID": reply.get("VersionId")}
+        metadata = {"key": key, "location": body["location"], "etag": str(reply.get("ETag", ""))}
+        if reply.get("VersionId"):
+            metadata["versionID"] = str(reply["VersionId"])
+        if ttl is not None:
+            body["presignURL"] = metadata["presignURL"] = await self._presigned_url(key, ttl)
+        return InvokeResponse(
+            data=json.dumps(body).encode(), metadata=metadata, content_type="application/json"
+        )
+
+    async def _get(self, request: InvokeRequest) -> InvokeResponse:
+        key = self._required_key(request)
+        data, content_type = await self._call(
+            "get", _read_object, self._s3, self._bucket, key, key=key
+        )
+        if self._flag(request.metadata, "encodeBase64", self._config.encode_base64):
+            data = base64.b64encode(data)
+        return InvokeResponse(data=data, metadata={"key": key}, content_type=content_type)
+
+    async def _delete(self, request: InvokeRequest) -> InvokeResponse:
+        key = self._required_key(request)
+        await self._call("delete", self._s3.delete_object, key=key, Bucket=self._bucket, Key=key)
+        return InvokeResponse(metadata={"key": key})
+
+    async def _list(self, request: InvokeRequest) -> InvokeResponse:
+        options = self._list_options(request)
+        page = await self._call("list", self._s3.list_objects, Bucket=self._bucket, **options)
+        contents = [
+            {
+                "Key": item["Key"],
+                "Size": item.get("Size"),
+                "LastModified": _iso(item.get("LastModified")),
+                "ETag": item.get("ETag"),
+                "StorageClass": item.get("StorageClass"),
+            }
+            for item in page.get("Contents", [])
+        ]
+        prefixes = [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        truncated = bool(page.get("IsTruncated"))
+        next_marker = page.get("NextMarker") or ""
+        if truncated and not next_marker:
+            next_marker = max([c["Key"] for c in contents] + prefixes, default="")
+        body = {
+            "Contents": contents,
+            "CommonPrefixes": prefixes,
+            "IsTruncated": truncated,
+            "NextMarker": next_marker or None,
+            "Marker": page.get("Marker") or None,
+            "MaxKeys": page.get("MaxKeys"),
+            "Prefix": page.get("Prefix") or None,
+            "Delimiter": page.get("Delimiter") or None,
+            "Name": page.get("Name"),
+        }
+        metadata = {"isTruncated": "true" if truncated else "false"}
+        if next_marker:
+            metadata["nextMarker"] = next_marker
+        return InvokeResponse(
+            data=json.dumps(body).encode(), metadata=metadata, content_type="application/json"
+        )
+
+    async def _presign(self, request: InvokeRequest) -> InvokeResponse:
+        key = self._required_key(request)
+        ttl = self._presign_ttl(request.metadata, required=True)
+        assert ttl is not None
+        url = await self._presigned_url(key, ttl)
+        return InvokeResponse(
+            data=json.dumps({"presignURL": url}).encode(),
+            metadata={"key": key, "presignURL": url},
+            content_type="application/json",
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @property
+    def _s3(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+    @property
+    def _config(self) -> S3Settings:
+        if self._settings is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._settings
+
+    @property
+    def _bucket(self) -> str:
+        return self._config.bucket
+
+    async def _call(
+        self, action: str, fn: Any, *args: Any, key: str | None = None, **kwargs: Any
+    ) -> Any:
+        def no_bucket(failure: AwsFailure) -> MechakitError:
+            return MetadataError(
+                f"metadata 'bucket': bucket {self._bucket!r} does not exist",
+                component=self.label,
+                field="bucket",
+            )
+
+        def no_key(failure: AwsFailure) -> MechakitError:
+            return NotFoundError(f"object {key!r} not found", component=self.label, key=key)
+
+        errors = {"NoSuchBucket": no_bucket, "NoSuchKey": no_key}
+        if key is None:
+            errors["404"] = no_bucket  # HeadBucket has no body, so no code but the status
+        return await aws.call(
+            fn, *args, component=self.label, action=action, key=key, errors=errors, **kwargs
+        )
+
+    async def _presigned_url(self, key: str, ttl: timedelta) -> str:
+        url: str = await self._call(
+            "presign",
+            self._s3.generate_presigned_url,
+            "get_object",
+            key=key,
+            Params={"Bucket": self._bucket, "Key": key},
+            ExpiresIn=int(ttl.total_seconds()),
+        )
+        return url
+
+    def _location(self, key: str) -> str:
+        """The object's URL, in the addressing style the client uses."""
+        parts = urlsplit(str(self._s3.meta.endpoint_url))
+        path = quote(key, safe="/~")
+        if self._config.force_path_style:
+            return urlunsplit((parts.scheme, parts.netloc, f"/{self._bucket}/{path}", "", ""))
+        return urlunsplit((parts.scheme, f"{self._bucket}.{parts.netloc}", f"/{path}", "", ""))
+
+    def _required_key(self, request: InvokeRequest) -> str:
+        key = _meta(request.metadata, "key")
+        if not key:
+            raise InvalidRequestError(
+                f"operation {request.operation!r} needs metadata 'key'",
+                component=self.label,
+                field="key",
+            )
+        return key
+
+    def _presign_ttl(self, metadata: Mapping[str, str], *, required: bool) -> timedelta | None:
+        raw = _meta(metadata, "presignTTL")
+        if not raw:
+            if required:
+                raise InvalidRequestError(
+                    "operation 'presign' needs metadata 'presignTTL' (e.g. 15m)",
+                    component=self.label,
+                    field="presignTTL",
+                )
+            return None
+        try:
+            ttl = parse_duration(raw)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"metadata 'presignTTL': {exc}", component=self.label, field="presignTTL"
+            ) from None
+        if not timedelta(seconds=1) <= ttl <= _MAX_PRESIGN_TTL:
+            raise InvalidRequestError(
+                f"metadata 'presignTTL' must be between 1s and 7 days, got {raw!r}",
+                component=self.label,
+                field="presignTTL",
+            )
+        return ttl
+
+    def _list_options(self, request: InvokeRequest) -> dict[str, Any]:
+        given: dict[str, Any] = {}
+        if request.data.strip():
+            try:
+                parsed = json.loads(request.data)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise InvalidRequestError(
+                    'list data must be empty or a JSON object such as {"prefix": "logs/", '
+                    '"maxResults": 10, "marker": "logs/9"}',
+                    component=self.label,
+                    field="data",
+                )
+            given.update(parsed)
+        for name in ("prefix", "maxResults", "marker", "delimiter"):
+            value = _meta(request.metadata, name)
+            if value:
+                given[name] = value
+        options: dict[str, Any] = {}
+        for name, boto_name in (
+            ("prefix", "Prefix"),
+            ("marker", "Marker"),
+            ("delimiter", "Delimiter"),
+        ):
+            if given.get(name):
+                options[boto_name] = str(given[name])
+        if given.get("maxResults") not in (None, ""):
+            try:
+                limit = int(str(given["maxResults"]))
+            except ValueError:
+                limit = 0
+            if limit <= 0:
+                raise InvalidRequestError(
+                    f"maxResults must be a positive whole number, got {given['maxResults']!r}",
+                    component=self.label,
+                    field="maxResults",
+                )
+            options["MaxKeys"] = limit
+        return options
+
+    def _flag(self, metadata: Mapping[str, str], name: str, default: bool) -> bool:
+        value = _meta(metadata, name)
+        if not value:
+            return default
+        try:
+            return parse_bool(value)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"metadata {name!r}: {exc}", component=self.label, field=name
+            ) from None
+
+    async def _check_bucket(self) -> None:
+        try:
+            await self._call("check bucket", self._s3.head_bucket, Bucket=self._bucket)
+        except PermissionDeniedError as exc:
+            self.log.warning(
+                "%s: cannot check bucket %r (%s)", self.label, self._bucket, exc.reason
+            )
+
+
+def _meta(metadata: Mapping[str, str], name: str) -> str:
+    """A request metadata value by case-insensitive name; '' when absent."""
+    lowered = name.lower()
+    return next((v for k, v in metadata.items() if k.lower() == lowered), "")
+
+
+def _read_object(client: Any, bucket: str, key: str) -> tuple[bytes, str | None]:
+    """The whole body, read in the worker thread, and its content type."""
+    reply = client.get_object(Bucket=bucket, Key=key)
+    with reply["Body"] as body:
+        data = body.read()
+    return bytes(data), reply.get("ContentType")
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
+
+
+_PRESIGN = "presign"
+_MAX_PRESIGN_TTL = timedelta(days=7)
+
+__all__ = ["S3Binding", "S3Settings"]

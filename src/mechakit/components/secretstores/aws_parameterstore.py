@@ -1,0 +1,144 @@
+"""``secretstores.aws.parameterstore``: secrets from AWS Systems Manager Parameter Store.
+
+The secret ``name`` is the parameter ``prefix + name`` and is returned as Dapr does,
+``{name: value}``, decrypted (``SecureString``) and exactly as stored (a ``StringList`` stays
+comma separated). Request metadata ``version_id`` selects a version (``name:version``).
+
+Bulk get finds every parameter whose name starts with ``prefix`` (``DescribeParameters``)
+and reads them ten at a time (``GetParameters``), returning them under their names without
+the prefix. A missing parameter or version is ``SecretNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from mechakit.components._shared import aws
+from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    ConnectionFailedError,
+    InvalidRequestError,
+    MechakitError,
+    SecretNotFoundError,
+)
+from mechakit.core.metadata import setting
+from mechakit.core.secretstores import (
+    BulkGetSecretRequest,
+    GetSecretRequest,
+    SecretStore,
+    SecretStoreFeature,
+)
+
+
+class ParameterStoreSettings(AwsSettings):
+    prefix: str = setting(
+        "",
+        name="prefix",
+        description="Added to every secret name; bulk get returns only parameters under it.",
+        example="/myapp/prod/",
+    )
+
+
+class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
+    """Dapr's AWS SSM Parameter Store: one key per secret, the secret's name."""
+
+    settings_model = ParameterStoreSettings
+    FEATURES = frozenset[SecretStoreFeature]()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+        self._prefix = ""
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._prefix = settings.prefix
+        self._client = await aws.client(settings, "ssm", component=self.label)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    async def ping(self) -> None:
+        await aws.call(
+            self._ssm.describe_parameters, MaxResults=1, component=self.label, action="ping"
+        )
+
+    async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
+        if not request.name:
+            raise InvalidRequestError(
+                "the secret name is empty", component=self.label, field="name"
+            )
+        parameter = self._prefix + request.name
+        version = next(
+            (v for k, v in request.metadata.items() if k.lower() == "version_id" and v), ""
+        )
+        if version:
+            parameter = f"{parameter}:{version}"
+
+        def missing(failure: AwsFailure) -> MechakitError:
+            return SecretNotFoundError(
+                f"secret {request.name!r} not found (parameter {parameter!r})",
+                component=self.label,
+                key=request.name,
+            )
+
+        reply = await aws.call(
+            self._ssm.get_parameter,
+            component=self.label,
+            action="get secret",
+            key=request.name,
+            errors={
+                "ParameterNotFound": missing,
+                "ParameterVersionNotFound": missing,
+            },
+            Name=parameter,
+            WithDecryption=True,
+        )
+        return {request.name: str(reply["Parameter"]["Value"])}
+
+    async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
+        values: Mapping[str, str] = await aws.call(
+            _read_all, self._ssm, self._prefix, component=self.label, action="bulk get secrets"
+        )
+        secrets = {}
+        for parameter, value in values.items():
+            name = parameter[len(self._prefix) :]
+            if name:
+                secrets[name] = {name: value}
+        return secrets
+
+    @property
+    def _ssm(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+
+def _read_all(client: Any, prefix: str) -> dict[str, str]:
+    """Every parameter whose name starts with ``prefix``: name -> decrypted value."""
+    names: list[str] = []
+    options: dict[str, Any] = {}
+    if prefix:
+        options["ParameterFilters"] = [{"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}]
+    for page in client.get_paginator("describe_parameters").paginate(**options):
+        names.extend(str(p["Name"]) for p in page.get("Parameters", []))
+    values: dict[str, str] = {}
+    for start in range(0, len(names), _GET_PARAMETERS_LIMIT):
+        reply = client.get_parameters(
+            Names=names[start : start + _GET_PARAMETERS_LIMIT], WithDecryption=True
+        )
+        for parameter in reply.get("Parameters", []):
+            values[str(parameter["Name"])] = str(parameter["Value"])
+    return {name: values[name] for name in names if name in values}
+
+
+_GET_PARAMETERS_LIMIT = 10
+
+__all__ = ["ParameterStoreSecretStore", "ParameterStoreSettings"]

@@ -1,0 +1,556 @@
+"""``state.aws.dynamodb``: state in one DynamoDB table, one item per key.
+
+The table must exist, with a string partition key named ``partitionKey`` and no sort
+key; ``init`` checks that (``DescribeTable``) and fails naming the field otherwise. The
+driver never creates tables: that is infrastructure (capacity, encryption, TTL) and for
+tests the conformance backend makes one. Each item holds the stored key, ``value`` (a
+string of JSON, or binary for ``bytes`` values), ``etag`` and, when ``ttlAttributeName``
+is set, that attribute (epoch seconds, as DynamoDB's TTL expects; enable TTL on the table
+with the same attribute name so that DynamoDB deletes expired items).
+
+ETags are random (a fresh UUID per write), so an ETag never comes back after a key is
+deleted and written again. Every write is one conditional request: an ETag write or
+delete requires ``etag`` to match, first-write requires that no live item exists; a failed
+condition is ``ETagError`` and nothing changed. Expired items are invisible at once, even
+before DynamoDB deletes them (which can take days): reads skip them, ETag checks fail on
+them and first-write replaces them. A write without ``ttlInSeconds`` stores the value
+without expiry (like ``-1``). Without ``ttlAttributeName`` a TTL is refused
+(``NotSupportedError``) and the store does not declare ``TTL``.
+
+Transactions are one ``TransactWriteItems`` call: all or nothing, at most 100 keys.
+DynamoDB allows one action per item in a transaction, so several operations on one key
+are folded into one: the first one's check goes to DynamoDB, later checks are decided
+against what the earlier operations leave (their ETags are known in advance), and the
+last write wins. Bulk get is ``BatchGetItem`` (100 keys per request); a key that still
+fails after retries carries the error in its entry. Bulk set and delete are concurrent
+single writes, each with its own checks. Items are limited to 400 KB by DynamoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import field_validator
+
+from mechakit.components._shared import aws
+from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    ComponentError,
+    ConnectionFailedError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+    MechakitError,
+    MetadataError,
+    NotSupportedError,
+    PermissionDeniedError,
+)
+from mechakit.core.metadata import setting
+from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
+    BulkGetItem,
+    Consistency,
+    DeleteRequest,
+    GetRequest,
+    KeyPrefix,
+    SetRequest,
+    StateFeature,
+    StateItem,
+    StateSettings,
+    TransactionalStore,
+    TransactionOperation,
+    encode_value,
+    format_expire_time,
+    parse_ttl,
+)
+
+
+class DynamoDBStateSettings(AwsSettings, StateSettings):
+    table: str = setting(
+        name="table",
+        description="Name of an existing table whose partition key is a string named partitionKey.",
+        example="dapr-state",
+    )
+    partition_key: str = setting(
+        "key",
+        name="partitionKey",
+        description="Name of the table's partition key attribute.",
+        example="key",
+    )
+    ttl_attribute_name: str = setting(
+        "",
+        name="ttlAttributeName",
+        description=(
+            "Attribute holding each item's expiry (epoch seconds); enables ttlInSeconds. "
+            "Turn on the table's TTL with the same attribute name."
+        ),
+        example="expiresAt",
+    )
+
+    @field_validator("table", "partition_key")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("ttl_attribute_name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.strip() in (_VALUE, _ETAG):
+            raise ValueError(f"must differ from {_VALUE!r} and {_ETAG!r}, which the store uses")
+        return value.strip()
+
+
+class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
+    """Key/value state in DynamoDB: conditional writes for ETags, TTL, transactions."""
+
+    settings_model = DynamoDBStateSettings
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+        self._table = ""
+        self._partition_key = "key"
+        self._ttl_attribute = ""
+        self._prefix = KeyPrefix("")
+
+    def features(self) -> frozenset[StateFeature]:
+        """TTL only with ``ttlAttributeName``: without it there is nowhere to keep expiry."""
+        if self._ttl_attribute:
+            return frozenset(self.FEATURES)
+        return frozenset(self.FEATURES - {StateFeature.TTL})
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._table = settings.table
+        self._partition_key = settings.partition_key
+        self._ttl_attribute = settings.ttl_attribute_name
+        self._prefix = KeyPrefix.resolve(
+            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
+        )
+        self._client = await aws.client(settings, "dynamodb", component=self.label)
+        try:
+            await self._check_table()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    async def ping(self) -> None:
+        await self._call("describe table", self._dynamodb.describe_table, TableName=self._table)
+
+    async def get(self, request: GetRequest) -> StateItem | None:
+        key = self._stored_key(request.key)
+        reply = await self._call(
+            "get",
+            self._dynamodb.get_item,
+            key=request.key,
+            TableName=self._table,
+            Key={self._partition_key: {"S": key}},
+            ConsistentRead=request.consistency is Consistency.STRONG,
+        )
+        return self._item(request.key, reply.get("Item"), time.time())
+
+    async def set(self, request: SetRequest) -> None:
+        write = self._prepare(request)
+        await self._call(
+            "set",
+            self._dynamodb.put_item,
+            key=request.key,
+            errors=self._condition_errors(write),
+            TableName=self._table,
+            Item=write.item,
+            **self._condition(write, time.time()),
+        )
+
+    async def delete(self, request: DeleteRequest) -> None:
+        write = self._prepare(request)
+        await self._call(
+            "delete",
+            self._dynamodb.delete_item,
+            key=request.key,
+            errors=self._condition_errors(write),
+            TableName=self._table,
+            Key=self._key(write.stored_key),
+            **self._condition(write, time.time()),
+        )
+
+    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        """``BatchGetItem`` in chunks of 100; a key whose read failed carries its error."""
+        stored: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        for request in requests:
+            try:
+                stored[request.key] = self._stored_key(request.key)
+            except MechakitError as exc:
+                problems[request.key] = str(exc)
+        wanted = list(dict.fromkeys(stored.values()))
+        strong = any(r.consistency is Consistency.STRONG for r in requests)
+        found: dict[str, Mapping[str, Any]] = {}
+        failed: dict[str, str] = {}
+        for start in range(0, len(wanted), _BATCH_GET_LIMIT):
+            chunk = wanted[start : start + _BATCH_GET_LIMIT]
+            try:
+                found.update(await self._batch_get(chunk, strong))
+            except MechakitError as exc:
+                failed.update(dict.fromkeys(chunk, str(exc)))
+        now = time.time()
+        items = []
+        for request in requests:
+            key = stored.get(request.key)
+            error = problems.get(request.key) or (failed.get(key) if key else None)
+            item = self._item(request.key, found.get(key), now) if key else None
+            if error is not None:
+                items.append(BulkGetItem(key=request.key, error=error))
+            elif item is None:
+                items.append(BulkGetItem(key=request.key))
+            else:
+                items.append(
+                    BulkGetItem(
+                        key=request.key,
+                        value=item.value,
+                        etag=item.etag,
+                        metadata=item.metadata,
+                        found=True,
+                    )
+                )
+        return items
+
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """One ``TransactWriteItems``: every check passes and every write happens, or none."""
+        folded = self._fold([self._prepare(op) for op in operations])
+        if not folded:
+            return
+        if len(folded) > _TRANSACTION_LIMIT:
+            raise InvalidRequestError(
+                f"a transaction may touch at most {_TRANSACTION_LIMIT} keys, got {len(folded)}",
+                component=self.label,
+            )
+        now = time.time()
+        actions = []
+        for first, last in folded:
+            condition = self._condition(first, now)
+            if last.item is not None:
+                actions.append({"Put": {"TableName": self._table, "Item": last.item, **condition}})
+            else:
+                key = self._key(last.stored_key)
+                actions.append({"Delete": {"TableName": self._table, "Key": key, **condition}})
+
+        def cancelled(failure: AwsFailure) -> MechakitError:
+            return self._cancellation_error(failure, [first for first, _ in folded])
+
+        await self._call(
+            "transaction",
+            self._dynamodb.transact_write_items,
+            errors={"TransactionCanceledException": cancelled},
+            TransactItems=actions,
+        )
+
+    # --- preparing requests -------------------------------------------------------------
+
+    @property
+    def _dynamodb(self) -> Any:
+        if self._client is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._client
+
+    def _stored_key(self, key: str) -> str:
+        if not key:
+            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
+        return self._prefix.apply(key)
+
+    def _key(self, stored_key: str) -> dict[str, Any]:
+        return {self._partition_key: {"S": stored_key}}
+
+    def _prepare(self, request: TransactionOperation) -> _Write:
+        """Validate everything that does not depend on stored data, before anything is sent."""
+        if not isinstance(request, SetRequest | DeleteRequest):
+            raise InvalidRequestError(
+                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
+                component=self.label,
+            )
+        stored_key = self._stored_key(request.key)
+        etag = self._parse_etag(request.key, request.etag)
+        if isinstance(request, DeleteRequest):
+            return _Write(request.key, stored_key, etag, first_write=False, item=None)
+        try:
+            data, is_binary = encode_value(request.value)
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
+        new_etag = uuid.uuid4().hex
+        item: dict[str, Any] = {
+            self._partition_key: {"S": stored_key},
+            _VALUE: {"B": data} if is_binary else {"S": data.decode()},
+            _ETAG: {"S": new_etag},
+        }
+        if ttl is not None and ttl > 0:
+            if not self._ttl_attribute:
+                raise NotSupportedError(
+                    "ttlInSeconds needs metadata 'ttlAttributeName' on this store",
+                    component=self.label,
+                    field="ttlAttributeName",
+                    key=request.key,
+                )
+            item[self._ttl_attribute] = {"N": str(math.ceil(time.time() + ttl))}
+        return _Write(request.key, stored_key, etag, request.first_write and not etag, item)
+
+    def _parse_etag(self, key: str, etag: str | None) -> str | None:
+        if etag is None or etag == "":
+            return None
+        if not _ETAG_FORMAT.fullmatch(etag):
+            raise ETagError(
+                ETagErrorKind.INVALID,
+                f"ETag {etag!r} for key {key!r} is invalid: state.aws.dynamodb ETags are UUIDs",
+                component=self.label,
+                key=key,
+            )
+        return etag
+
+    def _condition(self, write: _Write, now: float) -> dict[str, Any]:
+        """The condition expression guarding ``write``; expired items count as missing."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        ttl = self._ttl_attribute
+        if write.etag is not None:
+            names["#etag"] = _ETAG
+            values[":etag"] = {"S": write.etag}
+            expression = "#etag = :etag"
+            if ttl:
+                names["#ttl"] = ttl
+                values[":now"] = {"N": f"{now:.3f}"}
+                expression += " AND (attribute_not_exists(#ttl) OR #ttl > :now)"
+        elif write.first_write:
+            names["#pk"] = self._partition_key
+            expression = "attribute_not_exists(#pk)"
+            if ttl:
+                names["#ttl"] = ttl
+                values[":now"] = {"N": f"{now:.3f}"}
+                expression += " OR #ttl <= :now"
+        else:
+            return {}
+        condition: dict[str, Any] = {
+            "ConditionExpression": expression,
+            "ExpressionAttributeNames": names,
+        }
+        if values:
+            condition["ExpressionAttributeValues"] = values
+        return condition
+
+    def _fold(self, writes: Sequence[_Write]) -> list[tuple[_Write, _Write]]:
+        """(first, last) write per key in order of first appearance; later checks decided here."""
+        folded: dict[str, list[_Write]] = {}
+        for write in writes:
+            seen = folded.get(write.stored_key)
+            if seen is None:
+                folded[write.stored_key] = [write, write]
+                continue
+            before = seen[1]
+            current = before.item[_ETAG]["S"] if before.item is not None else None
+            if write.etag is not None and write.etag != current:
+                raise self._etag_error(write)
+            if write.first_write and before.item is not None:
+                raise self._etag_error(write)
+            seen[1] = write
+        return [(first, last) for first, last in folded.values()]
+
+    # --- reading items ------------------------------------------------------------------
+
+    def _item(self, key: str, attributes: Mapping[str, Any] | None, now: float) -> StateItem | None:
+        """The live item, or None when missing or expired."""
+        if not attributes:
+            return None
+        metadata: dict[str, str] = {}
+        if self._ttl_attribute and "N" in attributes.get(self._ttl_attribute, {}):
+            expires = float(attributes[self._ttl_attribute]["N"])
+            if expires <= now:
+                return None
+            metadata[TTL_EXPIRE_TIME] = format_expire_time(datetime.fromtimestamp(expires, UTC))
+        stored = attributes.get(_VALUE, {})
+        value: Any
+        if "B" in stored:
+            value = bytes(stored["B"])
+        else:
+            text = str(stored.get("S", ""))
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = text.encode()  # written by something other than mechakit
+        etag = attributes.get(_ETAG, {}).get("S")
+        return StateItem(key=key, value=value, etag=etag, metadata=metadata)
+
+    async def _batch_get(
+        self, stored_keys: list[str], strong: bool
+    ) -> dict[str, Mapping[str, Any]]:
+        """Items by stored key; keys DynamoDB leaves unprocessed are asked for again."""
+        request: dict[str, Any] = {
+            self._table: {
+                "Keys": [self._key(k) for k in stored_keys],
+                "ConsistentRead": strong,
+            }
+        }
+        found: dict[str, Mapping[str, Any]] = {}
+        for attempt in range(_BATCH_ATTEMPTS):
+            reply = await self._call(
+                "bulk get", self._dynamodb.batch_get_item, RequestItems=request
+            )
+            for item in reply.get("Responses", {}).get(self._table, []):
+                found[item[self._partition_key]["S"]] = item
+            request = reply.get("UnprocessedKeys") or {}
+            if not request:
+                return found
+            await asyncio.sleep(0.05 * 2**attempt)
+        left = len(request.get(self._table, {}).get("Keys", []))
+        raise aws.ThrottledError(
+            f"bulk get: DynamoDB left {left} key(s) unprocessed after {_BATCH_ATTEMPTS} attempts",
+            component=self.label,
+        )
+
+    # --- errors -------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        action: str,
+        fn: Any,
+        *,
+        key: str | None = None,
+        errors: Mapping[str, aws.ErrorFactory] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return await aws.call(
+            fn,
+            component=self.label,
+            action=action,
+            key=key,
+            errors={**self._table_errors(), **(errors or {})},
+            **kwargs,
+        )
+
+    def _table_errors(self) -> dict[str, aws.ErrorFactory]:
+        def missing(failure: AwsFailure) -> MechakitError:
+            return MetadataError(
+                f"metadata 'table': table {self._table!r} does not exist ({failure.message})",
+                component=self.label,
+                field="table",
+            )
+
+        return {"ResourceNotFoundException": missing}
+
+    def _condition_errors(self, write: _Write) -> dict[str, aws.ErrorFactory]:
+        return {"ConditionalCheckFailedException": lambda _: self._etag_error(write)}
+
+    def _etag_error(self, write: _Write) -> ETagError:
+        if write.first_write:
+            return ETagError(
+                ETagErrorKind.MISMATCH,
+                f"key {write.key!r} already exists and first-write was requested without an ETag",
+                component=self.label,
+                key=write.key,
+            )
+        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=write.key)
+
+    def _cancellation_error(self, failure: AwsFailure, writes: Sequence[_Write]) -> MechakitError:
+        """The error of the first action DynamoDB gave a reason for cancelling."""
+        reasons = [
+            str(r.get("Code") or "None") for r in failure.response.get("CancellationReasons") or []
+        ]
+        if not reasons:
+            found = re.search(r"\[([^\]]*)\]", failure.message)
+            reasons = [r.strip() for r in found.group(1).split(",")] if found else []
+        for write, reason in zip(writes, reasons, strict=False):
+            if reason == "ConditionalCheckFailed":
+                return self._etag_error(write)
+        for write, reason in zip(writes, reasons, strict=False):
+            if reason in ("None", ""):
+                continue
+            detail = f"transaction cancelled: {reason} on key {write.key!r}"
+            if reason in (
+                "TransactionConflict",
+                "ThrottlingError",
+                "ProvisionedThroughputExceeded",
+            ):
+                return aws.ThrottledError(f"{detail}; retry", component=self.label, key=write.key)
+            if reason == "ValidationError":
+                return InvalidRequestError(detail, component=self.label, key=write.key)
+            return ComponentError(detail, component=self.label, key=write.key)
+        return ComponentError(f"transaction cancelled: {failure.message}", component=self.label)
+
+    async def _check_table(self) -> None:
+        """The table exists and is keyed by the string ``partitionKey`` alone."""
+        try:
+            reply = await self._call(
+                "describe table", self._dynamodb.describe_table, TableName=self._table
+            )
+        except PermissionDeniedError as exc:
+            self.log.warning(
+                "%s: cannot check table %r (%s); assuming it is keyed by %r",
+                self.label,
+                self._table,
+                exc.reason,
+                self._partition_key,
+            )
+            return
+        table = reply.get("Table", {})
+        schema = {k["KeyType"]: k["AttributeName"] for k in table.get("KeySchema", [])}
+        types = {
+            a["AttributeName"]: a["AttributeType"] for a in table.get("AttributeDefinitions", [])
+        }
+        if schema.get("HASH") != self._partition_key or types.get(self._partition_key) != "S":
+            raise MetadataError(
+                f"metadata 'partitionKey': table {self._table!r} is keyed by "
+                f"{schema.get('HASH')!r} ({types.get(schema.get('HASH', ''), '?')}), "
+                f"not by the string attribute {self._partition_key!r}",
+                component=self.label,
+                field="partitionKey",
+            )
+        if "RANGE" in schema:
+            raise MetadataError(
+                f"metadata 'table': table {self._table!r} has a sort key "
+                f"({schema['RANGE']!r}); state.aws.dynamodb needs a partition key only",
+                component=self.label,
+                field="table",
+            )
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A validated set (``item`` given) or delete (``item`` None) and its check."""
+
+    key: str
+    stored_key: str
+    etag: str | None
+    first_write: bool
+    item: dict[str, Any] | None
+
+
+_VALUE = "value"
+_ETAG = "etag"
+_ETAG_FORMAT = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}", re.ASCII
+)
+"""What this store (hex) and Dapr (dashed) write; anything else can never match."""
+_BATCH_GET_LIMIT = 100
+_BATCH_ATTEMPTS = 5
+_TRANSACTION_LIMIT = 100
+
+__all__ = ["DynamoDBStateSettings", "DynamoDBStateStore"]

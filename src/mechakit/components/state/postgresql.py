@@ -1,0 +1,651 @@
+"""``state.postgresql``: state in one PostgreSQL table, through a psycopg 3 connection pool.
+
+Table ``tableName``: ``key text`` primary key; ``value jsonb`` for JSON values or
+``value_bytes bytea`` for binary ones (exactly one is set, so JSON values stay queryable);
+``etag bigint``; ``expires_at timestamptz`` (NULL: no expiry); ``updated_at``. ETags are
+decimal strings of numbers drawn from one sequence per table, so an ETag is never reused,
+not even after a key is deleted and written again. Times come from the server's clock.
+
+Every single write is one statement that checks and writes: an ETag write is
+``UPDATE … WHERE key = $1 AND etag = $2``, first-write is ``INSERT … ON CONFLICT`` that
+replaces only an expired row; no row back means the check failed (``ETagError``, nothing
+changed). A transaction runs its statements in order in one database transaction and rolls
+back all of them on the first failed check. Bulk set/delete send all statements in one
+pipelined round trip in one transaction: an item whose check fails is named in the
+``BulkError``; every other item is committed. A write without ``ttlInSeconds`` stores the
+value without expiry (like ``-1``). Expired rows are invisible at once and deleted every
+``cleanupInterval`` by whichever process gets there first.
+
+Query (``QUERY_API``): filters on dotted fields of JSON values become ``jsonb`` path
+expressions with every value bound as a parameter; ordering comparisons only match values
+of the same JSON type; ``NEQ`` also matches values without the field; the page token is an
+offset. The schema is created and migrated under an advisory lock with its version in
+``metadataTableName``, so processes starting together agree. Table names are folded to
+lower case like unquoted SQL names, and then quoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import field_validator
+
+from mechakit.components._shared.postgresql import (
+    PostgreSQLPool,
+    PostgreSQLSettings,
+    open_pool,
+    qualified_name,
+    quote_name,
+)
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    BulkError,
+    ComponentError,
+    ConfigurationError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+)
+from mechakit.core.metadata import Duration, setting
+from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
+    BulkGetItem,
+    DeleteRequest,
+    Filter,
+    GetRequest,
+    KeyPrefix,
+    Query,
+    QueryableStore,
+    QueryItem,
+    QueryResponse,
+    SetRequest,
+    StateFeature,
+    StateItem,
+    StateSettings,
+    TransactionalStore,
+    TransactionOperation,
+    decode_value,
+    encode_value,
+    format_expire_time,
+    parse_ttl,
+)
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
+T = TypeVar("T")
+
+
+class PostgreSQLStateSettings(PostgreSQLSettings, StateSettings):
+    table_name: str = setting(
+        "state",
+        name="tableName",
+        description="Table holding the state, optionally schema-qualified; created when missing.",
+        example="state",
+    )
+    metadata_table_name: str = setting(
+        "dapr_metadata",
+        name="metadataTableName",
+        description="Table holding schema versions and cleanup times, optionally schema-qualified.",
+        example="dapr_metadata",
+    )
+    cleanup_interval: Duration = setting(
+        timedelta(hours=1),
+        name="cleanupInterval",
+        aliases=("cleanupIntervalInSeconds",),
+        description="How often expired rows are deleted; 0 turns the periodic cleanup off.",
+        example="1h",
+    )
+
+    @field_validator("table_name", "metadata_table_name")
+    @classmethod
+    def _qualified_identifier(cls, value: str) -> str:
+        return qualified_name(value)
+
+
+class PostgreSQLStateStore(
+    TransactionalStore[PostgreSQLStateSettings], QueryableStore[PostgreSQLStateSettings]
+):
+    """Key/value state in PostgreSQL: atomic ETag checks, TTL, transactions and queries."""
+
+    settings_model = PostgreSQLStateSettings
+    FEATURES = frozenset(
+        {
+            StateFeature.ETAG,
+            StateFeature.TRANSACTIONAL,
+            StateFeature.TTL,
+            StateFeature.QUERY_API,
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._db: PostgreSQLPool | None = None
+        self._prefix = KeyPrefix("")
+        self._sql = _Statements("state", "dapr_metadata")
+        self._cleaner: asyncio.Task[None] | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._prefix = KeyPrefix.resolve(
+            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
+        )
+        self._sql = _Statements(settings.table_name, settings.metadata_table_name)
+        self._db = await open_pool(
+            settings,
+            component=self.label,
+            prepare=self._migrate,
+            prepare_field="tableName",
+            prepare_what=f"table {settings.table_name!r}",
+        )
+        interval = settings.cleanup_interval.total_seconds()
+        if interval > 0:
+            self._cleaner = asyncio.create_task(
+                self._clean_periodically(interval), name=f"{self.label} TTL cleanup"
+            )
+
+    async def close(self) -> None:
+        cleaner, self._cleaner = self._cleaner, None
+        if cleaner is not None:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await cleaner
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1"), "ping")
+
+    async def get(self, request: GetRequest) -> StateItem | None:
+        stored_key = self._stored_key(request.key)
+        rows = await self._run(lambda conn: self._select(conn, [stored_key]), "get", request.key)
+        row = rows.get(stored_key)
+        if row is None:
+            return None
+        return StateItem(request.key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
+
+    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        """One query for all keys; a missing or expired key is an entry with ``found`` False."""
+        stored_keys = [self._prefix.apply(r.key) if r.key else "" for r in requests]
+        wanted = list(dict.fromkeys(k for k in stored_keys if k))
+        rows: dict[str, _Row] = {}
+        if wanted:
+            rows = await self._run(lambda conn: self._select(conn, wanted), "bulk get")
+        items = []
+        for request, stored_key in zip(requests, stored_keys, strict=True):
+            row = rows.get(stored_key)
+            if not stored_key:
+                items.append(BulkGetItem(key=request.key, error="the key must not be empty"))
+            elif row is None:
+                items.append(BulkGetItem(key=request.key))
+            else:
+                items.append(
+                    BulkGetItem(
+                        key=request.key,
+                        value=row.value,
+                        etag=str(row.etag),
+                        metadata=_ttl_metadata(row.expires_at),
+                        found=True,
+                    )
+                )
+        return items
+
+    async def set(self, request: SetRequest) -> None:
+        op = self._prepare(request)
+        await self._run(lambda conn: self._execute(conn, [op], atomic=True), "set", op.key)
+
+    async def delete(self, request: DeleteRequest) -> None:
+        op = self._prepare(request)
+        await self._run(lambda conn: self._execute(conn, [op], atomic=True), "delete", op.key)
+
+    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
+        await self._bulk(requests, "bulk set")
+
+    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
+        await self._bulk(requests, "bulk delete")
+
+    async def transact(
+        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """All operations in order in one database transaction; a failed check rolls back all."""
+        ops = [self._prepare(op) for op in operations]
+        if ops:
+            await self._run(lambda conn: self._execute(conn, ops, atomic=True), "transaction")
+
+    async def query(self, query: Query) -> QueryResponse:
+        """JSON values of this component's keys matching ``query``, one page at a time."""
+        statement, params = self._query_sql(query)
+        rows = await self._run(lambda conn: _fetch_all(conn, statement, params), "query")
+        results = [
+            QueryItem(self._prefix.strip(key), decode_value(text.encode(), False), str(etag))
+            for key, text, etag in rows
+        ]
+        token = None
+        if query.limit and len(results) == query.limit:
+            token = str(self._offset(query) + len(results))
+        return QueryResponse(results, token)
+
+    # --- preparing requests -----------------------------------------------------------
+
+    def _stored_key(self, key: str) -> str:
+        if not key:
+            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
+        return self._prefix.apply(key)
+
+    def _prepare(self, request: TransactionOperation) -> _Operation:
+        """Validate everything that does not depend on stored data, before anything is sent."""
+        stored_key = self._stored_key(request.key)
+        etag = self._parse_etag(request.etag, request.key)
+        if isinstance(request, DeleteRequest):
+            if etag is None:
+                return _Operation(request.key, self._sql.delete, {"key": stored_key}, False)
+            params = {"key": stored_key, "etag": etag}
+            return _Operation(request.key, self._sql.delete_if, params, True)
+        if not isinstance(request, SetRequest):
+            raise InvalidRequestError(
+                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
+                component=self.label,
+            )
+        try:
+            data, is_binary = encode_value(request.value)
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
+        text = None if is_binary else data.decode()
+        if text is not None and not _storable_as_jsonb(text):
+            raise InvalidRequestError(
+                "the value holds NaN, Infinity or a NUL character, which PostgreSQL's jsonb "
+                "cannot store; send it as bytes instead",
+                component=self.label,
+                key=request.key,
+            )
+        params = {
+            "key": stored_key,
+            "value": text,
+            "value_bytes": data if is_binary else None,
+            "ttl": ttl if ttl is not None and ttl > 0 else None,
+            "etag": etag,
+        }
+        if etag is not None:
+            return _Operation(request.key, self._sql.update_if, params, True)
+        if request.first_write:
+            return _Operation(request.key, self._sql.insert_new, params, True, first_write=True)
+        return _Operation(request.key, self._sql.upsert, params, False)
+
+    def _parse_etag(self, etag: str | None, key: str) -> int | None:
+        if etag is None or etag == "":
+            return None
+        if not _ETAG.fullmatch(etag) or not 0 < int(etag) <= _MAX_ETAG:
+            raise ETagError(
+                ETagErrorKind.INVALID,
+                f"ETag {etag!r} for key {key!r} is invalid: "
+                "state.postgresql ETags are positive integers",
+                component=self.label,
+                key=key,
+            )
+        return int(etag)
+
+    def _etag_error(self, op: _Operation) -> ETagError:
+        if op.first_write:
+            return ETagError(
+                ETagErrorKind.MISMATCH,
+                f"key {op.key!r} already exists (first-write without an ETag)",
+                component=self.label,
+                key=op.key,
+            )
+        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
+
+    async def _bulk(
+        self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
+    ) -> None:
+        errors: dict[str, Exception] = {}
+        ops: list[_Operation] = []
+        for request in requests:
+            try:
+                ops.append(self._prepare(request))
+            except ComponentError as exc:
+                errors[request.key] = exc
+        if ops:
+            matched = await self._run(lambda conn: self._execute(conn, ops, atomic=False), what)
+            for op, ok in zip(ops, matched, strict=True):
+                if not ok:
+                    errors[op.key] = self._etag_error(op)
+        if errors:
+            raise BulkError(errors, component=self.label)
+
+    def _query_sql(self, query: Query) -> tuple[str, list[Any]]:
+        params: list[Any] = [_like_prefix(self._prefix)]
+        where = ["key LIKE %s", "value IS NOT NULL", _LIVE]
+        if query.filter is not None:
+            where.append(self._condition(query.filter, params))
+        order = []
+        for sorting in query.sort:
+            order.append(f"value #> %s {'DESC' if sorting.descending else 'ASC'}")
+            params.append(self._path(sorting.key))
+        order.append("key")
+        statement = (
+            f"SELECT key, value::text, etag FROM {self._sql.table} "
+            f"WHERE {' AND '.join(where)} ORDER BY {', '.join(order)}"
+        )
+        if query.limit:
+            statement += " LIMIT %s"
+            params.append(query.limit)
+        offset = self._offset(query)
+        if offset:
+            statement += " OFFSET %s"
+            params.append(offset)
+        return statement, params
+
+    def _condition(self, node: Filter, params: list[Any]) -> str:
+        if node.op in ("AND", "OR"):
+            if not node.children:
+                raise InvalidRequestError(
+                    f"query {node.op} needs at least one filter", component=self.label
+                )
+            return (
+                "(" + f" {node.op} ".join(self._condition(c, params) for c in node.children) + ")"
+            )
+        path = self._path(node.key)
+        if node.op == "IN":
+            if not isinstance(node.value, list | tuple):
+                raise InvalidRequestError(
+                    f"query IN on {node.key!r} needs a list of values", component=self.label
+                )
+            params.extend([path, [self._json(node.key, v) for v in node.value]])
+            return "value #> %s = ANY(%s::jsonb[])"
+        sql = _COMPARISONS.get(node.op)
+        if sql is None:
+            raise InvalidRequestError(
+                f"unknown query operator {node.op!r} "
+                f"(supported: {', '.join([*_COMPARISONS, 'IN', 'AND', 'OR'])})",
+                component=self.label,
+            )
+        params.extend([path, self._json(node.key, node.value)] * (sql.count("%s") // 2))
+        return sql
+
+    def _path(self, field: str) -> list[str]:
+        parts = field.split(".")
+        if parts and parts[0] == "value" and len(parts) > 1:
+            parts = parts[1:]
+        if not field or any(p == "" for p in parts):
+            raise InvalidRequestError(
+                f"query field {field!r} must be a dotted path like 'person.org'",
+                component=self.label,
+            )
+        return parts
+
+    def _json(self, field: str, value: Any) -> str:
+        try:
+            return json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(
+                f"query value for {field!r} is not JSON: {exc}", component=self.label
+            ) from None
+
+    def _offset(self, query: Query) -> int:
+        if query.token is None:
+            return 0
+        if not _OFFSET.fullmatch(query.token):
+            raise InvalidRequestError(
+                f"query page token {query.token!r} is not one this store returned",
+                component=self.label,
+            )
+        return int(query.token)
+
+    # --- running statements -------------------------------------------------------------
+
+    async def _run(
+        self,
+        body: Callable[[AsyncConnection[Any]], Awaitable[T]],
+        what: str,
+        key: str | None = None,
+    ) -> T:
+        """``body`` on a pooled connection within the timeout; driver errors become core errors."""
+        if self._db is None:
+            raise ComponentError("the store is closed or was not initialised", component=self.label)
+        return await self._db.run(body, what, key)
+
+    async def _execute(
+        self, conn: AsyncConnection[Any], ops: Sequence[_Operation], *, atomic: bool
+    ) -> list[bool]:
+        """Run the statements in order in one transaction and one round trip; True where the
+        check passed. ``atomic``: the first failed check raises and rolls everything back."""
+        if len(ops) == 1:  # one statement is atomic on its own
+            cursor = await conn.execute(ops[0].statement, ops[0].params)
+            matched = [not ops[0].checked or cursor.rowcount > 0]
+        else:
+            async with conn.pipeline() as pipeline, conn.transaction():
+                cursors = [await conn.execute(op.statement, op.params) for op in ops]
+                await pipeline.sync()
+                matched = [
+                    not op.checked or cursor.rowcount > 0
+                    for op, cursor in zip(ops, cursors, strict=True)
+                ]
+                if atomic:
+                    self._raise_first_failure(ops, matched)
+        if atomic:
+            self._raise_first_failure(ops, matched)
+        return matched
+
+    def _raise_first_failure(self, ops: Sequence[_Operation], matched: Sequence[bool]) -> None:
+        failed = next((op for op, ok in zip(ops, matched, strict=True) if not ok), None)
+        if failed is not None:
+            raise self._etag_error(failed)
+
+    async def _select(self, conn: AsyncConnection[Any], stored_keys: list[str]) -> dict[str, _Row]:
+        cursor = await conn.execute(self._sql.select, (stored_keys,))
+        rows = {}
+        for key, text, value_bytes, etag, expires_at in await cursor.fetchall():
+            if value_bytes is not None:
+                value = decode_value(bytes(value_bytes), True)
+            else:
+                value = decode_value(text.encode(), False)
+            rows[key] = _Row(value, etag, expires_at)
+        return rows
+
+    async def _migrate(self, conn: AsyncConnection[Any]) -> None:
+        """Create or upgrade the tables; the advisory lock serialises concurrent starters."""
+        async with conn.transaction():
+            await conn.execute(self._sql.lock_migrations, (_MIGRATION_LOCK,))
+            await conn.execute(self._sql.create_metadata)
+            cursor = await conn.execute(self._sql.read_meta, (self._sql.version_key,))
+            found = await cursor.fetchone()
+            version = int(found[0]) if found else 0
+            if version > _SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"table {self._sql.table_name!r} has schema version {version}, newer than "
+                    f"the {_SCHEMA_VERSION} this mechakit knows; upgrade mechakit",
+                    component=self.label,
+                    field="tableName",
+                )
+            if version == _SCHEMA_VERSION:
+                return
+            cursor = await conn.execute(self._sql.columns, (self._sql.table,))
+            existing = {name for (name,) in await cursor.fetchall()}
+            if existing and not _COLUMNS.issubset(existing):
+                raise ConfigurationError(
+                    f"table {self._sql.table_name!r} exists but was not created by "
+                    f"state.postgresql (columns {', '.join(sorted(existing))}); "
+                    "choose another tableName",
+                    component=self.label,
+                    field="tableName",
+                )
+            for statement in self._sql.schema:
+                await conn.execute(statement)
+            await conn.execute(self._sql.write_meta, (self._sql.version_key, str(_SCHEMA_VERSION)))
+
+    async def _clean_periodically(self, interval: float) -> None:
+        async def clean(conn: AsyncConnection[Any]) -> None:
+            async with conn.transaction():
+                claimed = await conn.execute(
+                    self._sql.claim_cleanup, (self._sql.cleanup_key, interval)
+                )
+                if claimed.rowcount > 0:
+                    await conn.execute(self._sql.purge)
+
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._run(clean, "delete expired rows")
+            except ComponentError as exc:
+                self.log.warning("%s: TTL cleanup failed, will retry: %s", self.label, exc.reason)
+
+
+_SCHEMA_VERSION = 1
+_MIGRATION_LOCK = "mechakit state.postgresql schema"
+_COLUMNS = frozenset({"key", "value", "value_bytes", "etag", "expires_at", "updated_at"})
+_ETAG = re.compile(r"[0-9]{1,19}", re.ASCII)
+_MAX_ETAG = 2**63 - 1
+_OFFSET = re.compile(r"[0-9]{1,18}", re.ASCII)
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+_SAME_TYPE = "jsonb_typeof(value #> %s) = jsonb_typeof(%s::jsonb)"
+_COMPARISONS = {
+    "EQ": "value #> %s = %s::jsonb",
+    "NEQ": "value #> %s IS DISTINCT FROM %s::jsonb",
+    "GT": f"({_SAME_TYPE} AND value #> %s > %s::jsonb)",
+    "GTE": f"({_SAME_TYPE} AND value #> %s >= %s::jsonb)",
+    "LT": f"({_SAME_TYPE} AND value #> %s < %s::jsonb)",
+    "LTE": f"({_SAME_TYPE} AND value #> %s <= %s::jsonb)",
+}
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """A validated write: its statement and parameters; ``checked`` if no row means failure."""
+
+    key: str
+    statement: str
+    params: Mapping[str, Any]
+    checked: bool
+    first_write: bool = False
+
+
+@dataclass(frozen=True)
+class _Row:
+    value: Any
+    etag: int
+    expires_at: datetime | None
+
+
+class _Statements:
+    """Every fixed SQL statement for one state table and one metadata table (validated names)."""
+
+    def __init__(self, table: str, metadata_table: str) -> None:
+        self.table_name = table
+        self.version_key = f"schema-version:{table}"
+        self.cleanup_key = f"last-cleanup:{table}"
+        self.table = t = quote_name(table)
+        m = quote_name(metadata_table)
+        bare = table.rsplit(".", 1)[-1]
+        sequence = quote_name(f"{table}_etag")
+        next_etag = f"nextval('{sequence}')"
+        expiry = "now() + make_interval(secs => %(ttl)s::float8)"
+        columns = "key, value, value_bytes, etag, expires_at, updated_at"
+        values = f"%(key)s, %(value)s::jsonb, %(value_bytes)s, {next_etag}, {expiry}, now()"
+        replace = (
+            "value = excluded.value, value_bytes = excluded.value_bytes, etag = excluded.etag, "
+            "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
+        )
+        self.lock_migrations = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+        self.create_metadata = (
+            f"CREATE TABLE IF NOT EXISTS {m} (key text NOT NULL PRIMARY KEY, value text NOT NULL)"
+        )
+        self.read_meta = f"SELECT value FROM {m} WHERE key = %s"
+        self.write_meta = (
+            f"INSERT INTO {m} (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        )
+        self.columns = (
+            "SELECT attname FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+        )
+        self.schema = (
+            f"CREATE SEQUENCE IF NOT EXISTS {sequence} AS bigint",
+            f"CREATE TABLE IF NOT EXISTS {t} (key text NOT NULL PRIMARY KEY, value jsonb, "
+            "value_bytes bytea, etag bigint NOT NULL, expires_at timestamptz, "
+            "updated_at timestamptz NOT NULL DEFAULT now(), "
+            "CHECK ((value IS NULL) <> (value_bytes IS NULL)))",
+            f'CREATE INDEX IF NOT EXISTS "{bare}_expires_at" ON {t} (expires_at) '
+            "WHERE expires_at IS NOT NULL",
+        )
+        self.select = (
+            f"SELECT key, value::text, value_bytes, etag, expires_at FROM {t} "
+            f"WHERE key = ANY(%s) AND {_LIVE}"
+        )
+        self.upsert = (
+            f"INSERT INTO {t} AS s ({columns}) VALUES ({values}) "
+            f"ON CONFLICT (key) DO UPDATE SET {replace}"
+        )
+        self.insert_new = (
+            f"INSERT INTO {t} AS s ({columns}) VALUES ({values}) "
+            f"ON CONFLICT (key) DO UPDATE SET {replace} "
+            "WHERE s.expires_at IS NOT NULL AND s.expires_at <= now()"
+        )
+        self.update_if = (
+            f"UPDATE {t} SET value = %(value)s::jsonb, value_bytes = %(value_bytes)s, "
+            f"etag = {next_etag}, expires_at = {expiry}, updated_at = now() "
+            f"WHERE key = %(key)s AND etag = %(etag)s AND {_LIVE}"
+        )
+        self.delete = f"DELETE FROM {t} WHERE key = %(key)s"
+        self.delete_if = f"DELETE FROM {t} WHERE key = %(key)s AND etag = %(etag)s AND {_LIVE}"
+        self.claim_cleanup = (
+            f"INSERT INTO {m} AS m (key, value) VALUES (%s, now()::text) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+            "WHERE m.value::timestamptz <= now() - make_interval(secs => %s::float8)"
+        )
+        self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= now()"
+
+
+def _storable_as_jsonb(text: str) -> bool:
+    """False for JSON that jsonb rejects: NaN/Infinity, or a NUL character in a string."""
+    if "NaN" not in text and "Infinity" not in text and "\\u0000" not in text:
+        return True
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return False
+    return not _has_nul(value)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _like_prefix(prefix: KeyPrefix) -> str:
+    head = prefix.apply("")
+    escaped = head.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+async def _fetch_all(
+    conn: AsyncConnection[Any], statement: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(statement, params)
+    return list(await cursor.fetchall())
+
+
+def _ttl_metadata(expires_at: datetime | None) -> dict[str, str]:
+    if expires_at is None:
+        return {}
+    return {TTL_EXPIRE_TIME: format_expire_time(expires_at)}
+
+
+__all__ = ["PostgreSQLStateSettings", "PostgreSQLStateStore"]
