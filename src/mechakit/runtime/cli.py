@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mechakit.core.metadata import Settings
     from mechakit.core.registry import ComponentSpec
+    from mechakit.runtime.grpc_api import GrpcServer
     from mechakit.runtime.local import Runtime
     from mechakit.runtime.manifest import ComponentManifest, Manifests
 
@@ -517,11 +518,24 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_port,
         default=None,
         metavar="PORT",
-        help=f"given to the app as DAPR_GRPC_PORT (default {DEFAULT_GRPC_PORT}); gRPC is not "
-        "served yet",
+        help=f"where the Dapr gRPC API listens, given to the app as DAPR_GRPC_PORT (default "
+        f"{DEFAULT_GRPC_PORT}, skipped with a warning when taken; 0: a free port)",
     )
-    parser.add_argument("--app-port", type=_port, default=None, metavar="PORT")
-    parser.add_argument("--app-protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument(
+        "--app-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="where the app listens: its subscriptions and input-binding events are delivered "
+        "there once it answers",
+    )
+    parser.add_argument(
+        "--app-protocol",
+        choices=("http", "grpc"),
+        default="http",
+        help="how the app is called: HTTP (GET /dapr/subscribe, POST <route>) or gRPC "
+        "(AppCallback)",
+    )
     parser.add_argument("--log-level", choices=tuple(LOG_LEVELS), default="info")
     parser.add_argument(
         "--api-listen-address",
@@ -646,6 +660,14 @@ async def _serve_started(
         )
         return 1
     port: int = listener.getsockname()[1]
+    # Accepted connections inherit it; asyncio skips sockets made with proto 0 (create_server).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        grpc_server = await _start_grpc(runtime, namespace, host, log)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        listener.close()
+        return 1
     app = create_app(
         runtime,
         api_token=os.environ.get("DAPR_API_TOKEN") or None,
@@ -664,24 +686,49 @@ async def _serve_started(
     server = _QuietServer(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]), name="mechakit http api")
     log.info("Dapr HTTP API listening on http://%s:%d/v1.0", host, port)
-    if namespace.dapr_grpc_port is not None:
-        log.warning(
-            "--dapr-grpc-port %d: the gRPC API is not served yet (HTTP only)",
-            namespace.dapr_grpc_port,
-        )
+    delivery = None
     if namespace.app_port is not None:
-        log.info(
-            "app port %d (%s): delivery of subscriptions to the app is not served yet",
-            namespace.app_port,
-            namespace.app_protocol,
-        )
+        from mechakit.runtime.delivery import Delivery, app_channel
+
+        delivery = Delivery(runtime, app_channel(namespace.app_port, namespace.app_protocol))
+        delivery.start_in_background()
     try:
         return await _supervise(namespace, command, port, serving, log)
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
+        if delivery is not None:
+            await delivery.stop()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await serving
         listener.close()
+
+
+async def _start_grpc(
+    runtime: Runtime, namespace: argparse.Namespace, host: str, log: logging.Logger
+) -> GrpcServer | None:
+    """Serve the gRPC API; a taken default port only warns, a chosen one is an ``OSError``."""
+    from mechakit.runtime.grpc_api import start_server
+
+    chosen: int | None = namespace.dapr_grpc_port
+    try:
+        grpc_server = await start_server(
+            runtime,
+            host,
+            DEFAULT_GRPC_PORT if chosen is None else chosen,
+            api_token=os.environ.get("DAPR_API_TOKEN") or None,
+            app_port=namespace.app_port,
+            app_protocol=namespace.app_protocol,
+        )
+    except OSError as exc:
+        if chosen is not None:
+            raise
+        log.warning("the Dapr gRPC API is not served: %s (choose --dapr-grpc-port)", exc)
+        return None
+    namespace.dapr_grpc_port = grpc_server.port
+    log.info("Dapr gRPC API listening on %s:%d", host, grpc_server.port)
+    return grpc_server
 
 
 async def _supervise(

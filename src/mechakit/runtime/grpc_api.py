@@ -1,0 +1,999 @@
+"""The Dapr gRPC API (``dapr.proto.runtime.v1.Dapr``) over running components, on grpc.aio.
+
+``start_server(runtime, host, port)`` answers what a Dapr sidecar answers on its gRPC port
+for state, publish, output bindings, secrets, locks, configuration (get, subscribe,
+unsubscribe) and metadata, with the messages of the ``dapr`` package, so the ``dapr`` SDK's
+``DaprClient`` works unchanged. ``mechakit run`` serves it next to the HTTP API. Every
+other RPC of the service answers UNIMPLEMENTED naming the RPC.
+
+Errors carry Dapr's status codes and, as Dapr does, a ``google.rpc.ErrorInfo`` detail
+(domain ``dapr.io``) whose reason is the HTTP API's ``ERR_…`` code, so the SDK's
+``DaprGrpcError.error_code()`` reads the same code as over HTTP. An unknown component is
+INVALID_ARGUMENT, an ETag mismatch ABORTED, an invalid ETag INVALID_ARGUMENT, a secret
+outside the Configuration's scopes PERMISSION_DENIED. Where Dapr says INTERNAL for what
+the request got wrong, we say what the HTTP API says, for the same reason (see
+:mod:`mechakit.runtime.http_api`): a missing secret is NOT_FOUND, a rejected request
+INVALID_ARGUMENT, a transaction or query on a store without it UNIMPLEMENTED. A backend
+failure the driver calls retriable is UNAVAILABLE, which the SDK's retry policy retries;
+anything else is INTERNAL.
+
+State values are bytes on the wire. Bytes that are compact JSON (what ``encode_value``
+writes) are stored as that JSON value, so HTTP reads, queries and in-process clients see
+JSON; any other bytes are stored as they are. Either way a gRPC read returns the bytes
+written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import grpc.aio
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import (
+    binding_pb2,
+    configuration_pb2,
+    dapr_pb2,
+    dapr_pb2_grpc,
+    lock_pb2,
+    metadata_pb2,
+    pubsub_pb2,
+    secret_pb2,
+    state_pb2,
+)
+from google.protobuf import any_pb2, empty_pb2
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from mechakit import __version__
+from mechakit.core import cloudevents
+from mechakit.core.bindings import InvokeRequest
+from mechakit.core.configuration import ConfigurationItem, ConfigurationUpdate
+from mechakit.core.errors import (
+    BulkError,
+    ConfigurationError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+)
+from mechakit.core.lock import TryLockRequest, UnlockRequest
+from mechakit.core.metadata import parse_bool
+from mechakit.core.pubsub import (
+    BulkPublishEntry,
+    BulkPublishRequest,
+    PublishRequest,
+    PubSub,
+    PubSubFeature,
+)
+from mechakit.core.state import (
+    Concurrency,
+    Consistency,
+    DeleteRequest,
+    GetRequest,
+    QueryableStore,
+    SetRequest,
+    StateOptions,
+    TransactionalStore,
+    TransactionOperation,
+    encode_value,
+    parse_ttl,
+)
+
+from .local import Runtime
+
+log = logging.getLogger("mechakit.grpc")
+
+SERVICE = "dapr.proto.runtime.v1.Dapr"
+API_TOKEN_METADATA = "dapr-api-token"
+ERROR_DOMAIN = "dapr.io"
+RAW_PAYLOAD = "rawPayload"
+DEFAULT_STOP_GRACE = 2.0
+_KEY_SEPARATOR = "||"
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+Context = grpc.aio.ServicerContext[Any, Any]
+ApiT = TypeVar("ApiT")
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+T = TypeVar("T")
+
+_CONCURRENCY = {
+    common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE: Concurrency.FIRST_WRITE,
+    common_pb2.StateOptions.CONCURRENCY_LAST_WRITE: Concurrency.LAST_WRITE,
+}
+_CONSISTENCY = {
+    common_pb2.StateOptions.CONSISTENCY_EVENTUAL: Consistency.EVENTUAL,
+    common_pb2.StateOptions.CONSISTENCY_STRONG: Consistency.STRONG,
+}
+
+
+class RpcFailure(Exception):
+    """An error answer: the gRPC status code, Dapr's ``ERR_…`` code and a message."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        """``grpc-status-details-bin``: a ``google.rpc.Status`` with an ``ErrorInfo``."""
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[info])
+        return ((_STATUS_DETAILS, status.SerializeToString()),)
+
+
+async def _abort(context: Context, failure: RpcFailure) -> NoReturn:
+    await context.abort(failure.code, failure.message, failure.trailing_metadata())
+
+
+def _unary(
+    method: Callable[[ApiT, RequestT, Context], Awaitable[ResponseT]],
+) -> Callable[[ApiT, RequestT, Context], Awaitable[ResponseT]]:
+    """Answer an ``RpcFailure`` with its status, anything unexpected with INTERNAL."""
+
+    @functools.wraps(method)
+    async def run(self: ApiT, request: RequestT, context: Context) -> ResponseT:
+        try:
+            return await method(self, request, context)
+        except RpcFailure as exc:
+            _log_failure(method.__name__, exc)
+            await _abort(context, exc)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await _abort(context, _internal())
+
+    return run
+
+
+def _stream(
+    method: Callable[[ApiT, RequestT, Context], AsyncIterator[ResponseT]],
+) -> Callable[[ApiT, RequestT, Context], AsyncIterator[ResponseT]]:
+    """:func:`_unary` for server-streaming RPCs."""
+
+    @functools.wraps(method)
+    async def run(self: ApiT, request: RequestT, context: Context) -> AsyncIterator[ResponseT]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except RpcFailure as exc:
+            _log_failure(method.__name__, exc)
+            await _abort(context, exc)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await _abort(context, _internal())
+
+    return run
+
+
+def _log_failure(rpc: str, failure: RpcFailure) -> None:
+    level = logging.WARNING if failure.code is grpc.StatusCode.INTERNAL else logging.DEBUG
+    log.log(level, "%s: %s", rpc, failure.message)
+
+
+def _internal() -> RpcFailure:
+    return RpcFailure(
+        grpc.StatusCode.INTERNAL, "ERR_INTERNAL", "internal error; see the runtime's log"
+    )
+
+
+class DaprGrpcApi:
+    """The ``Dapr`` service's handlers over a started ``runtime``.
+
+    Register it with ``dapr_pb2_grpc.add_DaprServicer_to_server``; :func:`create_server`
+    does that and adds the API token check.
+    """
+
+    def __init__(
+        self, runtime: Runtime, *, app_port: int | None = None, app_protocol: str = "http"
+    ) -> None:
+        self.runtime = runtime
+        self.app_port = app_port
+        self.app_protocol = app_protocol
+        self.extended_metadata: dict[str, str] = {}
+        self._watches: dict[tuple[str, str], asyncio.Queue[ConfigurationUpdate | None]] = {}
+
+    def close(self) -> None:
+        """End every configuration stream, so that a server stop does not wait for them."""
+        for updates in self._watches.values():
+            updates.put_nowait(None)
+
+    # --- state ---------------------------------------------------------------------------
+
+    @_unary
+    async def GetState(
+        self, request: state_pb2.GetStateRequest, context: Context
+    ) -> state_pb2.GetStateResponse:
+        name = request.store_name
+        store = self._state(name)
+        key = _key(request.key)
+        get = GetRequest(
+            key,
+            dict(request.metadata),
+            consistency=_CONSISTENCY.get(request.consistency, Consistency.EVENTUAL),
+        )
+        with _failure("ERR_STATE_GET", f"fail to get {key} from state store {name}"):
+            item = await store.get(get)
+        if item is None:
+            return state_pb2.GetStateResponse()
+        return state_pb2.GetStateResponse(
+            data=_state_bytes(item.value), etag=item.etag or "", metadata=dict(item.metadata)
+        )
+
+    @_unary
+    async def GetBulkState(
+        self, request: state_pb2.GetBulkStateRequest, context: Context
+    ) -> state_pb2.GetBulkStateResponse:
+        name = request.store_name
+        store = self._state(name)
+        metadata = dict(request.metadata)
+        requests = [GetRequest(_key(k), metadata) for k in request.keys]
+        if not requests:
+            return state_pb2.GetBulkStateResponse()
+        with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
+            found = await store.bulk_get(requests)
+        items = []
+        for item in found:
+            entry = state_pb2.BulkStateItem(key=item.key)
+            if item.error:
+                entry.error = item.error
+            elif item.found:
+                entry.data = _state_bytes(item.value)
+                entry.etag = item.etag or ""
+                entry.metadata.update(item.metadata)
+            items.append(entry)
+        return state_pb2.GetBulkStateResponse(items=items)
+
+    @_unary
+    async def SaveState(
+        self, request: state_pb2.SaveStateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        name = request.store_name
+        store = self._state(name)
+        requests = [_set_request(item) for item in request.states]
+        if requests:
+            with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
+                if len(requests) == 1:
+                    await store.set(requests[0])
+                else:
+                    await store.bulk_set(requests)
+        return empty_pb2.Empty()
+
+    @_unary
+    async def DeleteState(
+        self, request: state_pb2.DeleteStateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        store = self._state(request.store_name)
+        key = _key(request.key)
+        delete = DeleteRequest(
+            key,
+            etag=_etag(request, "etag"),
+            metadata=dict(request.metadata),
+            options=_options(request, "options"),
+        )
+        with _failure("ERR_STATE_DELETE", f"failed deleting state with key {key}"):
+            await store.delete(delete)
+        return empty_pb2.Empty()
+
+    @_unary
+    async def DeleteBulkState(
+        self, request: state_pb2.DeleteBulkStateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        name = request.store_name
+        store = self._state(name)
+        requests = [_delete_request(item) for item in request.states]
+        if requests:
+            with _failure("ERR_STATE_DELETE", f"failed deleting state in state store {name}"):
+                await store.bulk_delete(requests)
+        return empty_pb2.Empty()
+
+    @_unary
+    async def ExecuteStateTransaction(
+        self, request: state_pb2.ExecuteStateTransactionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        name = request.storeName
+        store = self._state(name)
+        if not isinstance(store, TransactionalStore):
+            raise RpcFailure(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {name} doesn't support transactions",
+            )
+        operations: list[TransactionOperation] = []
+        for i, operation in enumerate(request.operations):
+            kind = operation.operationType
+            if kind == "upsert":
+                operations.append(_set_request(operation.request))
+            elif kind == "delete":
+                operations.append(_delete_request(operation.request))
+            else:
+                raise _invalid(
+                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
+                    f"operations[{i}]: operation type {kind!r} not supported "
+                    "(use upsert or delete)",
+                )
+        if operations:
+            with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
+                await store.transact(operations, dict(request.metadata))
+        return empty_pb2.Empty()
+
+    @_unary
+    async def QueryStateAlpha1(
+        self, request: state_pb2.QueryStateRequest, context: Context
+    ) -> state_pb2.QueryStateResponse:
+        name = request.store_name
+        store = self._state(name)
+        if not isinstance(store, QueryableStore):
+            raise RpcFailure(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {name} does not support querying",
+            )
+        try:
+            query = json.loads(request.query or "{}")
+        except (ValueError, RecursionError) as exc:
+            raise _invalid("ERR_MALFORMED_REQUEST", f"the query is not JSON: {exc}") from None
+        if not isinstance(query, dict):
+            raise _invalid("ERR_MALFORMED_REQUEST", "the query must be a JSON object")
+        with _failure("ERR_STATE_QUERY", f"state store {name} query failed"):
+            response = await self.runtime.state(name).query(query, metadata=dict(request.metadata))
+        return state_pb2.QueryStateResponse(
+            results=[
+                state_pb2.QueryStateItem(
+                    key=item.key,
+                    data=_state_bytes(item.value),
+                    etag=item.etag or "",
+                    error=item.error or "",
+                )
+                for item in response.results
+            ],
+            token=response.token or "",
+            metadata=dict(response.metadata),
+        )
+
+    def _state(self, name: str) -> Any:
+        client = _lookup(
+            self.runtime.state,
+            name,
+            "ERR_STATE_STORE_NOT_FOUND",
+            f"state store {name} is not found",
+        )
+        return client.component
+
+    # --- pub/sub -------------------------------------------------------------------------
+
+    @_unary
+    async def PublishEvent(
+        self, request: pubsub_pb2.PublishEventRequest, context: Context
+    ) -> empty_pb2.Empty:
+        name = request.pubsub_name
+        pubsub = self._pubsub(name)
+        topic = _topic(request.topic, name)
+        metadata = dict(request.metadata)
+        content_type = request.data_content_type or "text/plain"
+        data, data_type = self._envelope(pubsub, topic, request.data, content_type, metadata)
+        with _failure(
+            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+        ):
+            await pubsub.publish(PublishRequest(topic, data, data_type, metadata))
+        return empty_pb2.Empty()
+
+    @_unary
+    async def BulkPublishEvent(
+        self, request: pubsub_pb2.BulkPublishRequest, context: Context
+    ) -> pubsub_pb2.BulkPublishResponse:
+        name = request.pubsub_name
+        pubsub = self._pubsub(name)
+        topic = _topic(request.topic, name)
+        metadata = dict(request.metadata)
+        raw = _raw_payload(metadata)
+        entries: list[BulkPublishEntry] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(request.entries):
+            if not entry.entry_id or entry.entry_id in seen:
+                raise _invalid(
+                    "ERR_PUBSUB_EVENTS_SER", f"entry {i}: entryId is duplicated or not present"
+                )
+            seen.add(entry.entry_id)
+            entry_metadata = {**metadata, **entry.metadata}
+            data, content_type = entry.event, entry.content_type or "text/plain"
+            if not raw:
+                data, content_type = self._envelope(
+                    pubsub, topic, data, content_type, entry_metadata
+                )
+            entries.append(BulkPublishEntry(entry.entry_id, data, content_type, entry_metadata))
+        with _failure(
+            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+        ):
+            result = await pubsub.bulk_publish(BulkPublishRequest(topic, entries, metadata))
+        return pubsub_pb2.BulkPublishResponse(
+            failedEntries=[
+                pubsub_pb2.BulkPublishResponseFailedEntry(entry_id=f.entry_id, error=f.error)
+                for f in result.failed
+            ]
+        )
+
+    BulkPublishEventAlpha1 = BulkPublishEvent
+
+    def _pubsub(self, name: str) -> PubSub[Any]:
+        client = _lookup(
+            self.runtime.pubsub, name, "ERR_PUBSUB_NOT_FOUND", f"pubsub {name} not found"
+        )
+        pubsub: PubSub[Any] = client.component
+        return pubsub
+
+    def _envelope(
+        self,
+        pubsub: PubSub[Any],
+        topic: str,
+        payload: bytes,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> tuple[bytes, str]:
+        """The bytes to publish: a CloudEvent around the payload, or the payload raw."""
+        if _raw_payload(metadata):
+            return payload, content_type
+        try:
+            ttl = parse_ttl(metadata)
+        except InvalidRequestError as exc:
+            raise _invalid("ERR_PUBSUB_REQUEST_METADATA", exc.reason) from None
+        try:
+            data = cloudevents.envelope(
+                payload,
+                content_type,
+                topic=topic,
+                pubsub_name=pubsub.name,
+                source=self.runtime.app_id or "mechakit",
+                expire_after=None if PubSubFeature.MESSAGE_TTL in pubsub.features() else ttl,
+            )
+        except ValueError as exc:
+            raise _invalid("ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)) from None
+        return data, cloudevents.CONTENT_TYPE
+
+    # --- bindings ------------------------------------------------------------------------
+
+    @_unary
+    async def InvokeBinding(
+        self, request: binding_pb2.InvokeBindingRequest, context: Context
+    ) -> binding_pb2.InvokeBindingResponse:
+        name = request.name
+        binding = _lookup(
+            self.runtime.binding,
+            name,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            f"error invoking output binding {name}",
+        )
+        if not request.operation.strip():
+            raise _invalid("ERR_MALFORMED_REQUEST", "operation must be non-empty, e.g. create")
+        invoke = InvokeRequest(request.operation, request.data, dict(request.metadata))
+        with _failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
+            result = await binding.invoke(invoke)
+        return binding_pb2.InvokeBindingResponse(
+            data=result.data or b"", metadata=dict(result.metadata)
+        )
+
+    # --- secrets -------------------------------------------------------------------------
+
+    @_unary
+    async def GetSecret(
+        self, request: secret_pb2.GetSecretRequest, context: Context
+    ) -> secret_pb2.GetSecretResponse:
+        store = request.store_name
+        secrets = self._secrets(store)
+        if not request.key:
+            raise _invalid("ERR_MALFORMED_REQUEST", "the secret name (key) is empty")
+        with _failure(
+            "ERR_SECRET_GET",
+            f"failed getting secret with key {request.key} from secret store {store}",
+        ):
+            values = await secrets.get(request.key, metadata=dict(request.metadata))
+        return secret_pb2.GetSecretResponse(data=values)
+
+    @_unary
+    async def GetBulkSecret(
+        self, request: secret_pb2.GetBulkSecretRequest, context: Context
+    ) -> secret_pb2.GetBulkSecretResponse:
+        store = request.store_name
+        secrets = self._secrets(store)
+        with _failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
+            found = await secrets.bulk_get(metadata=dict(request.metadata))
+        return secret_pb2.GetBulkSecretResponse(
+            data={name: secret_pb2.SecretResponse(secrets=values) for name, values in found.items()}
+        )
+
+    def _secrets(self, store: str) -> Any:
+        return _lookup(
+            self.runtime.secrets,
+            store,
+            "ERR_SECRET_STORE_NOT_FOUND",
+            f"failed finding secret store with key {store}",
+        )
+
+    # --- locks ---------------------------------------------------------------------------
+
+    @_unary
+    async def TryLockAlpha1(
+        self, request: lock_pb2.TryLockRequest, context: Context
+    ) -> lock_pb2.TryLockResponse:
+        name = request.store_name
+        locks = self._locks(name)
+        try:
+            lock = TryLockRequest(
+                request.resource_id, request.lock_owner, request.expiry_in_seconds
+            )
+        except InvalidRequestError as exc:
+            raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
+        with _failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
+            success = await locks.try_lock(lock)
+        return lock_pb2.TryLockResponse(success=success)
+
+    @_unary
+    async def UnlockAlpha1(
+        self, request: lock_pb2.UnlockRequest, context: Context
+    ) -> lock_pb2.UnlockResponse:
+        name = request.store_name
+        locks = self._locks(name)
+        try:
+            release = UnlockRequest(request.resource_id, request.lock_owner)
+        except InvalidRequestError as exc:
+            raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
+        with _failure("ERR_UNLOCK", "failed to release lock"):
+            status = await locks.unlock(release)
+        return lock_pb2.UnlockResponse(status=int(status))  # type: ignore[arg-type]
+
+    def _locks(self, name: str) -> Any:
+        return _lookup(
+            self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND", f"lock store {name} not found"
+        )
+
+    # --- configuration -------------------------------------------------------------------
+
+    @_unary
+    async def GetConfiguration(
+        self, request: configuration_pb2.GetConfigurationRequest, context: Context
+    ) -> configuration_pb2.GetConfigurationResponse:
+        name = request.store_name
+        config = self._configuration(name)
+        keys = list(request.keys)
+        with _failure(
+            "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
+        ):
+            items = await config.get(keys, metadata=dict(request.metadata))
+        return configuration_pb2.GetConfigurationResponse(items=_configuration_items(items))
+
+    GetConfigurationAlpha1 = GetConfiguration
+
+    @_stream
+    async def SubscribeConfiguration(
+        self, request: configuration_pb2.SubscribeConfigurationRequest, context: Context
+    ) -> AsyncIterator[configuration_pb2.SubscribeConfigurationResponse]:
+        """The first message carries only the subscription id; then one per change."""
+        name = request.store_name
+        config = self._configuration(name)
+        keys = list(request.keys)
+        updates: asyncio.Queue[ConfigurationUpdate | None] = asyncio.Queue()
+
+        async def handler(update: ConfigurationUpdate) -> None:
+            updates.put_nowait(update)
+
+        with _failure(
+            "ERR_CONFIGURATION_SUBSCRIBE",
+            f"failed to subscribe {keys} from Configuration store {name}",
+        ):
+            subscription_id = await config.subscribe(keys, handler, metadata=dict(request.metadata))
+        watch = (name, subscription_id)
+        self._watches[watch] = updates
+        try:
+            yield configuration_pb2.SubscribeConfigurationResponse(id=subscription_id)
+            while (update := await updates.get()) is not None:
+                yield configuration_pb2.SubscribeConfigurationResponse(
+                    id=subscription_id, items=_configuration_items(update.items)
+                )
+        finally:
+            if self._watches.pop(watch, None) is not None:
+                with contextlib.suppress(Exception):
+                    await config.unsubscribe(subscription_id)
+
+    SubscribeConfigurationAlpha1 = SubscribeConfiguration
+
+    @_unary
+    async def UnsubscribeConfiguration(
+        self, request: configuration_pb2.UnsubscribeConfigurationRequest, context: Context
+    ) -> configuration_pb2.UnsubscribeConfigurationResponse:
+        """Stop a subscription and end its stream; an unknown id is ``ok=False``."""
+        name = request.store_name
+        config = self._configuration(name)
+        updates = self._watches.pop((name, request.id), None)
+        if updates is None:
+            return configuration_pb2.UnsubscribeConfigurationResponse(
+                ok=False,
+                message=f"no subscription {request.id!r} in configuration store {name}",
+            )
+        try:
+            with (
+                _failure(
+                    "ERR_CONFIGURATION_UNSUBSCRIBE",
+                    f"failed to unsubscribe to configuration request {request.id}",
+                ),
+                contextlib.suppress(NotFoundError),
+            ):
+                await config.unsubscribe(request.id)
+        finally:
+            updates.put_nowait(None)
+        return configuration_pb2.UnsubscribeConfigurationResponse(ok=True)
+
+    UnsubscribeConfigurationAlpha1 = UnsubscribeConfiguration
+
+    def _configuration(self, name: str) -> Any:
+        return _lookup(
+            self.runtime.configuration,
+            name,
+            "ERR_CONFIGURATION_STORE_NOT_FOUND",
+            f"configuration store {name} not found",
+        )
+
+    # --- metadata ------------------------------------------------------------------------
+
+    @_unary
+    async def GetMetadata(
+        self, request: metadata_pb2.GetMetadataRequest, context: Context
+    ) -> metadata_pb2.GetMetadataResponse:
+        host = self.runtime.host
+        response = metadata_pb2.GetMetadataResponse(
+            id=self.runtime.app_id,
+            runtime_version=__version__,
+            registered_components=[
+                metadata_pb2.RegisteredComponents(
+                    name=hosted.name,
+                    type=hosted.manifest.type,
+                    version=hosted.manifest.version,
+                    capabilities=hosted.features(),
+                )
+                for hosted in host.components.values()
+            ],
+            subscriptions=[
+                metadata_pb2.PubsubSubscription(
+                    pubsub_name=s.pubsub_name,
+                    topic=s.topic,
+                    metadata=dict(s.metadata),
+                    rules=metadata_pb2.PubsubSubscriptionRules(
+                        rules=[
+                            metadata_pb2.PubsubSubscriptionRule(match=r.match, path=r.path)
+                            for r in s.rules
+                        ]
+                        + (
+                            [metadata_pb2.PubsubSubscriptionRule(match="", path=s.default_route)]
+                            if s.default_route
+                            else []
+                        )
+                    ),
+                    dead_letter_topic=s.dead_letter_topic or "",
+                    type=metadata_pb2.DECLARATIVE,
+                )
+                for s in host.subscriptions
+            ],
+            extended_metadata={"runtime": "mechakit", **self.extended_metadata},
+        )
+        if self.app_port is not None:
+            response.app_connection_properties.CopyFrom(
+                metadata_pb2.AppConnectionProperties(
+                    port=self.app_port, protocol=self.app_protocol, channel_address="127.0.0.1"
+                )
+            )
+        return response
+
+    @_unary
+    async def SetMetadata(
+        self, request: metadata_pb2.SetMetadataRequest, context: Context
+    ) -> empty_pb2.Empty:
+        self.extended_metadata[request.key] = request.value
+        return empty_pb2.Empty()
+
+
+def _unimplemented(rpc: str) -> Callable[[Any, Any, Context], Awaitable[None]]:
+    async def answer(self: Any, request: Any, context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"mechakit does not implement the Dapr gRPC method {SERVICE}/{rpc}; it serves "
+            f"{', '.join(IMPLEMENTED)}",
+        )
+
+    answer.__name__ = rpc
+    return answer
+
+
+RPCS: tuple[str, ...] = tuple(
+    method.name for method in dapr_pb2.DESCRIPTOR.services_by_name["Dapr"].methods
+)
+"""Every RPC of ``dapr.proto.runtime.v1.Dapr`` in the installed ``dapr`` package."""
+
+IMPLEMENTED: tuple[str, ...] = tuple(name for name in RPCS if name in vars(DaprGrpcApi))
+
+for _rpc in RPCS:
+    if _rpc not in vars(DaprGrpcApi):
+        setattr(DaprGrpcApi, _rpc, _unimplemented(_rpc))
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class _TokenCheck(grpc.aio.ServerInterceptor):
+    """Every call must carry metadata ``dapr-api-token`` equal to ``DAPR_API_TOKEN``."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        given = next(
+            (
+                value
+                for key, value in handler_call_details.invocation_metadata or ()
+                if key == API_TOKEN_METADATA
+            ),
+            None,
+        )
+        if given is None:
+            message = f"missing api token in request metadata ({API_TOKEN_METADATA})"
+        else:
+            value = given if isinstance(given, bytes) else given.encode()
+            if hmac.compare_digest(value, self._token):
+                return handler
+            message = "authentication error: api token mismatch"
+        return None if handler is None else _denied(handler, message)
+
+
+def _denied(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> Any:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def deny(request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    make: Any
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def create_server(
+    runtime: Runtime,
+    *,
+    api_token: str | None = None,
+    app_port: int | None = None,
+    app_protocol: str = "http",
+) -> tuple[grpc.aio.Server, DaprGrpcApi]:
+    """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
+
+    ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
+    being shared.
+    """
+    api = DaprGrpcApi(runtime, app_port=app_port, app_protocol=app_protocol)
+    interceptors = [_TokenCheck(api_token)] if api_token else []
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
+    return server, api
+
+
+class GrpcServer:
+    """A started server: :attr:`port` it listens on, :meth:`stop` to end it."""
+
+    def __init__(self, server: grpc.aio.Server, api: DaprGrpcApi, port: int) -> None:
+        self.server, self.api, self.port = server, api, port
+
+    async def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Let calls in flight finish for up to ``grace`` seconds; streams end at once."""
+        self.api.close()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    runtime: Runtime,
+    host: str,
+    port: int,
+    *,
+    api_token: str | None = None,
+    app_port: int | None = None,
+    app_protocol: str = "http",
+) -> GrpcServer:
+    """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
+    server, api = create_server(
+        runtime, api_token=api_token, app_port=app_port, app_protocol=app_protocol
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address} for the gRPC API (is the port taken?)") from exc
+    if not bound:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return GrpcServer(server, api, bound)
+
+
+# --- request parsing ------------------------------------------------------------------------
+
+
+def _invalid(reason: str, message: str) -> RpcFailure:
+    return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+@contextlib.contextmanager
+def _failure(reason: str, what: str) -> Iterator[None]:
+    """Turn a component's error into Dapr's answer for the RPC whose code ``reason`` is."""
+    try:
+        yield
+    except RpcFailure:
+        raise
+    except ETagError as exc:
+        code = (
+            grpc.StatusCode.ABORTED
+            if exc.kind is ETagErrorKind.MISMATCH
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        raise RpcFailure(code, reason, f"{what}: {exc}") from exc
+    except PermissionDeniedError as exc:
+        raise RpcFailure(
+            grpc.StatusCode.PERMISSION_DENIED, "ERR_PERMISSION_DENIED", f"{what}: {exc}"
+        ) from exc
+    except (InvalidRequestError, NotSupportedError) as exc:
+        raise _invalid(reason, f"{what}: {exc}") from exc
+    except NotFoundError as exc:
+        raise RpcFailure(grpc.StatusCode.NOT_FOUND, reason, f"{what}: {exc}") from exc
+    except BulkError as exc:
+        message = "; ".join(f"{key!r}: {error}" for key, error in exc.errors.items())
+        raise RpcFailure(
+            _bulk_code(list(exc.errors.values())), reason, f"{what}: {message}"
+        ) from exc
+    except Exception as exc:
+        retriable = getattr(exc, "retriable", False)
+        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+        code = grpc.StatusCode.UNAVAILABLE if retriable else grpc.StatusCode.INTERNAL
+        raise RpcFailure(code, reason, f"{what}: {exc}") from exc
+
+
+def _bulk_code(errors: list[Exception]) -> grpc.StatusCode:
+    etags = [e for e in errors if isinstance(e, ETagError)]
+    if etags:
+        mismatch = any(e.kind is ETagErrorKind.MISMATCH for e in etags)
+        return grpc.StatusCode.ABORTED if mismatch else grpc.StatusCode.INVALID_ARGUMENT
+    if errors and all(isinstance(e, InvalidRequestError | NotSupportedError) for e in errors):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def _lookup(get: Callable[[str], T], name: str, reason: str, message: str) -> T:
+    try:
+        return get(name)
+    except (NotFoundError, ConfigurationError) as exc:
+        raise _invalid(reason, f"{message}: {exc.reason}") from None
+
+
+def _key(key: str) -> str:
+    if not key:
+        raise _invalid("ERR_MALFORMED_REQUEST", "key is a required field (a non-empty string)")
+    if _KEY_SEPARATOR in key:
+        raise _invalid("ERR_MALFORMED_REQUEST", f"input key/keyPrefix {key!r} can't contain '||'")
+    return key
+
+
+def _etag(message: Any, name: str) -> str | None:
+    """The ETag of a message's ``Etag`` field; unset or empty means none."""
+    if not message.HasField(name):
+        return None
+    value: str = getattr(message, name).value
+    return value or None
+
+
+def _options(message: Any, name: str) -> StateOptions:
+    if not message.HasField(name):
+        return StateOptions()
+    options: common_pb2.StateOptions = getattr(message, name)
+    return StateOptions(
+        concurrency=_CONCURRENCY.get(options.concurrency, Concurrency.LAST_WRITE),
+        consistency=_CONSISTENCY.get(options.consistency, Consistency.EVENTUAL),
+    )
+
+
+def _set_request(item: common_pb2.StateItem) -> SetRequest:
+    metadata = dict(item.metadata)
+    try:
+        parse_ttl(metadata)
+    except InvalidRequestError as exc:
+        raise _invalid("ERR_MALFORMED_REQUEST", f"key {item.key!r}: {exc.reason}") from None
+    return SetRequest(
+        key=_key(item.key),
+        value=_state_value(item.value),
+        etag=_etag(item, "etag"),
+        metadata=metadata,
+        options=_options(item, "options"),
+    )
+
+
+def _delete_request(item: common_pb2.StateItem) -> DeleteRequest:
+    return DeleteRequest(
+        key=_key(item.key),
+        etag=_etag(item, "etag"),
+        metadata=dict(item.metadata),
+        options=_options(item, "options"),
+    )
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not valid JSON")
+
+
+def _state_value(data: bytes) -> Any:
+    """Compact JSON as its value (it encodes back to the same bytes); other bytes as bytes."""
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return data
+    return value if encode_value(value)[0] == data else data
+
+
+def _state_bytes(value: Any) -> bytes:
+    return encode_value(value)[0]
+
+
+def _topic(topic: str, pubsub: str) -> str:
+    if not topic.strip():
+        raise _invalid("ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub}")
+    return topic
+
+
+def _raw_payload(metadata: Mapping[str, str]) -> bool:
+    value = metadata.get(RAW_PAYLOAD)
+    if value is None:
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError as exc:
+        raise _invalid(
+            "ERR_PUBSUB_REQUEST_METADATA", f"failed deserializing metadata. Error: {exc}"
+        ) from None
+
+
+def _configuration_items(
+    items: Mapping[str, ConfigurationItem],
+) -> dict[str, common_pb2.ConfigurationItem]:
+    return {
+        key: common_pb2.ConfigurationItem(
+            value=item.value, version=item.version, metadata=dict(item.metadata)
+        )
+        for key, item in items.items()
+    }
+
+
+__all__ = [
+    "IMPLEMENTED",
+    "RPCS",
+    "DaprGrpcApi",
+    "GrpcServer",
+    "RpcFailure",
+    "create_server",
+    "start_server",
+]
