@@ -668,12 +668,18 @@ async def _serve_started(
         print(f"error: {exc}", file=sys.stderr)
         listener.close()
         return 1
+    delivery = None
+    if namespace.app_port is not None:
+        from mechakit.runtime.delivery import Delivery, app_channel
+
+        delivery = Delivery(runtime, app_channel(namespace.app_port, namespace.app_protocol))
     app = create_app(
         runtime,
         api_token=os.environ.get("DAPR_API_TOKEN") or None,
         max_request_size=namespace.dapr_http_max_request_size * 1024 * 1024,
         app_port=namespace.app_port,
         app_protocol=namespace.app_protocol,
+        delivery=delivery,
     )
     config = uvicorn.Config(
         app,
@@ -686,11 +692,7 @@ async def _serve_started(
     server = _QuietServer(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]), name="mechakit http api")
     log.info("Dapr HTTP API listening on http://%s:%d/v1.0", host, port)
-    delivery = None
-    if namespace.app_port is not None:
-        from mechakit.runtime.delivery import Delivery, app_channel
-
-        delivery = Delivery(runtime, app_channel(namespace.app_port, namespace.app_protocol))
+    if delivery is not None:
         delivery.start_in_background()
     try:
         return await _supervise(namespace, command, port, serving, log)

@@ -19,6 +19,11 @@ Input bindings: each input binding the app listens to (HTTP: ``OPTIONS /<name>``
 gRPC: ``ListInputBindings``) delivers each event as ``POST /<name>`` (or the binding's
 ``route`` metadata) with the data as body and the metadata as headers, or as gRPC
 ``OnBindingEvent``; a failed delivery raises into the binding.
+
+Configuration updates (subscriptions made through the HTTP API) go out as Dapr sends them:
+``POST /configuration/<store>/<key>`` once per changed key, each carrying the whole update
+``{"id", "items": {key: {value, version, metadata}}}`` (gRPC: ``OnInvoke`` with that method).
+A failed call is logged, not retried, as in Dapr.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
 from mechakit.core import cloudevents
 from mechakit.core.bindings import BindingEvent, InputBinding
 from mechakit.core.component import Subscription
+from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import ComponentError, ConnectionFailedError, MechakitError
 from mechakit.core.metadata import parse_bool
 from mechakit.core.pubsub import DropMessage, Handler, Message, PubSub, SubscribeRequest
@@ -446,6 +453,11 @@ class AppSubscription:
     origin: str = "programmatic"
     """Where it came from, for logs: ``programmatic`` or ``Subscription 'orders'``."""
 
+    @property
+    def type(self) -> str:
+        """Dapr's subscription type in the metadata API: ``DECLARATIVE`` or ``PROGRAMMATIC``."""
+        return "PROGRAMMATIC" if self.origin == "programmatic" else "DECLARATIVE"
+
     def route(self, event: Mapping[str, Any]) -> str | None:
         """The path for ``event``: the first matching rule's, else the default route."""
         for rule in self.rules:
@@ -596,6 +608,11 @@ class AppChannel(ABC):
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
         """Deliver one input-binding event; raises when the app did not take it."""
 
+    @abstractmethod
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        """Call the app's ``method`` (``/configuration/<store>/<key>``) with a JSON ``body``;
+        raises when the app did not take it."""
+
     async def close(self) -> None:
         return None
 
@@ -695,6 +712,18 @@ class HttpAppChannel(AppChannel):
                 f"POST {route} on the app answered HTTP {response.status_code}",
                 component=f"binding {name!r}",
             )
+
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        try:
+            response = await self._client.post(
+                method, content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise ConnectionFailedError(
+                f"POST {method} on the app failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if not response.is_success:
+            raise ComponentError(f"POST {method} on the app answered HTTP {response.status_code}")
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -851,6 +880,22 @@ class GrpcAppChannel(AppChannel):
                 component=f"binding {name!r}",
             ) from None
 
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        from dapr.proto.common.v1 import common_pb2
+        from google.protobuf import any_pb2  # type: ignore[import-untyped,unused-ignore]
+
+        request = common_pb2.InvokeRequest(
+            method=method,
+            data=any_pb2.Any(value=body),
+            content_type="application/json",
+            http_extension=common_pb2.HTTPExtension(verb=common_pb2.HTTPExtension.Verb.POST),
+        )
+        try:
+            await self._stub.OnInvoke(request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as exc:
+            detail = f"{exc.code().name} {exc.details() or ''}".rstrip()
+            raise ComponentError(f"OnInvoke {method} on the app failed: {detail}") from None
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -910,6 +955,9 @@ class Delivery:
         self._running: list[Subscription] = []
         self._starting: asyncio.Task[None] | None = None
         self._stopped = False
+        self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start_in_background(self) -> asyncio.Task[None]:
         """``start`` as a task, so the caller can run the app meanwhile; ``stop`` cancels it."""
@@ -1045,8 +1093,34 @@ class Delivery:
         where = f"POST {route}" if channel.protocol == "http" else "OnBindingEvent"
         log.info("delivering input binding %r to the app (%s)", name, where)
 
+    async def send_configuration(self, store: str, update: ConfigurationUpdate) -> None:
+        """Hand a configuration update to the app: one call per changed key, failures logged."""
+        body = json.dumps(configuration_event(update), separators=(",", ":")).encode()
+        self._sending += 1
+        self._idle.clear()
+        try:
+            for key in update.items:
+                method = f"/configuration/{quote(store, safe='')}/{quote(key, safe='/')}"
+                if self._stopped:
+                    log.warning("configuration update of %r not sent: delivery has stopped", key)
+                    return
+                try:
+                    await self.channel.send_configuration(method, body)
+                except MechakitError as exc:
+                    log.error(
+                        "configuration subscription %s: sending %r to the app failed: %s",
+                        update.subscription_id,
+                        key,
+                        exc,
+                    )
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._idle.set()
+
     async def stop(self) -> None:
-        """Stop delivering (deliveries in flight get ``STOP_TIMEOUT`` s), then close the channel."""
+        """Stop delivering (deliveries in flight get ``STOP_TIMEOUT`` s each, configuration
+        updates being sent ``STOP_TIMEOUT`` s), then close the channel."""
         self._stopped = True
         starting, self._starting = self._starting, None
         if starting is not None and not starting.done():
@@ -1061,6 +1135,8 @@ class Delivery:
                 log.warning("a delivery did not stop cleanly: %r", exc)
         self.subscriptions.clear()
         self.bindings.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT)
         await self.channel.close()
 
 
@@ -1088,6 +1164,17 @@ def app_event(message: Message, subscription: AppSubscription) -> dict[str, Any]
     return event
 
 
+def configuration_event(update: ConfigurationUpdate) -> dict[str, Any]:
+    """The body Dapr posts to the app for a configuration update (a deleted key: empty value)."""
+    return {
+        "id": update.subscription_id,
+        "items": {
+            key: {"value": item.value, "version": item.version, "metadata": dict(item.metadata)}
+            for key, item in update.items.items()
+        },
+    }
+
+
 def _plain_metadata(items: Iterable[MetadataItem]) -> dict[str, str]:
     """Plain ``value`` metadata by lower-cased name (``route``, ``direction``)."""
     return {item.name.lower(): item.value for item in items if item.value is not None}
@@ -1107,5 +1194,6 @@ __all__ = [
     "app_channel",
     "app_event",
     "compile_match",
+    "configuration_event",
     "http_answer",
 ]

@@ -1,7 +1,8 @@
 """The Dapr HTTP API v1.0 over running components, as an ASGI app (Starlette).
 
 ``create_app(runtime)`` answers what a Dapr sidecar answers on its HTTP port for state,
-publish, output bindings, secrets, locks, configuration (get), metadata and health: the
+publish, output bindings, secrets, locks, configuration (get, subscribe, unsubscribe),
+metadata and health: the
 same paths, status codes and ``{"errorCode": "ERR_…", "message": "…"}`` bodies, so Dapr
 SDKs and curl examples work unchanged. ``mechakit run`` serves it with uvicorn.
 
@@ -15,7 +16,10 @@ client error never looks like a failing sidecar to retry policies:
 - a request a component rejects (bad ``ttlInSeconds``, unsupported operation) is 400 with
   the endpoint's error code, and so is a transaction or query on a store without that
   capability (``ERR_STATE_STORE_NOT_SUPPORTED``); an ETag conflict in a transaction is 409
-  (invalid ETag 400) ``ERR_STATE_TRANSACTION``.
+  (invalid ETag 400) ``ERR_STATE_TRANSACTION``;
+- a configuration subscribe without an app to deliver to (no ``--app-port``) is 400
+  ``ERR_APP_CHANNEL_NIL``; unsubscribing an id this API did not hand out is 404
+  ``{"ok": false, "errorCode": "ERR_CONFIGURATION_UNSUBSCRIBE", "message": …}``.
 
 So 500 always means the backend failed.
 
@@ -33,7 +37,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from starlette.applications import Starlette
@@ -47,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mechakit import __version__
 from mechakit.core import cloudevents
 from mechakit.core.bindings import InvokeRequest
+from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
     BulkError,
     ConfigurationError,
@@ -78,6 +83,9 @@ from mechakit.core.state import (
 )
 
 from .local import Runtime
+
+if TYPE_CHECKING:
+    from .delivery import AppSubscription, Delivery
 
 log = logging.getLogger("mechakit.http")
 
@@ -127,11 +135,14 @@ def create_app(
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
     app_port: int | None = None,
     app_protocol: str = "http",
+    delivery: Delivery | None = None,
 ) -> Starlette:
     """The Dapr HTTP API over a started ``runtime``.
 
     ``api_token`` (from ``DAPR_API_TOKEN``) makes every call but the health checks carry
     the ``dapr-api-token`` header. Bodies over ``max_request_size`` bytes get 413.
+    ``delivery`` (``mechakit run --app-port``) carries configuration updates to the app and
+    is what the metadata endpoint lists as subscriptions.
     """
     return DaprHttpApi(
         runtime,
@@ -139,6 +150,7 @@ def create_app(
         max_request_size=max_request_size,
         app_port=app_port,
         app_protocol=app_protocol,
+        delivery=delivery,
     ).app
 
 
@@ -153,11 +165,15 @@ class DaprHttpApi:
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         app_port: int | None = None,
         app_protocol: str = "http",
+        delivery: Delivery | None = None,
     ) -> None:
         self.runtime = runtime
         self.app_port = app_port
         self.app_protocol = app_protocol
+        self.delivery = delivery
         self.extended_metadata: dict[str, str] = {}
+        self._configuration_watches: set[tuple[str, str]] = set()
+        """(store, subscription id) of the configuration subscriptions made here."""
         self.endpoints = self._endpoints()
         routes = [
             Route(e.path, _guarded(e.handler), methods=list(e.methods)) for e in self.endpoints
@@ -343,6 +359,11 @@ class DaprHttpApi:
                     400: "unknown configuration store",
                 },
             ),
+            *(
+                endpoint
+                for version in ("v1.0", "v1.0-alpha1")
+                for endpoint in self._configuration_subscription_endpoints(version)
+            ),
             Endpoint(
                 ("GET",),
                 "/v1.0/metadata",
@@ -377,6 +398,33 @@ class DaprHttpApi:
             ),
             Endpoint(
                 ("GET",), "/v1.0/openapi.json", self.openapi, "This document", {200: "OpenAPI 3.1"}
+            ),
+        ]
+
+    def _configuration_subscription_endpoints(self, version: str) -> list[Endpoint]:
+        return [
+            Endpoint(
+                ("GET",),
+                f"/{version}/configuration/{{store}}/subscribe",
+                self.subscribe_configuration,
+                "Have changes to configuration items (?key=a&key=b; none: all) posted to the "
+                "app at /configuration/{store}/{key}",
+                {
+                    200: "{id}",
+                    400: "unknown configuration store, or no app port to deliver to",
+                    500: "the store failed to subscribe",
+                },
+            ),
+            Endpoint(
+                ("GET",),
+                f"/{version}/configuration/{{store}}/{{id}}/unsubscribe",
+                self.unsubscribe_configuration,
+                "Stop a configuration subscription",
+                {
+                    200: "{ok: true}",
+                    400: "unknown configuration store",
+                    404: "{ok: false, errorCode, message}: no such subscription",
+                },
             ),
         ]
 
@@ -720,6 +768,55 @@ class DaprHttpApi:
             }
         )
 
+    async def subscribe_configuration(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        delivery = self.delivery
+        if delivery is None:
+            raise ApiError(
+                400,
+                "ERR_APP_CHANNEL_NIL",
+                "app channel is not initialized. cannot subscribe to configuration updates "
+                "(start mechakit run with --app-port)",
+            )
+        keys = request.query_params.getlist("key")
+
+        async def send(update: ConfigurationUpdate) -> None:
+            await delivery.send_configuration(name, update)
+
+        with _failure(
+            "ERR_CONFIGURATION_SUBSCRIBE",
+            f"failed to subscribe {keys} from Configuration store {name}",
+        ):
+            subscription_id = await store.subscribe(keys, send, metadata=_query_metadata(request))
+        self._configuration_watches.add((name, subscription_id))
+        return JSONResponse({"id": subscription_id})
+
+    async def unsubscribe_configuration(self, request: Request) -> Response:
+        name = request.path_params["store"]
+        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        subscription_id = request.path_params["id"]
+        what = f"failed to unsubscribe to configuration request {subscription_id}"
+        watch = (name, subscription_id)
+        if watch not in self._configuration_watches:
+            return _unsubscribe_failed(
+                ApiError(
+                    404,
+                    "ERR_CONFIGURATION_UNSUBSCRIBE",
+                    f"{what}: no subscription {subscription_id!r} in configuration store {name}",
+                )
+            )
+        self._configuration_watches.discard(watch)
+        try:
+            with (
+                _failure("ERR_CONFIGURATION_UNSUBSCRIBE", what),
+                contextlib.suppress(NotFoundError),
+            ):
+                await store.unsubscribe(subscription_id)
+        except ApiError as exc:
+            return _unsubscribe_failed(exc)
+        return JSONResponse({"ok": True})
+
     # --- metadata, health, OpenAPI ---------------------------------------------------------
 
     async def get_metadata(self, request: Request) -> Response:
@@ -733,18 +830,21 @@ class DaprHttpApi:
             }
             for hosted in host.components.values()
         ]
-        subscriptions = [
-            {
-                "pubsubname": s.pubsub_name,
-                "topic": s.topic,
-                "metadata": dict(s.metadata),
-                "rules": [{"match": r.match, "path": r.path} for r in s.rules]
-                + ([{"match": "", "path": s.default_route}] if s.default_route else []),
-                "deadLetterTopic": s.dead_letter_topic or "",
-                "type": "DECLARATIVE",
-            }
-            for s in host.subscriptions
-        ]
+        if self.delivery is not None:
+            subscriptions = [_subscription_entry(s) for s in self.delivery.subscriptions]
+        else:
+            subscriptions = [
+                {
+                    "pubsubname": s.pubsub_name,
+                    "topic": s.topic,
+                    "metadata": dict(s.metadata),
+                    "rules": [{"match": r.match, "path": r.path} for r in s.rules]
+                    + ([{"match": "", "path": s.default_route}] if s.default_route else []),
+                    "deadLetterTopic": s.dead_letter_topic or "",
+                    "type": "DECLARATIVE",
+                }
+                for s in host.subscriptions
+            ]
         body: dict[str, Any] = {
             "id": self.runtime.app_id,
             "runtimeVersion": __version__,
@@ -969,6 +1069,27 @@ def _lookup(get: Callable[[str], T], name: str, status: int, code: str) -> T:
         return get(name)
     except (NotFoundError, ConfigurationError) as exc:
         raise ApiError(status, code, exc.reason) from None
+
+
+def _unsubscribe_failed(error: ApiError) -> Response:
+    """Dapr's unsubscribe failure body (``ok``, ``message``), with our ``errorCode``."""
+    body = {"ok": False, "errorCode": error.code, "message": error.message}
+    return JSONResponse(body, error.status)
+
+
+def _subscription_entry(subscription: AppSubscription) -> dict[str, Any]:
+    """A subscription as Dapr's metadata API shows it (the default route as a rule without match)."""
+    rules = [{"match": r.match, "path": r.path} for r in subscription.rules]
+    if subscription.default_route:
+        rules.append({"match": "", "path": subscription.default_route})
+    return {
+        "pubsubname": subscription.pubsub_name,
+        "topic": subscription.topic,
+        "metadata": dict(subscription.metadata),
+        "rules": rules,
+        "deadLetterTopic": subscription.dead_letter_topic or "",
+        "type": subscription.type,
+    }
 
 
 # --- request parsing ------------------------------------------------------------------------
