@@ -54,6 +54,13 @@ def mechakit_components() -> list[ComponentSpec]:
             description="Pub/sub on Redis Streams: consumer groups, ack after success, dead letters.",
         ),
         ComponentSpec(
+            "pubsub.aws.snssqs",
+            f"{_PKG}.pubsub.aws_snssqs:SnsSqsPubSub",
+            extra="aws",
+            requires=("boto3",),
+            description="Pub/sub on SNS topics fanned into one SQS queue per consumer: metadata kept, dead letters, FIFO.",
+        ),
+        ComponentSpec(
             "lock.in-memory",
             f"{_PKG}.lock.in_memory:InMemoryLockStore",
             description="Locks within one process, with expiry.",

@@ -119,6 +119,20 @@ async def stop_tasks(*tasks: asyncio.Task[Any]) -> None:
             task.exception()  # retrieved: an error at shutdown is not worth a warning
 
 
+class Backoff:
+    """Doubling waits between failed steps of a long-running loop (receive, reconnect)."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self._first, self._cap, self._delay = first, cap, 0.0
+
+    def next(self) -> float:
+        self._delay = min(max(self._delay * 2, self._first), self._cap)
+        return self._delay
+
+    def reset(self) -> None:
+        self._delay = 0.0
+
+
 class TaskSubscription(Subscription):
     """A subscription served by one asyncio task, cancelled on ``cancel``."""
 

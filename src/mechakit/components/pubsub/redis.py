@@ -54,7 +54,7 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.component import Backoff, ComponentMetadata, Subscription, stop_tasks
 from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
@@ -479,7 +479,7 @@ class _StreamSubscription(Subscription):
     # --- reading ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping:
             room = await self._wait_for_room()
             try:
@@ -503,7 +503,7 @@ class _StreamSubscription(Subscription):
     async def _reclaim_loop(self) -> None:
         """Claims entries idle for processingTimeout: failed here, or held by a dead consumer."""
         interval = self._settings.redeliver_interval.total_seconds()
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping:
             try:
                 await self._reclaim_once()
@@ -559,7 +559,7 @@ class _StreamSubscription(Subscription):
             await self._room.wait()
         return self._settings.queue_depth - len(self._in_flight)
 
-    async def _recover(self, exc: Exception, backoff: _Backoff, doing: str) -> None:
+    async def _recover(self, exc: Exception, backoff: Backoff, doing: str) -> None:
         """Logs a failed loop step and waits; re-creates the group if the server lost it."""
         delay = backoff.next()
         if "NOGROUP" in str(exc):
@@ -747,20 +747,6 @@ class _StreamSubscription(Subscription):
             await _DELETE_IDLE_CONSUMER(
                 self._pubsub._redis, [self.topic], [self._group, self._consumer]
             )
-
-
-class _Backoff:
-    """Doubling waits between failed loop steps: 100 ms up to 5 s."""
-
-    def __init__(self) -> None:
-        self._delay = 0.0
-
-    def next(self) -> float:
-        self._delay = min(max(self._delay * 2, 0.1), 5.0)
-        return self._delay
-
-    def reset(self) -> None:
-        self._delay = 0.0
 
 
 _DATA, _CONTENT_TYPE, _METADATA, _EXPIRES_AT = "data", "contentType", "metadata", "expiresAt"

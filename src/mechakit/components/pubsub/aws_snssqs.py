@@ -1,0 +1,1098 @@
+"""pubsub.aws.snssqs: a topic is an SNS topic, a consumer (``consumerID``) is one SQS queue.
+
+Names: topic and consumer names are sanitized as Dapr does, so both sides of a Dapr app
+meet on the same resources: characters other than letters, digits, ``-`` and ``_`` are
+removed, the name is cut to 80 characters, and with ``fifo`` it ends in ``.fifo``. Two
+names that differ only in removed characters share a topic. Topic ARNs are cached.
+
+Entities: unless ``disableEntityManagement`` is set, publishing creates the topic,
+subscribing creates the queue (and ``sqsDeadLettersQueueName`` with a redrive policy),
+subscribes the queue to the topic and adds a queue-policy statement letting only that
+topic's ARN send. With it set, nothing is ever created: a missing topic, queue or
+subscription is an error naming ``disableEntityManagement`` (or the field naming the
+queue).
+
+Publish is one SNS ``Publish``. The publisher's metadata travel as String message
+attributes, so the subscriber gets them back (upstream loses them) and SNS filter
+policies can use them; the content type is the attribute ``contentType``. An empty value
+is listed in ``mechakit.empty`` (SNS rejects empty attribute values) and data that is not
+UTF-8 is sent base64-encoded with ``mechakit.encoding: base64``. Raw message delivery stays
+off: the SNS envelope in the SQS body says which topic (``TopicArn``) a message came from
+and carries the attributes, so one queue serves every topic of the consumer.
+
+Subscribing: each component runs one receive loop for its queue (long polling
+``messageWaitTimeSeconds``, up to ``messageMaxNumber`` per call, in a thread of its own
+so a poll never holds up other boto3 calls) and hands each message to the handler of its
+topic. A message of a topic without a handler (not subscribed yet, or cancelled) is not
+deleted: its visibility is set to its receive count in seconds (at most
+``messageVisibilityTimeout``), so it comes back once a handler is there. Those receives
+count towards ``ApproximateReceiveCount`` and the redrive policy.
+
+Delivery is at-least-once: ``DeleteMessage`` only after the handler returned (deletes
+waiting while one is under way go out together in one batch). While a handler runs its
+message's visibility is extended, so a slow handler does not get a duplicate. A failed
+message becomes visible again after 1, 2, 4… seconds (at most
+``messageVisibilityTimeout``); ``Message.delivery_count`` is ``ApproximateReceiveCount``.
+After ``messageRetryLimit`` retries the message goes to the subscription's dead-letter
+topic (published there, then deleted); else, with ``sqsDeadLettersQueueName``, SQS's
+redrive policy moves it after ``messageReceiveLimit`` receives; else it is deleted with an
+error log (kept and retried with ``disableDeleteOnRetryLimit``). ``DropMessage`` deletes
+at once. A consumer that dies leaves its messages invisible until the visibility timeout
+ends; then another consumer of the queue gets them.
+
+FIFO (``fifo``): FIFO topics and queues with content-based deduplication (identical
+bodies published within 5 minutes are delivered once). The message group is the request
+metadata ``fifoMessageGroupID``, else the setting, else the topic name; messages of one
+group are handled one after another, and after a failure the rest of the group waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import re
+import types
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from mechakit.components._shared.aws import AwsSettings, call, client, map_error
+from mechakit.core.component import Backoff, ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.errors import (
+    ConnectionFailedError,
+    InvalidRequestError,
+    MetadataError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from mechakit.core.metadata import Bool, setting
+from mechakit.core.pubsub import (
+    DropMessage,
+    Handler,
+    Message,
+    PublishRequest,
+    PubSub,
+    SubscribeRequest,
+)
+
+
+class SnsSqsSettings(AwsSettings):
+    consumer_id: str = setting(
+        "",
+        name="consumerID",
+        description="Names this consumer's SQS queue, shared by its replicas (default: the app id).",
+        example="orders-service",
+    )
+    message_visibility_timeout: Annotated[int, Field(ge=1, le=43200)] = setting(
+        10,
+        name="messageVisibilityTimeout",
+        description=(
+            "Seconds a received message stays hidden from other consumers; it is extended "
+            "while the handler runs, and bounds the redelivery delay of a failed message."
+        ),
+        example="10",
+    )
+    message_retry_limit: Annotated[int, Field(ge=0)] = setting(
+        10,
+        name="messageRetryLimit",
+        description=(
+            "Redeliveries of a failed message before it is given up: moved to the dead-letter "
+            "topic or queue, or deleted."
+        ),
+        example="10",
+    )
+    message_receive_limit: Annotated[int, Field(ge=1, le=1000)] | None = setting(
+        None,
+        name="messageReceiveLimit",
+        description=(
+            "maxReceiveCount of the redrive policy to sqsDeadLettersQueueName "
+            "(default: messageRetryLimit + 1)."
+        ),
+        example="10",
+    )
+    sqs_dead_letters_queue_name: str = setting(
+        "",
+        name="sqsDeadLettersQueueName",
+        description="SQS queue that receives messages after messageReceiveLimit receives.",
+        example="myapp-dlq",
+    )
+    disable_delete_on_retry_limit: Bool = setting(
+        False,
+        name="disableDeleteOnRetryLimit",
+        description="Keep retrying a message past messageRetryLimit instead of deleting it.",
+    )
+    message_wait_time_seconds: Annotated[int, Field(ge=0, le=20)] = setting(
+        2,
+        name="messageWaitTimeSeconds",
+        description="Long-polling wait of each receive call, in seconds.",
+        example="2",
+    )
+    message_max_number: Annotated[int, Field(ge=1, le=10)] = setting(
+        10,
+        name="messageMaxNumber",
+        description="Messages fetched per receive call (SQS allows at most 10).",
+        example="10",
+    )
+    fifo: Bool = setting(
+        False,
+        name="fifo",
+        description="Use FIFO topics and queues (ordered per message group, deduplicated).",
+    )
+    fifo_message_group_id: str = setting(
+        "",
+        name="fifoMessageGroupID",
+        description=(
+            "Message group of published messages unless the request metadata "
+            "'fifoMessageGroupID' names one (default: the topic name)."
+        ),
+        example="app1-mgi",
+    )
+    disable_entity_management: Bool = setting(
+        False,
+        name="disableEntityManagement",
+        description="Use existing topics, queues and subscriptions only; never create them.",
+    )
+    concurrency_mode: Literal["single", "parallel"] = setting(
+        "parallel",
+        name="concurrencyMode",
+        description="'single' handles one message at a time; 'parallel' up to concurrencyLimit.",
+        example="parallel",
+    )
+    concurrency_limit: Annotated[int, Field(ge=0)] = setting(
+        0,
+        name="concurrencyLimit",
+        description=(
+            "Handler calls at once in parallel mode (0: no limit, but at most 100 messages "
+            "received and not yet handled)."
+        ),
+        example="10",
+    )
+
+    ignored_metadata = frozenset({"assetsmanagementtimeoutseconds", "accountid"})
+
+    @property
+    def max_in_flight(self) -> int:
+        if self.concurrency_mode == "single":
+            return 1
+        return self.concurrency_limit or _DEFAULT_MAX_IN_FLIGHT
+
+    @property
+    def redrive_max_receive_count(self) -> int:
+        return self.message_receive_limit or min(self.message_retry_limit + 1, 1000)
+
+
+class SnsSqsPubSub(PubSub[SnsSqsSettings]):
+    """Dapr's SNS/SQS pub/sub that keeps metadata and never drops unhandled messages."""
+
+    settings_model = SnsSqsSettings
+    FEATURES = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings: SnsSqsSettings | None = None
+        self._sns: Any = None
+        self._sqs: Any = None
+        self._consumer_id = ""
+        self._topic_arns: dict[str, str] = {}
+        """Sanitized topic name → ARN."""
+        self._queue: _Queue | None = None
+        self._subscribed_arns: set[str] = set()
+        self._entities = asyncio.Lock()
+        self._consumer: _Consumer | None = None
+
+    async def init(self, metadata: ComponentMetadata) -> None:
+        settings = self.decode_settings(metadata)
+        self._consumer_id = settings.consumer_id or metadata.app_id
+        if not self._consumer_id:
+            raise MetadataError(
+                "metadata 'consumerID' is required when the component has no app id "
+                "(it names the SQS queue)",
+                component=self.label,
+                field="consumerID",
+            )
+        if not aws_name(self._consumer_id, settings.fifo).removesuffix(_FIFO):
+            raise MetadataError(
+                f"metadata 'consumerID' {self._consumer_id!r} has no letter, digit, '-' or '_' "
+                "to name an SQS queue with",
+                component=self.label,
+                field="consumerID",
+            )
+        if settings.disable_delete_on_retry_limit and settings.sqs_dead_letters_queue_name:
+            raise MetadataError(
+                "metadata 'disableDeleteOnRetryLimit' cannot be true while "
+                "'sqsDeadLettersQueueName' is set (the redrive policy removes the message)",
+                component=self.label,
+                field="disableDeleteOnRetryLimit",
+            )
+        self._sns = await client(settings, "sns", component=self.label)
+        self._sqs = await client(settings, "sqs", component=self.label)
+        self._settings = settings
+        if settings.disable_entity_management:
+            await self._queue_entity()
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        clients = [c for c in (self._sns, self._sqs) if c is not None]
+        self._sns = self._sqs = None
+        self._settings = None
+        for made in clients:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(made.close)
+
+    async def ping(self) -> None:
+        await self._call(self._open()[1].list_queues, "ping", MaxResults=1)
+
+    @property
+    def queue_name(self) -> str:
+        """The SQS queue of this consumer (consumerID, sanitized)."""
+        return aws_name(self._consumer_id, self._open_settings().fifo)
+
+    async def publish(self, request: PublishRequest) -> None:
+        settings = self._open_settings()
+        body, attributes = self._encode(
+            request.topic, request.data, request.content_type, request.metadata
+        )
+        extra: dict[str, Any] = {}
+        if settings.fifo:
+            extra["MessageGroupId"] = (
+                request.metadata.get(FIFO_GROUP_METADATA)
+                or settings.fifo_message_group_id
+                or request.topic
+            )
+        await self._publish(request.topic, body, attributes, extra)
+
+    async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
+        settings = self._open_settings()
+        topic_arn = await self._topic_arn(request.topic)
+        queue = await self._queue_entity()
+        await self._connect(topic_arn, request.topic, queue)
+        if self._consumer is None or self._consumer.stopping:
+            self._consumer = _Consumer(self, settings, queue)
+        route = _Route(request.topic, topic_arn, handler, request.dead_letter_topic or "")
+        self._consumer.add(route)
+        return _TopicSubscription(self._consumer, route)
+
+    # --- publishing ---------------------------------------------------------------------
+
+    def _encode(
+        self, topic: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]
+    ) -> tuple[str, dict[str, dict[str, str]]]:
+        attributes: dict[str, dict[str, str]] = {}
+        empty: list[str] = []
+        for key, value in metadata.items():
+            if not _ATTRIBUTE_NAME.fullmatch(key) or ".." in key or key.startswith(_RESERVED):
+                raise InvalidRequestError(
+                    f"metadata key {key!r} cannot be an SNS message attribute name (letters, "
+                    "digits, '-', '_' and single '.' inside, at most 256; not starting with "
+                    "'AWS.', 'Amazon.' or 'mechakit.')",
+                    component=self.label,
+                    key=topic,
+                    field=key,
+                )
+            if key == _CONTENT_TYPE:
+                raise InvalidRequestError(
+                    f"metadata key {_CONTENT_TYPE!r} is reserved; set the content type instead",
+                    component=self.label,
+                    key=topic,
+                    field=key,
+                )
+            if value == "":
+                empty.append(key)
+            else:
+                attributes[key] = {"DataType": "String", "StringValue": str(value)}
+        if empty:
+            attributes[_EMPTY] = {"DataType": "String", "StringValue": ",".join(empty)}
+        if content_type:
+            attributes[_CONTENT_TYPE] = {"DataType": "String", "StringValue": content_type}
+        raw = bytes(data)
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            body = ""
+        if not body:
+            encoding = "base64" if raw else "empty"
+            body = base64.b64encode(raw).decode() if raw else "-"
+            attributes[_ENCODING] = {"DataType": "String", "StringValue": encoding}
+        return body, attributes
+
+    async def _publish(
+        self,
+        topic: str,
+        body: str,
+        attributes: Mapping[str, Mapping[str, str]],
+        extra: Mapping[str, Any],
+    ) -> None:
+        sns = self._open()[0]
+        for attempt in (1, 2):
+            topic_arn = await self._topic_arn(topic)
+            try:
+                await self._call(
+                    sns.publish,
+                    f"publish to {topic!r}",
+                    key=topic,
+                    errors={"NotFound": _gone},
+                    TopicArn=topic_arn,
+                    Message=body,
+                    MessageAttributes=attributes,
+                    **extra,
+                )
+                return
+            except _TopicGone:
+                self._topic_arns.pop(aws_name(topic, self._open_settings().fifo), None)
+                if attempt == 2 or self._open_settings().disable_entity_management:
+                    raise self._missing_topic(topic) from None
+
+    async def _dead_letter(self, target: str, message: Message, group: str | None) -> None:
+        """Publishes a copy of ``message`` (metadata and content type too) to ``target``."""
+        body, attributes = self._encode(
+            target, message.data, message.content_type, message.metadata
+        )
+        extra = {"MessageGroupId": group or target} if self._open_settings().fifo else {}
+        await self._publish(target, body, attributes, extra)
+
+    # --- entities -----------------------------------------------------------------------
+
+    async def _topic_arn(self, topic: str) -> str:
+        settings = self._open_settings()
+        name = aws_name(topic, settings.fifo)
+        if not name.removesuffix(_FIFO):
+            raise InvalidRequestError(
+                f"topic {topic!r} has no letter, digit, '-' or '_' to name an SNS topic with",
+                component=self.label,
+                key=topic,
+            )
+        cached = self._topic_arns.get(name)
+        if cached is not None:
+            return cached
+        sns = self._open()[0]
+        if settings.disable_entity_management:
+            found = await self._call(_find_topic, f"find SNS topic {name!r}", sns, name, key=topic)
+            if found is None:
+                raise self._missing_topic(topic)
+            arn = str(found)
+        else:
+            fifo: dict[str, Any] = {
+                "Attributes": {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
+            }
+            reply = await self._call(
+                sns.create_topic,
+                f"create SNS topic {name!r}",
+                key=topic,
+                Name=name,
+                **(fifo if settings.fifo else {}),
+            )
+            arn = str(reply["TopicArn"])
+        self._topic_arns[name] = arn
+        return arn
+
+    def _missing_topic(self, topic: str) -> NotFoundError:
+        name = aws_name(topic, self._open_settings().fifo)
+        return NotFoundError(
+            f"SNS topic {name!r} (topic {topic!r}) does not exist, and metadata "
+            "'disableEntityManagement' is true, so it is not created",
+            component=self.label,
+            key=topic,
+            field="disableEntityManagement",
+        )
+
+    async def _queue_entity(self) -> _Queue:
+        """This consumer's queue (and its dead-letter queue), created unless disabled."""
+        async with self._entities:
+            if self._queue is not None:
+                return self._queue
+            settings = self._open_settings()
+            queue = await self._ensure_queue(self.queue_name, "consumerID")
+            if settings.sqs_dead_letters_queue_name:
+                dead = await self._ensure_queue(
+                    aws_name(settings.sqs_dead_letters_queue_name, settings.fifo),
+                    "sqsDeadLettersQueueName",
+                )
+                if not settings.disable_entity_management:
+                    policy = {
+                        "deadLetterTargetArn": dead.arn,
+                        "maxReceiveCount": str(settings.redrive_max_receive_count),
+                    }
+                    await self._call(
+                        self._open()[1].set_queue_attributes,
+                        f"set the redrive policy of SQS queue {queue.name!r}",
+                        QueueUrl=queue.url,
+                        Attributes={"RedrivePolicy": json.dumps(policy)},
+                    )
+            self._queue = queue
+            return queue
+
+    async def _ensure_queue(self, name: str, field_name: str) -> _Queue:
+        settings = self._open_settings()
+        sqs = self._open()[1]
+        if settings.disable_entity_management:
+            missing = NotFoundError(
+                f"SQS queue {name!r} (metadata {field_name!r}) does not exist, and metadata "
+                "'disableEntityManagement' is true, so it is not created",
+                component=self.label,
+                field=field_name,
+            )
+            reply = await self._call(
+                sqs.get_queue_url,
+                f"find SQS queue {name!r}",
+                errors={code: lambda _f: missing for code in _NO_QUEUE},
+                QueueName=name,
+            )
+        else:
+            fifo: dict[str, Any] = {
+                "Attributes": {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+            }
+            reply = await self._call(
+                sqs.create_queue,
+                f"create SQS queue {name!r}",
+                QueueName=name,
+                **(fifo if settings.fifo else {}),
+            )
+        url = str(reply["QueueUrl"])
+        found = await self._call(
+            sqs.get_queue_attributes,
+            f"read the attributes of SQS queue {name!r}",
+            QueueUrl=url,
+            AttributeNames=["QueueArn"],
+        )
+        return _Queue(name, url, str(found["Attributes"]["QueueArn"]))
+
+    async def _connect(self, topic_arn: str, topic: str, queue: _Queue) -> None:
+        """Lets the topic send to the queue and subscribes the queue to it (once)."""
+        async with self._entities:
+            if topic_arn in self._subscribed_arns:
+                return
+            sns, sqs = self._open()
+            if self._open_settings().disable_entity_management:
+                await self._check_subscription(topic_arn, topic, queue)
+            else:
+                await self._call(
+                    _allow_topic,
+                    f"allow topic {topic!r} in the policy of SQS queue {queue.name!r}",
+                    sqs,
+                    queue,
+                    topic_arn,
+                    key=topic,
+                )
+                await self._call(
+                    sns.subscribe,
+                    f"subscribe SQS queue {queue.name!r} to topic {topic!r}",
+                    key=topic,
+                    TopicArn=topic_arn,
+                    Protocol="sqs",
+                    Endpoint=queue.arn,
+                    ReturnSubscriptionArn=True,
+                )
+            self._subscribed_arns.add(topic_arn)
+
+    async def _check_subscription(self, topic_arn: str, topic: str, queue: _Queue) -> None:
+        try:
+            endpoints = await self._call(
+                _subscribed_endpoints,
+                f"list the subscriptions of topic {topic!r}",
+                self._open()[0],
+                topic_arn,
+                key=topic,
+            )
+        except PermissionDeniedError as exc:
+            self.log.warning(
+                "%s: cannot check that SQS queue %r is subscribed to topic %r (%s); assuming it is",
+                self.label,
+                queue.name,
+                topic,
+                exc,
+            )
+            return
+        if queue.arn not in endpoints:
+            raise NotFoundError(
+                f"SQS queue {queue.name!r} is not subscribed to SNS topic {topic_arn!r}, and "
+                "metadata 'disableEntityManagement' is true, so the subscription is not created",
+                component=self.label,
+                key=topic,
+                field="disableEntityManagement",
+            )
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _open(self) -> tuple[Any, Any]:
+        if self._sns is None or self._sqs is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._sns, self._sqs
+
+    def _open_settings(self) -> SnsSqsSettings:
+        if self._settings is None:
+            raise ConnectionFailedError(
+                "the component is not initialised or closed", component=self.label
+            )
+        return self._settings
+
+    async def _call(
+        self, fn: Callable[..., Any], action: str, /, *args: Any, key: str | None = None, **kw: Any
+    ) -> Any:
+        return await call(fn, *args, component=self.label, action=action, key=key, **kw)
+
+    def _forget(self, consumer: _Consumer) -> None:
+        if self._consumer is consumer:
+            self._consumer = None
+
+
+@dataclass(frozen=True)
+class _Queue:
+    name: str
+    url: str
+    arn: str
+
+
+@dataclass(frozen=True)
+class _Route:
+    topic: str
+    topic_arn: str
+    handler: Handler
+    dead_letter_topic: str
+
+
+@dataclass
+class _Received:
+    """A message between receiving and deleting (or giving back)."""
+
+    sqs_id: str
+    receipt: str
+    message: Message
+    route: _Route
+    group: str | None
+    done: bool = False
+    task: asyncio.Task[bool] | None = field(default=None, repr=False)
+
+
+class _TopicSubscription(Subscription):
+    def __init__(self, consumer: _Consumer, route: _Route) -> None:
+        self._consumer = consumer
+        self._route = route
+        self._cancelled = False
+
+    @property
+    def active(self) -> bool:
+        return not self._cancelled and self._consumer.serves(self._route)
+
+    async def cancel(self) -> None:
+        """Stops handing this topic's messages to the handler; the queue keeps receiving them."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        await self._consumer.remove(self._route)
+
+
+class _Consumer:
+    """The receive loop of one queue, dispatching to the handler of each message's topic."""
+
+    def __init__(self, pubsub: SnsSqsPubSub, settings: SnsSqsSettings, queue: _Queue) -> None:
+        self._pubsub = pubsub
+        self._settings = settings
+        self._queue = queue
+        self._sqs = pubsub._open()[1]
+        self._label = pubsub.label
+        self._log = pubsub.log
+        self._routes: dict[str, _Route] = {}
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight: dict[str, _Received] = {}
+        self._group_tail: dict[str, asyncio.Task[bool]] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self._unsent_deletes: list[_Received] = []
+        self._deleting = False
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"sqs-poll-{queue.name}")
+        self._poll: asyncio.Future[Any] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self._stopped = asyncio.Event()
+
+    def add(self, route: _Route) -> None:
+        existing = self._routes.get(route.topic_arn)
+        if existing is not None:
+            raise InvalidRequestError(
+                f"topic {route.topic!r} already has a handler on this component (one SQS "
+                "queue delivers each message once per consumerID; use another consumerID for a "
+                "second subscriber)",
+                component=self._label,
+                key=route.topic,
+            )
+        self._routes[route.topic_arn] = route
+        if not self._loops:
+            name = f"{self._label} {self._queue.name}"
+            self._loops = [
+                asyncio.create_task(self._receive_loop(), name=f"receive {name}"),
+                asyncio.create_task(self._renew_loop(), name=f"renew {name}"),
+            ]
+
+    def serves(self, route: _Route) -> bool:
+        return not self.stopping and self._routes.get(route.topic_arn) is route
+
+    async def remove(self, route: _Route) -> None:
+        if self._routes.get(route.topic_arn) is route:
+            del self._routes[route.topic_arn]
+        if not self._routes:
+            await self.stop()
+            return
+        mine = [r.task for r in self._in_flight.values() if r.route is route and r.task]
+        current = asyncio.current_task()
+        mine = [t for t in mine if t is not current]
+        if mine:
+            await asyncio.wait(mine, timeout=self._settings.message_visibility_timeout)
+
+    async def stop(self) -> None:
+        """Stops receiving; running handlers may finish (bounded); the rest is given back."""
+        if self.stopping:
+            if asyncio.current_task() not in {r.task for r in self._in_flight.values()}:
+                await self._stopped.wait()
+            return
+        self.stopping = True
+        try:
+            receive, renew = self._loops or (None, None)
+            if receive is not None:
+                await stop_tasks(receive)
+            await self._give_back_last_poll()
+            current = asyncio.current_task()
+            waiting = [r for r in self._in_flight.values() if r.task is not None]
+            tasks = [r.task for r in waiting if r.task is not current and r.task is not None]
+            if tasks:
+                grace = self._settings.message_visibility_timeout
+                _done, late = await asyncio.wait(tasks, timeout=grace)
+                await stop_tasks(*late)
+            left = [r for r in self._in_flight.values() if not r.done]
+            await self._change_visibility(left, lambda _r: 0)
+            if renew is not None:
+                await stop_tasks(renew)
+            await self._flush_deletes()
+        finally:
+            self._poller.shutdown(wait=False, cancel_futures=True)
+            self._pubsub._forget(self)
+            self._stopped.set()
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        backoff = Backoff()
+        while not self.stopping:
+            room = await self._wait_for_room()
+            try:
+                reply = await self._receive(min(room, self._settings.message_max_number))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.next()
+                self._log.warning(
+                    "%s: could not receive from SQS queue %r: %s; retrying in %.2gs",
+                    self._label,
+                    self._queue.name,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            await self._accept(reply.get("Messages") or [])
+
+    async def _receive(self, count: int) -> Any:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        self._poll = loop.run_in_executor(
+            self._poller,
+            functools.partial(
+                self._sqs.receive_message,
+                QueueUrl=self._queue.url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=settings.message_wait_time_seconds,
+                VisibilityTimeout=settings.message_visibility_timeout,
+                AttributeNames=["ApproximateReceiveCount", "MessageGroupId"],
+                MessageAttributeNames=["All"],
+            ),
+        )
+        poll = self._poll
+        try:
+            result = await asyncio.shield(poll)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._poll = None
+            raise map_error(
+                exc, component=self._label, action=f"receive from SQS queue {self._queue.name!r}"
+            ) from exc
+        self._poll = None
+        return result
+
+    async def _give_back_last_poll(self) -> None:
+        """Waits for a poll cut short by stopping and makes what it got visible again."""
+        poll, self._poll = self._poll, None
+        if poll is None:
+            return
+        wait = self._settings.message_wait_time_seconds + 5
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(poll), wait)
+        except Exception:
+            return
+        receipts = [m["ReceiptHandle"] for m in reply.get("Messages") or []]
+        await self._set_visibility(list(zip(receipts, [0] * len(receipts), strict=True)))
+
+    async def _wait_for_room(self) -> int:
+        limit = self._settings.max_in_flight
+        while len(self._in_flight) >= limit:
+            self._room.clear()
+            await self._room.wait()
+        return limit - len(self._in_flight)
+
+    async def _accept(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        bounce: list[tuple[str, int]] = []
+        vis = self._settings.message_visibility_timeout
+        for raw in messages:
+            attributes = raw.get("Attributes") or {}
+            count = max(int(attributes.get("ApproximateReceiveCount", 1)), 1)
+            sqs_id = str(raw.get("MessageId", ""))
+            receipt = str(raw["ReceiptHandle"])
+            known = self._in_flight.get(sqs_id)
+            if known is not None:
+                known.receipt = receipt  # seen again while still being handled here
+                continue
+            envelope = _Envelope.parse(str(raw.get("Body", "")))
+            route = self._routes.get(envelope.topic_arn) if envelope is not None else None
+            if envelope is None or route is None:
+                if envelope is None:
+                    self._log.warning(
+                        "%s: message %s in SQS queue %r is not an SNS notification (raw "
+                        "delivery on, or sent to the queue directly); it is left to the "
+                        "queue's redrive policy",
+                        self._label,
+                        sqs_id,
+                        self._queue.name,
+                    )
+                bounce.append((receipt, min(count, vis)))
+                continue
+            received = _Received(
+                sqs_id,
+                receipt,
+                envelope.message(route.topic, count),
+                route,
+                attributes.get("MessageGroupId"),
+            )
+            self._start(received)
+        await self._set_visibility(bounce)
+
+    def _start(self, received: _Received) -> None:
+        after = self._group_tail.get(received.group) if received.group else None
+        task = asyncio.create_task(
+            self._deliver(received, after), name=f"{self._label} {received.sqs_id}"
+        )
+        received.task = task
+        self._in_flight[received.sqs_id] = received
+        if received.group:
+            self._group_tail[received.group] = task
+        task.add_done_callback(functools.partial(self._finished, received))
+
+    def _finished(self, received: _Received, task: asyncio.Task[bool]) -> None:
+        self._in_flight.pop(received.sqs_id, None)
+        if received.group and self._group_tail.get(received.group) is task:
+            del self._group_tail[received.group]
+        self._room.set()
+
+    # --- delivering ---------------------------------------------------------------------
+
+    async def _deliver(self, received: _Received, after: asyncio.Task[bool] | None) -> bool:
+        if after is not None:
+            await asyncio.wait([after])
+            if after.cancelled() or after.exception() is not None or not after.result():
+                received.done = True  # the group waits for the earlier message
+                await self._change_visibility([received], lambda _r: 0)
+                return False
+        message = received.message
+        async with self._slots:
+            if self.stopping or received.route.topic_arn not in self._routes:
+                received.done = True
+                await self._change_visibility([received], lambda _r: 0)
+                return False
+            try:
+                await received.route.handler(message)
+            except DropMessage as exc:
+                self._log.info(
+                    "%s: message %s on topic %r dropped by its handler%s",
+                    self._label,
+                    message.id,
+                    message.topic,
+                    f": {exc}" if str(exc) else "",
+                )
+            except Exception as exc:
+                received.done = True
+                await self._failed(received, exc)
+                return False
+        received.done = True
+        await self._delete(received)
+        return True
+
+    async def _failed(self, received: _Received, error: Exception) -> None:
+        message, settings = received.message, self._settings
+        retries = settings.message_retry_limit
+        if message.delivery_count > retries and await self._exhausted(received, error):
+            return
+        delay = min(2 ** min(message.delivery_count - 1, 16), settings.message_visibility_timeout)
+        self._log.warning(
+            "%s: handler failed on message %s of topic %r (delivery %d): %r; redelivering in %ds",
+            self._label,
+            message.id,
+            message.topic,
+            message.delivery_count,
+            error,
+            delay,
+        )
+        await self._change_visibility([received], lambda _r: delay)
+
+    async def _exhausted(self, received: _Received, error: Exception) -> bool:
+        """Gives up a message; False when it stays in the queue (redrive, or kept)."""
+        message, settings = received.message, self._settings
+        target = received.route.dead_letter_topic
+        if target and target != message.topic:
+            try:
+                await self._pubsub._dead_letter(target, message, received.group)
+            except Exception as exc:
+                self._log.warning(
+                    "%s: could not move message %s of topic %r to dead-letter topic %r: %s; "
+                    "it stays in the queue",
+                    self._label,
+                    message.id,
+                    message.topic,
+                    target,
+                    exc,
+                )
+                return False
+            self._log.warning(
+                "%s: message %s on topic %r failed %d deliveries (last error: %r); moved to "
+                "dead-letter topic %r",
+                self._label,
+                message.id,
+                message.topic,
+                message.delivery_count,
+                error,
+                target,
+            )
+            await self._delete(received)
+            return True
+        if settings.sqs_dead_letters_queue_name or settings.disable_delete_on_retry_limit:
+            return False
+        self._log.error(
+            "%s: message %s on topic %r failed %d deliveries (last error: %r) and was deleted "
+            "(no dead-letter topic or queue)",
+            self._label,
+            message.id,
+            message.topic,
+            message.delivery_count,
+            error,
+        )
+        await self._delete(received)
+        return True
+
+    async def _delete(self, received: _Received) -> None:
+        """Queues the delete; one caller at a time sends the queued ones in batches of 10."""
+        self._unsent_deletes.append(received)
+        if self._deleting:
+            return
+        self._deleting = True
+        try:
+            await self._flush_deletes()
+        finally:
+            self._deleting = False
+
+    async def _flush_deletes(self) -> None:
+        while self._unsent_deletes:
+            batch, self._unsent_deletes = self._unsent_deletes[:10], self._unsent_deletes[10:]
+            entries = [{"Id": str(i), "ReceiptHandle": r.receipt} for i, r in enumerate(batch)]
+            try:
+                reply = await call(
+                    self._sqs.delete_message_batch,
+                    component=self._label,
+                    action=f"delete messages from SQS queue {self._queue.name!r}",
+                    QueueUrl=self._queue.url,
+                    Entries=entries,
+                )
+                failed = reply.get("Failed") or []
+            except Exception as exc:
+                failed = [{"Id": e["Id"], "Message": str(exc)} for e in entries]
+            for item in failed:
+                self._log.warning(
+                    "%s: could not delete message %s from SQS queue %r (%s); it will be "
+                    "delivered again",
+                    self._label,
+                    batch[int(item["Id"])].message.id,
+                    self._queue.name,
+                    item.get("Message") or item.get("Code"),
+                )
+
+    async def _renew_loop(self) -> None:
+        """Keeps messages being handled invisible, so a slow handler gets no duplicate."""
+        vis = self._settings.message_visibility_timeout
+        every = max(vis / 2, 0.5)
+        while True:
+            await asyncio.sleep(every)
+            pending = [r for r in self._in_flight.values() if not r.done]
+            await self._change_visibility(pending, lambda _r: vis)
+
+    async def _change_visibility(
+        self, received: Sequence[_Received], seconds: Callable[[_Received], int]
+    ) -> None:
+        await self._set_visibility([(r.receipt, seconds(r)) for r in received])
+
+    async def _set_visibility(self, changes: Sequence[tuple[str, int]]) -> None:
+        for start in range(0, len(changes), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+                for i, (receipt, seconds) in enumerate(changes[start : start + 10])
+            ]
+            try:
+                await call(
+                    self._sqs.change_message_visibility_batch,
+                    component=self._label,
+                    action=f"change message visibility in SQS queue {self._queue.name!r}",
+                    QueueUrl=self._queue.url,
+                    Entries=entries,
+                )
+            except Exception as exc:
+                self._log.warning(
+                    "%s: could not change the visibility of %d message(s) in SQS queue %r: %s",
+                    self._label,
+                    len(entries),
+                    self._queue.name,
+                    exc,
+                )
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """The SNS notification that SQS holds when raw message delivery is off."""
+
+    topic_arn: str
+    message_id: str
+    body: str
+    attributes: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> _Envelope | None:
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("TopicArn"), str):
+            return None
+        attributes = {}
+        for name, value in (decoded.get("MessageAttributes") or {}).items():
+            if isinstance(value, dict) and isinstance(value.get("Value"), str):
+                attributes[str(name)] = value["Value"]
+        return cls(
+            decoded["TopicArn"],
+            str(decoded.get("MessageId", "")),
+            str(decoded.get("Message", "")),
+            attributes,
+        )
+
+    def message(self, topic: str, delivery_count: int) -> Message:
+        attributes = dict(self.attributes)
+        encoding = attributes.pop(_ENCODING, "")
+        data = self.body.encode()
+        if encoding == "base64":
+            with contextlib.suppress(binascii.Error, ValueError):
+                data = base64.b64decode(self.body, validate=True)
+        elif encoding == "empty":
+            data = b""
+        content_type = attributes.pop(_CONTENT_TYPE, None)
+        for key in attributes.pop(_EMPTY, "").split(","):
+            if key:
+                attributes[key] = ""
+        return Message(
+            topic=topic,
+            data=data,
+            metadata=types.MappingProxyType(attributes),
+            content_type=content_type,
+            id=self.message_id,
+            delivery_count=delivery_count,
+        )
+
+
+class _TopicGone(NotFoundError):
+    """The cached topic ARN no longer exists."""
+
+
+def _gone(found: Any) -> _TopicGone:
+    return _TopicGone(found.message or "topic not found")
+
+
+def aws_name(name: str, fifo: bool) -> str:
+    """Dapr's sanitized SNS/SQS name: letters, digits, '-', '_'; <= 80 chars with '.fifo'."""
+    kept = _NOT_ALLOWED.sub("", name)
+    if fifo:
+        return kept[: _MAX_NAME - len(_FIFO)] + _FIFO
+    return kept[:_MAX_NAME]
+
+
+def _find_topic(sns: Any, name: str) -> str | None:
+    for page in sns.get_paginator("list_topics").paginate():
+        for topic in page.get("Topics") or []:
+            arn = str(topic.get("TopicArn", ""))
+            if arn.rsplit(":", 1)[-1] == name:
+                return arn
+    return None
+
+
+def _subscribed_endpoints(sns: Any, topic_arn: str) -> set[str]:
+    endpoints: set[str] = set()
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
+        for subscription in page.get("Subscriptions") or []:
+            if subscription.get("Protocol") == "sqs":
+                endpoints.add(str(subscription.get("Endpoint", "")))
+    return endpoints
+
+
+def _allow_topic(sqs: Any, queue: _Queue, topic_arn: str) -> None:
+    """Adds a statement letting ``topic_arn`` send to the queue, unless one is there."""
+    reply = sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["Policy"])
+    text = (reply.get("Attributes") or {}).get("Policy")
+    policy: dict[str, Any] = json.loads(text) if text else {}
+    policy.setdefault("Version", "2012-10-17")
+    statements = policy.setdefault("Statement", [])
+    if isinstance(statements, dict):
+        statements = policy["Statement"] = [statements]
+    for statement in statements:
+        condition = (statement.get("Condition") or {}).get("ArnEquals") or {}
+        if condition.get("aws:SourceArn") == topic_arn:
+            return
+    statements.append(
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "sns.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue.arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+        }
+    )
+    sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)})
+
+
+FIFO_GROUP_METADATA = "fifoMessageGroupID"
+"""Request metadata choosing the FIFO message group of one published message."""
+
+_DEFAULT_MAX_IN_FLIGHT = 100
+_MAX_NAME = 80
+_FIFO = ".fifo"
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}(?<!\.)|[A-Za-z0-9_-]")
+_RESERVED = ("AWS.", "Amazon.", "mechakit.")
+_CONTENT_TYPE = "contentType"
+_ENCODING = "mechakit.encoding"
+_EMPTY = "mechakit.empty"
+_NO_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+__all__ = ["FIFO_GROUP_METADATA", "SnsSqsPubSub", "SnsSqsSettings", "aws_name"]
