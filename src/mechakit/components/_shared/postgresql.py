@@ -322,12 +322,10 @@ class PostgreSQLPool:
                 "the component is closed or was not initialised", component=self.component
             )
 
-        async def attempt() -> T:
-            async with pool.connection() as conn:
-                return await body(conn)
-
         try:
-            return await asyncio.wait_for(attempt(), self.timeout)
+            # asyncio.timeout, unlike wait_for, runs the body in this task: no task per statement.
+            async with asyncio.timeout(self.timeout), pool.connection() as conn:
+                return await body(conn)
         except MechakitError:
             raise
         except TimeoutError:

@@ -166,7 +166,9 @@ class PostgreSQLStateStore(
 
     async def get(self, request: GetRequest) -> StateItem | None:
         stored_key = self._stored_key(request.key)
-        rows = await self._run(lambda conn: self._select(conn, [stored_key]), "get", request.key)
+        rows = await self._run(
+            lambda conn: self._select(conn, stored_key, one=True), "get", request.key
+        )
         row = rows.get(stored_key)
         if row is None:
             return None
@@ -440,8 +442,12 @@ class PostgreSQLStateStore(
         if failed is not None:
             raise self._etag_error(failed)
 
-    async def _select(self, conn: AsyncConnection[Any], stored_keys: list[str]) -> dict[str, _Row]:
-        cursor = await conn.execute(self._sql.select, (stored_keys,))
+    async def _select(
+        self, conn: AsyncConnection[Any], keys: list[str] | str, *, one: bool = False
+    ) -> dict[str, _Row]:
+        """Live rows by stored key; ``one`` uses the single-key statement (an index lookup
+        the planner handles faster than ``= ANY`` of one element)."""
+        cursor = await conn.execute(self._sql.select_one if one else self._sql.select, (keys,))
         rows = {}
         for key, text, value_bytes, etag, expires_at in await cursor.fetchall():
             if value_bytes is not None:
@@ -579,6 +585,10 @@ class _Statements:
         self.select = (
             f"SELECT key, value::text, value_bytes, etag, expires_at FROM {t} "
             f"WHERE key = ANY(%s) AND {_LIVE}"
+        )
+        self.select_one = (
+            f"SELECT key, value::text, value_bytes, etag, expires_at FROM {t} "
+            f"WHERE key = %s AND {_LIVE}"
         )
         self.upsert = (
             f"INSERT INTO {t} AS s ({columns}) VALUES ({values}) "
