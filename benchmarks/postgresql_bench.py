@@ -36,14 +36,13 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import struct
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
+from benchmarks.harness import Case, Op, Reset, compare
 from mechakit.components.state.postgresql import PostgreSQLStateStore, _Statements
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, free_port, provision
 from mechakit.core.component import ComponentMetadata
@@ -63,64 +63,8 @@ CALLS_COUNTED = 200
 PSYCOPG = "psycopg"
 SAME_SQL = "same SQL"
 
-Op = Callable[[int, int], Awaitable[None]]
-"""One operation, given the caller's number and its iteration."""
-Reset = Callable[[], Awaitable[None]]
 Ops = dict[str, tuple[Reset, Op]]
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
-
-
-@dataclass
-class Case:
-    name: str
-    mode: str
-    rounds: dict[str, list[float]]
-    """Ops per second of each round, per contender."""
-    unit: str = "ops/s"
-
-    def median(self, who: str) -> float:
-        return statistics.median(self.rounds[who])
-
-    def slowdown(self, baseline: str) -> float:
-        """Median over rounds of baseline ÷ mechakit; rounds ran back to back, so noise pairs."""
-        pairs = zip(self.rounds[baseline], self.rounds["mechakit"], strict=True)
-        return statistics.median(raw / mine for raw, mine in pairs)
-
-
-async def throughput(op: Op, seconds: float, in_flight: int) -> float:
-    """Ops per second of ``in_flight`` callers each looping ``op`` until the time is up."""
-    counts = [0] * in_flight
-    deadline = time.perf_counter() + seconds
-
-    async def caller(number: int) -> None:
-        i = 0
-        while time.perf_counter() < deadline:
-            await op(number, i)
-            i += 1
-        counts[number] = i
-
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(n) for n in range(in_flight)))
-    return sum(counts) / (time.perf_counter() - start)
-
-
-async def compare(
-    name: str,
-    mode: str,
-    contenders: Mapping[str, tuple[Reset, Op]],
-    args: argparse.Namespace,
-    in_flight: int,
-) -> Case:
-    """Runs the contenders' rounds back to back (each after its own reset), ``rounds`` times."""
-    rounds: dict[str, list[float]] = {who: [] for who in contenders}
-    for round_number in range(args.rounds):
-        for who, (reset, op) in contenders.items():
-            await reset()
-            if round_number == 0:  # warm-up: pool growth, prepared statements, code paths
-                await throughput(op, min(0.1, args.seconds / 3), in_flight)
-                await reset()
-            rounds[who].append(await throughput(op, args.seconds, in_flight))
-    return Case(name, mode, rounds)
 
 
 # --- contenders ---------------------------------------------------------------------------

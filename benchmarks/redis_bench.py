@@ -28,12 +28,11 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import redis
 import redis.asyncio as aioredis
 
 import mechakit.conformance.backends_redis  # noqa: F401  (registers the "redis" backend)
+from benchmarks.harness import Case, Op, compare
 from mechakit.components._shared.redis import RedisSettings, connect
 from mechakit.components.pubsub.redis import RedisPubSub
 from mechakit.components.state.redis import RedisStateStore
@@ -60,8 +60,6 @@ and redis-py's asyncio pool fails a call with 'Too many connections' instead of 
 SAME_CLIENT = "same client"
 """redis-py configured as mechakit's drivers configure it (socket timeouts, retries)."""
 
-Op = Callable[[int, int], Awaitable[None]]
-"""One operation, given the caller's number and its iteration."""
 
 # A versioned write, the least a hand-written store needs so that ETags can work at all.
 _VERSIONED_SET = """
@@ -75,60 +73,6 @@ if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'version', tonumber(v) + 1)
 return 1
 """
-
-
-@dataclass
-class Case:
-    name: str
-    mode: str
-    rounds: dict[str, list[float]]
-    """Ops (or messages) per second of each round, per contender."""
-    unit: str = "ops/s"
-    target: float | None = None
-
-    def median(self, who: str) -> float:
-        return statistics.median(self.rounds[who])
-
-    def slowdown(self, baseline: str) -> float:
-        """Median over rounds of baseline ÷ mechakit; rounds ran back to back, so noise pairs."""
-        pairs = zip(self.rounds[baseline], self.rounds["mechakit"], strict=True)
-        return statistics.median(raw / mine for raw, mine in pairs)
-
-
-async def throughput(op: Op, seconds: float, in_flight: int) -> float:
-    """Ops per second of ``in_flight`` callers each looping ``op`` until the time is up."""
-    counts = [0] * in_flight
-    deadline = time.perf_counter() + seconds
-
-    async def caller(number: int) -> None:
-        i = 0
-        while time.perf_counter() < deadline:
-            await op(number, i)
-            i += 1
-        counts[number] = i
-
-    start = time.perf_counter()
-    await asyncio.gather(*(caller(n) for n in range(in_flight)))
-    return sum(counts) / (time.perf_counter() - start)
-
-
-async def compare(
-    name: str,
-    mode: str,
-    contenders: Mapping[str, tuple[Callable[[], Awaitable[None]], Op]],
-    args: argparse.Namespace,
-    in_flight: int,
-    target: float | None,
-) -> Case:
-    """Runs the contenders' rounds back to back (each after its own reset), ``rounds`` times."""
-    rounds: dict[str, list[float]] = {who: [] for who in contenders}
-    for round_number in range(args.rounds):
-        for who, (reset, op) in contenders.items():
-            await reset()
-            if round_number == 0:  # warm-up: connections, script cache, code paths
-                await throughput(op, min(0.1, args.seconds / 3), in_flight)
-            rounds[who].append(await throughput(op, args.seconds, in_flight))
-    return Case(name, mode, rounds, target=target)
 
 
 # --- state --------------------------------------------------------------------------------
