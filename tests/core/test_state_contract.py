@@ -99,3 +99,37 @@ def test_query_language_parses_nested_filters_sort_and_page() -> None:
 def test_bad_queries_are_rejected_with_the_reason(body: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         Query.from_dict(body)
+
+
+async def test_bulk_get_by_stored_key_keeps_request_order_and_reports_each_key() -> None:
+    from mechakit.core.state import GetRequest, StateItem, bulk_get_by_stored_key
+
+    prefix = KeyPrefix("app")
+    asked: list[list[str]] = []
+
+    async def fetch(keys: list[str]) -> dict[str, StateItem]:
+        asked.append(keys)
+        return {"app||a": StateItem("app||a", {"n": 1}, "7")}
+
+    requests = [GetRequest("missing"), GetRequest("a"), GetRequest(""), GetRequest("a")]
+    entries = await bulk_get_by_stored_key(requests, prefix, fetch)
+    assert asked == [["app||missing", "app||a"]]
+    assert [(e.key, e.found, e.value, e.etag) for e in entries] == [
+        ("missing", False, None, None),
+        ("a", True, {"n": 1}, "7"),
+        ("", False, None, None),
+        ("a", True, {"n": 1}, "7"),
+    ]
+    assert entries[2].error == "the key must not be empty"
+
+
+def test_numeric_etags_must_be_positive_integers() -> None:
+    from mechakit.core.errors import ETagError, ETagErrorKind
+    from mechakit.core.state import parse_int_etag
+
+    assert parse_int_etag("007", component="c", key="k") == 7
+    assert parse_int_etag(None, component="c", key="k") is None
+    for bad in ("0", "-1", "1.0", " 1", "x", "9" * 20):
+        with pytest.raises(ETagError) as info:
+            parse_int_etag(bad, component="c", key="k")
+        assert info.value.kind is ETagErrorKind.INVALID

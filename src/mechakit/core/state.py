@@ -8,7 +8,7 @@ import json
 import re
 import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias
@@ -324,10 +324,10 @@ def parse_int_etag(etag: str | None, *, component: str, key: str) -> int | None:
     """A numeric ETag (what most stores use); None when absent, ``INVALID`` when malformed."""
     if etag is None or etag == "":
         return None
-    if not _INT_ETAG.fullmatch(etag) or int(etag) > _MAX_INT_ETAG:
+    if not _INT_ETAG.fullmatch(etag) or not 0 < int(etag) <= _MAX_INT_ETAG:
         raise ETagError(
             ETagErrorKind.INVALID,
-            f"ETag {etag!r} for key {key!r} is invalid: this store's ETags are whole numbers",
+            f"ETag {etag!r} for key {key!r} is invalid: this store's ETags are positive integers",
             component=component,
             key=key,
         )
@@ -340,6 +340,8 @@ class PreparedValue:
     is_binary: bool
     expires_at: float | None
     """Seconds since the epoch; None for no expiry."""
+    ttl: int | None = None
+    """The request's ``ttlInSeconds``: None (not given), -1 (no expiry) or seconds."""
 
 
 @dataclass(frozen=True)
@@ -380,8 +382,42 @@ def prepare_operation(
         stored_key,
         etag,
         request.first_write,
-        PreparedValue(data, is_binary, expires_at),
+        PreparedValue(data, is_binary, expires_at, ttl),
     )
+
+
+async def bulk_get_by_stored_key(
+    requests: Sequence[GetRequest],
+    prefix: KeyPrefix,
+    fetch: Callable[[list[str]], Awaitable[Mapping[str, StateItem]]],
+) -> list[BulkGetItem]:
+    """Bulk get for stores that read many keys in one go.
+
+    ``fetch`` receives the distinct stored keys and returns the items it found, by stored
+    key. Entries come back in request order: an empty key is an error entry, a key not
+    found an entry with ``found`` False.
+    """
+    stored = [prefix.apply(r.key) if r.key else "" for r in requests]
+    wanted = list(dict.fromkeys(k for k in stored if k))
+    found = await fetch(wanted) if wanted else {}
+    entries = []
+    for request, stored_key in zip(requests, stored, strict=True):
+        item = found.get(stored_key)
+        if not stored_key:
+            entries.append(BulkGetItem(key=request.key, error="the key must not be empty"))
+        elif item is None:
+            entries.append(BulkGetItem(key=request.key))
+        else:
+            entries.append(
+                BulkGetItem(
+                    key=request.key,
+                    value=item.value,
+                    etag=item.etag,
+                    metadata=item.metadata,
+                    found=True,
+                )
+            )
+    return entries
 
 
 # --- the contract -----------------------------------------------------------------------

@@ -71,10 +71,10 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
+    bulk_get_by_stored_key,
     decode_value,
-    encode_value,
     format_expire_time,
-    parse_ttl,
+    prepare_operation,
 )
 
 if TYPE_CHECKING:
@@ -170,35 +170,16 @@ class PostgreSQLStateStore(
             lambda conn: self._select(conn, stored_key, one=True), "get", request.key
         )
         row = rows.get(stored_key)
-        if row is None:
-            return None
-        return StateItem(request.key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
+        return None if row is None else _item(request.key, row)
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """One query for all keys; a missing or expired key is an entry with ``found`` False."""
-        stored_keys = [self._prefix.apply(r.key) if r.key else "" for r in requests]
-        wanted = list(dict.fromkeys(k for k in stored_keys if k))
-        rows: dict[str, _Row] = {}
-        if wanted:
-            rows = await self._run(lambda conn: self._select(conn, wanted), "bulk get")
-        items = []
-        for request, stored_key in zip(requests, stored_keys, strict=True):
-            row = rows.get(stored_key)
-            if not stored_key:
-                items.append(BulkGetItem(key=request.key, error="the key must not be empty"))
-            elif row is None:
-                items.append(BulkGetItem(key=request.key))
-            else:
-                items.append(
-                    BulkGetItem(
-                        key=request.key,
-                        value=row.value,
-                        etag=str(row.etag),
-                        metadata=_ttl_metadata(row.expires_at),
-                        found=True,
-                    )
-                )
-        return items
+
+        async def fetch(keys: list[str]) -> dict[str, StateItem]:
+            rows = await self._run(lambda conn: self._select(conn, keys), "bulk get")
+            return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
+
+        return await bulk_get_by_stored_key(requests, self._prefix, fetch)
 
     async def set(self, request: SetRequest) -> None:
         op = self._prepare(request)
@@ -244,56 +225,33 @@ class PostgreSQLStateStore(
 
     def _prepare(self, request: TransactionOperation) -> _Operation:
         """Validate everything that does not depend on stored data, before anything is sent."""
-        stored_key = self._stored_key(request.key)
-        etag = self._parse_etag(request.etag, request.key)
-        if isinstance(request, DeleteRequest):
-            if etag is None:
-                return _Operation(request.key, self._sql.delete, {"key": stored_key}, False)
-            params = {"key": stored_key, "etag": etag}
-            return _Operation(request.key, self._sql.delete_if, params, True)
-        if not isinstance(request, SetRequest):
-            raise InvalidRequestError(
-                f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
-                component=self.label,
-            )
-        try:
-            data, is_binary = encode_value(request.value)
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
-        text = None if is_binary else data.decode()
+        op = prepare_operation(request, self._prefix, component=self.label)
+        if op.value is None:
+            if op.etag is None:
+                return _Operation(op.key, self._sql.delete, {"key": op.stored_key}, False)
+            params = {"key": op.stored_key, "etag": op.etag}
+            return _Operation(op.key, self._sql.delete_if, params, True)
+        value = op.value
+        text = None if value.is_binary else value.data.decode()
         if text is not None and not _storable_as_jsonb(text):
             raise InvalidRequestError(
                 "the value holds NaN, Infinity or a NUL character, which PostgreSQL's jsonb "
                 "cannot store; send it as bytes instead",
                 component=self.label,
-                key=request.key,
+                key=op.key,
             )
         params = {
-            "key": stored_key,
+            "key": op.stored_key,
             "value": text,
-            "value_bytes": data if is_binary else None,
-            "ttl": ttl if ttl is not None and ttl > 0 else None,
-            "etag": etag,
+            "value_bytes": value.data if value.is_binary else None,
+            "ttl": value.ttl if value.ttl is not None and value.ttl > 0 else None,
+            "etag": op.etag,
         }
-        if etag is not None:
-            return _Operation(request.key, self._sql.update_if, params, True)
-        if request.first_write:
-            return _Operation(request.key, self._sql.insert_new, params, True, first_write=True)
-        return _Operation(request.key, self._sql.upsert, params, False)
-
-    def _parse_etag(self, etag: str | None, key: str) -> int | None:
-        if etag is None or etag == "":
-            return None
-        if not _ETAG.fullmatch(etag) or not 0 < int(etag) <= _MAX_ETAG:
-            raise ETagError(
-                ETagErrorKind.INVALID,
-                f"ETag {etag!r} for key {key!r} is invalid: "
-                "state.postgresql ETags are positive integers",
-                component=self.label,
-                key=key,
-            )
-        return int(etag)
+        if op.etag is not None:
+            return _Operation(op.key, self._sql.update_if, params, True)
+        if op.first_write:
+            return _Operation(op.key, self._sql.insert_new, params, True, first_write=True)
+        return _Operation(op.key, self._sql.upsert, params, False)
 
     def _etag_error(self, op: _Operation) -> ETagError:
         if op.first_write:
@@ -508,8 +466,6 @@ class PostgreSQLStateStore(
 _SCHEMA_VERSION = 1
 _MIGRATION_LOCK = "mechakit state.postgresql schema"
 _COLUMNS = frozenset({"key", "value", "value_bytes", "etag", "expires_at", "updated_at"})
-_ETAG = re.compile(r"[0-9]{1,19}", re.ASCII)
-_MAX_ETAG = 2**63 - 1
 _OFFSET = re.compile(r"[0-9]{1,18}", re.ASCII)
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 _SAME_TYPE = "jsonb_typeof(value #> %s) = jsonb_typeof(%s::jsonb)"
@@ -650,6 +606,10 @@ async def _fetch_all(
 ) -> list[tuple[Any, ...]]:
     cursor = await conn.execute(statement, params)
     return list(await cursor.fetchall())
+
+
+def _item(key: str, row: _Row) -> StateItem:
+    return StateItem(key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
 
 
 def _ttl_metadata(expires_at: datetime | None) -> dict[str, str]:

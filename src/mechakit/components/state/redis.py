@@ -17,7 +17,6 @@ server (CROSSSLOT); use a ``{hashtag}`` in the keys to keep them together.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +57,7 @@ from mechakit.core.state import (
     decode_value,
     encode_value,
     format_expire_time,
+    parse_int_etag,
     parse_ttl,
 )
 
@@ -223,17 +223,8 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
     def _etag(self, key: str, etag: str | None) -> str:
         """The canonical version text, so ``"007"`` matches version 7; '' for no ETag."""
-        if etag is None or etag == "":
-            return ""
-        text = str(etag)
-        if not _DIGITS.fullmatch(text) or int(text) == 0:
-            raise ETagError(
-                ETagErrorKind.INVALID,
-                f"ETag {etag!r} for key {key!r} is invalid: state.redis ETags are positive integers",
-                component=self.label,
-                key=key,
-            )
-        return str(int(text))
+        version = parse_int_etag(etag, component=self.label, key=key)
+        return "" if version is None else str(version)
 
     def _check_reply(self, key: str, reply: Sequence[Any]) -> None:
         status = int(reply[0])
@@ -287,7 +278,6 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
 
 _FIRST_WRITE_CONFLICT = 2
-_DIGITS = re.compile(r"[0-9]+")
 
 # Shared Lua: check returns 0 (go), 1 (ETag mismatch) or 2 (first-write on an existing key);
 # write stores data and the next version and applies the TTL ('' keep, '-1' remove, n seconds).

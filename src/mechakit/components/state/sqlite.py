@@ -59,6 +59,7 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
+    bulk_get_by_stored_key,
     decode_value,
     format_expire_time,
     prepare_operation,
@@ -189,35 +190,16 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             lambda conn: self._select(conn, [stored_key], time.time()), "get", request.key
         )
         row = rows.get(stored_key)
-        if row is None:
-            return None
-        return StateItem(request.key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
+        return None if row is None else _item(request.key, row)
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """One read for all keys; a missing or expired key is an entry with ``found`` False."""
-        stored_keys = [self._prefix.apply(r.key) if r.key else "" for r in requests]
-        wanted = [k for k in stored_keys if k]
-        rows = {}
-        if wanted:
-            rows = await self._run(lambda conn: self._select(conn, wanted, time.time()), "bulk get")
-        items = []
-        for request, stored_key in zip(requests, stored_keys, strict=True):
-            row = rows.get(stored_key)
-            if not stored_key:
-                items.append(BulkGetItem(key=request.key, error="the key must not be empty"))
-            elif row is None:
-                items.append(BulkGetItem(key=request.key))
-            else:
-                items.append(
-                    BulkGetItem(
-                        key=request.key,
-                        value=row.value,
-                        etag=str(row.etag),
-                        metadata=_ttl_metadata(row.expires_at),
-                        found=True,
-                    )
-                )
-        return items
+
+        async def fetch(keys: list[str]) -> dict[str, StateItem]:
+            rows = await self._run(lambda conn: self._select(conn, keys, time.time()), "bulk get")
+            return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
+
+        return await bulk_get_by_stored_key(requests, self._prefix, fetch)
 
     async def set(self, request: SetRequest) -> None:
         op = self._prepare(request)
@@ -491,6 +473,10 @@ class _Statements:
         )
         self.delete = f"DELETE FROM {t} WHERE key = ?"
         self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+
+
+def _item(key: str, row: _Row) -> StateItem:
+    return StateItem(key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
 
 
 def _ttl_metadata(expires_at: float | None) -> dict[str, str]:
