@@ -156,9 +156,9 @@ async def raw_state_ops(
         await client.evalsha(versioned_set, 1, keys[n], json.dumps(VALUE))
 
     async def same_script_set(n: int, i: int) -> None:
-        # The driver's own set script, called by hand: the equivalent raw call for a set
-        # with Dapr's semantics (version bump, optional ETag, first-write and TTL checks).
-        await client.evalsha(driver_set, 1, keys[n], json.dumps(VALUE), "", "", "", "")
+        # The driver's own set script (no ETag, no first-write), called by hand: Dapr's
+        # semantics (version bump, binary flag, TTL) without the driver's Python layer.
+        await client.evalsha(driver_set, 1, keys[n], json.dumps(VALUE), "", "")
 
     async def get(n: int, i: int) -> None:
         fields = await client.hgetall(keys[n])

@@ -13,6 +13,11 @@ import pytest
 
 from mechakit.components._shared.redis import RedisSettings, RedisType, parse_addresses
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, LocalProcess, free_port
+from mechakit.core.configuration import (
+    ConfigurationUpdate,
+    GetConfigurationRequest,
+    SubscribeConfigurationRequest,
+)
 from mechakit.core.errors import ConnectionFailedError, MetadataError
 from mechakit.core.lock import TryLockRequest, UnlockRequest, UnlockStatus
 
@@ -55,6 +60,23 @@ def test_bad_metadata_is_refused_naming_the_field(metadata: dict[str, str], fiel
         RedisSettings.from_metadata(metadata, component=LABEL)
     assert caught.value.field == field
     assert str(caught.value).startswith(LABEL)
+
+
+async def test_a_call_that_finds_every_connection_busy_waits_pool_timeout_then_fails_retriably(
+    redis_driver: RedisDriver,
+) -> None:
+    """A subscription holds the only pooled connection: a get waits poolTimeout, not forever."""
+    store = await redis_driver("configuration.redis", poolSize="1", poolTimeout="200ms")
+
+    async def ignore(update: ConfigurationUpdate) -> None:
+        pass
+
+    subscription = await store.subscribe(SubscribeConfigurationRequest(keys=["k"]), ignore)
+    with pytest.raises(ConnectionFailedError, match="poolSize or poolTimeout") as caught:
+        await store.get(GetConfigurationRequest(keys=["k"]))
+    assert caught.value.retriable
+    await store.unsubscribe(subscription)
+    assert await store.get(GetConfigurationRequest(keys=["k"])) == {}
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,8 @@ async def test_etag_set_with_ttl_is_one_evalsha_and_no_other_command(
     """The check, the write and the TTL travel as one EVALSHA (nothing before or after it)."""
     store = await redis_driver("state.redis")
     key = new_key("one-trip")
-    await store.set(SetRequest(key, "v1"))  # loads the script and opens the pooled connection
+    # Loads the checking script and opens the pooled connection.
+    await store.set(SetRequest(key, "v1", options=FIRST_WRITE))
     etag = (await store.get(GetRequest(key))).etag
 
     marker = f"end-of-{key}"

@@ -225,12 +225,16 @@ class QueryResponse:
 # --- values, TTL and key prefixes ------------------------------------------------------
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with non-default options builds an encoder on every call."""
+
+
 def encode_value(value: Any) -> tuple[bytes, bool]:
     """Bytes as they are; anything else as compact JSON. Returns (data, is_binary)."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value), True
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), False
+        return _JSON.encode(value).encode(), False
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"value is not JSON serialisable: {exc}") from None
 

@@ -22,9 +22,10 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, field_validator
@@ -271,11 +272,13 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
         )
         client = sentinel.master_for(settings.sentinel_master_name)
     else:
-        # A blocking pool makes a burst of calls wait for a connection instead of failing
-        # at once with "Too many connections" (redis-py's default pool).
+        # A burst of calls waits for a connection instead of failing at once with
+        # "Too many connections" (redis-py's default pool).
+        from mechakit.components._shared.redis_pool import WaitingConnectionPool
+
         host, port = addresses[0]
         connection_options = {k: v for k, v in common.items() if k != "ssl"}
-        pool = aioredis.BlockingConnectionPool(
+        pool = WaitingConnectionPool(
             connection_class=aioredis.SSLConnection if tls else aioredis.Connection,
             timeout=settings.pool_timeout.total_seconds(),
             host=host,
@@ -316,15 +319,28 @@ async def close_client(client: Any) -> None:
             await sentinel.aclose()
 
 
-@contextlib.contextmanager
-def redis_errors(component: str, *, key: str | None = None, action: str = "") -> Iterator[None]:
-    """Turn redis-py and socket errors raised inside the block into core errors."""
-    try:
-        yield
-    except MechakitError:
-        raise
-    except Exception as exc:
-        raise map_error(exc, component=component, key=key, action=action) from exc
+class redis_errors:  # lower case: used like a function, ``with redis_errors(...)``
+    """Turn redis-py and socket errors raised inside the block into core errors.
+
+    A class rather than ``@contextmanager``: it wraps every Redis call, and entering a
+    generator-based context manager costs several times more.
+    """
+
+    __slots__ = ("action", "component", "key")
+
+    def __init__(self, component: str, *, key: str | None = None, action: str = "") -> None:
+        self.component, self.key, self.action = component, key, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, Exception) and not isinstance(exc, MechakitError):
+            raise map_error(
+                exc, component=self.component, key=self.key, action=self.action
+            ) from exc
 
 
 def map_error(

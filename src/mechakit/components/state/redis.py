@@ -112,14 +112,17 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         return self._item(request.key, reply)
 
     async def set(self, request: SetRequest) -> None:
+        script, keys, args = self._set_call(request)
         with redis_errors(self.label, key=request.key, action="set"):
-            reply = await _SET(self._redis, *self._set_call(request))
-        self._check_reply(request.key, reply)
+            status = await script(self._redis, keys, args)
+        if status:
+            raise self._etag_error(request.key, int(status))
 
     async def delete(self, request: DeleteRequest) -> None:
         with redis_errors(self.label, key=request.key, action="delete"):
-            reply = await _DELETE(self._redis, *self._delete_call(request))
-        self._check_reply(request.key, reply)
+            status = await _DELETE(self._redis, *self._delete_call(request))
+        if status:
+            raise self._etag_error(request.key, int(status))
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """One pipeline; a key whose read failed carries the error in its entry."""
@@ -152,7 +155,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         A connection lost during the pipeline raises ``ConnectionFailedError`` instead, as
         which items were applied is then unknown.
         """
-        await self._bulk_write(requests, [(_SET, *self._set_call(r)) for r in requests], "bulk set")
+        await self._bulk_write(requests, [self._set_call(r) for r in requests], "bulk set")
 
     async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
         await self._bulk_write(
@@ -169,7 +172,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         args: list[Any] = []
         for op in operations:
             if isinstance(op, SetRequest):
-                op_keys, (data, binary, etag, first_write, ttl) = self._set_call(op)
+                op_keys, (data, binary, ttl, etag, first_write) = self._set_args(op)
                 args += ["s", etag, first_write, data, binary, ttl]
             elif isinstance(op, DeleteRequest):
                 op_keys, (etag,) = self._delete_call(op)
@@ -195,7 +198,15 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             )
         return self._client
 
-    def _set_call(self, request: SetRequest) -> tuple[list[str], list[Any]]:
+    def _set_call(self, request: SetRequest) -> ScriptCall:
+        """A write with an ETag or first-write runs the checking script; others the plain one."""
+        keys, args = self._set_args(request)
+        if args[3] or args[4]:
+            return _CHECKED_SET, keys, args
+        return _SET, keys, args[:3]
+
+    def _set_args(self, request: SetRequest) -> tuple[list[str], list[Any]]:
+        """Keys and ARGV of the checking set script: data, binary, ttl, etag, first_write."""
         etag = self._etag(request.key, request.etag)
         try:
             data, binary = encode_value(request.value)
@@ -213,9 +224,9 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         return [self._prefix.apply(request.key)], [
             data,
             "1" if binary else "",
+            "" if ttl is None else str(ttl),
             etag,
             first_write,
-            "" if ttl is None else str(ttl),
         ]
 
     def _delete_call(self, request: DeleteRequest) -> tuple[list[str], list[Any]]:
@@ -225,11 +236,6 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         """The canonical version text, so ``"007"`` matches version 7; '' for no ETag."""
         version = parse_int_etag(etag, component=self.label, key=key)
         return "" if version is None else str(version)
-
-    def _check_reply(self, key: str, reply: Sequence[Any]) -> None:
-        status = int(reply[0])
-        if status:
-            raise self._etag_error(key, status)
 
     def _etag_error(self, key: str, status: int) -> ETagError:
         if status == _FIRST_WRITE_CONFLICT:
@@ -271,25 +277,18 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
                 errors[request.key] = map_error(
                     reply, component=self.label, key=request.key, action=action
                 )
-            elif int(reply[0]):
-                errors[request.key] = self._etag_error(request.key, int(reply[0]))
+            elif int(reply):
+                errors[request.key] = self._etag_error(request.key, int(reply))
         if errors:
             raise BulkError(errors, component=self.label)
 
 
 _FIRST_WRITE_CONFLICT = 2
 
-# Shared Lua: check returns 0 (go), 1 (ETag mismatch) or 2 (first-write on an existing key);
-# write stores data and the next version and applies the TTL ('' keep, '-1' remove, n seconds).
-_LUA_HELPERS = """
-local function check(current, etag, first_write)
-  if etag ~= '' then
-    if current ~= etag then return 1 end
-  elseif first_write == '1' and current then
-    return 2
-  end
-  return 0
-end
+# Write scripts return 0 (written), 1 (ETag mismatch) or 2 (first-write on an existing key).
+# ``write`` stores data and the next version and applies the TTL ('' keep, '-1' remove,
+# n seconds); a version that is not a number (written by something else) counts as 0.
+_LUA_WRITE = """
 local function write(key, current, data, binary, ttl)
   local version = (tonumber(current) or 0) + 1
   redis.call('HSET', key, 'data', data, 'version', version, 'binary', binary)
@@ -301,6 +300,16 @@ local function write(key, current, data, binary, ttl)
   return version
 end
 """
+_LUA_CHECK = """
+local function check(current, etag, first_write)
+  if etag ~= '' then
+    if current ~= etag then return 1 end
+  elseif first_write == '1' and current then
+    return 2
+  end
+  return 0
+end
+"""
 
 _GET = RedisScript(
     """
@@ -310,27 +319,38 @@ return {h[1] or '', h[2], h[3] or '', redis.call('PTTL', KEYS[1])}
 """
 )
 
-# ARGV: data, binary, etag, first_write, ttl
+# The common write, without ETag or first-write: nothing to check.  ARGV: data, binary, ttl
 _SET = RedisScript(
-    _LUA_HELPERS
+    _LUA_WRITE
+    + """
+write(KEYS[1], redis.call('HGET', KEYS[1], 'version'), ARGV[1], ARGV[2], ARGV[3])
+return 0
+"""
+)
+
+# ARGV: data, binary, ttl, etag, first_write
+_CHECKED_SET = RedisScript(
+    _LUA_WRITE
+    + _LUA_CHECK
     + """
 local current = redis.call('HGET', KEYS[1], 'version')
-local status = check(current, ARGV[3], ARGV[4])
-if status ~= 0 then return {status} end
-return {0, write(KEYS[1], current, ARGV[1], ARGV[2], ARGV[5])}
+local status = check(current, ARGV[4], ARGV[5])
+if status ~= 0 then return status end
+write(KEYS[1], current, ARGV[1], ARGV[2], ARGV[3])
+return 0
 """
 )
 
 # ARGV: etag
 _DELETE = RedisScript(
-    _LUA_HELPERS
+    _LUA_CHECK
     + """
 if ARGV[1] ~= '' then
   local status = check(redis.call('HGET', KEYS[1], 'version'), ARGV[1], '')
-  if status ~= 0 then return {status} end
+  if status ~= 0 then return status end
 end
 redis.call('DEL', KEYS[1])
-return {0}
+return 0
 """
 )
 
@@ -338,7 +358,8 @@ return {0}
 # kind ('s' set / 'd' delete), etag, first_write, data, binary, ttl.
 # Checks run against the state as the earlier operations of the transaction leave it.
 _TRANSACT = RedisScript(
-    _LUA_HELPERS
+    _LUA_WRITE
+    + _LUA_CHECK
     + """
 local seen, versions, stored = {}, {}, {}
 for i, key in ipairs(KEYS) do
