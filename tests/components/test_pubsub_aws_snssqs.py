@@ -468,7 +468,13 @@ async def test_fifo_keeps_order_within_each_message_group(driver: Driver) -> Non
 
 
 async def test_fifo_group_defaults_to_the_component_setting(driver: Driver) -> None:
-    pubsub = await driver(fifo="true", fifoMessageGroupID="one-group", concurrencyLimit="10")
+    # 3 s visibility, as above: a lapse on a loaded machine would redeliver out of order
+    pubsub = await driver(
+        fifo="true",
+        fifoMessageGroupID="one-group",
+        concurrencyLimit="10",
+        messageVisibilityTimeout="3",
+    )
     topic, inbox = new_name("fifo-default"), Inbox()
     await subscribe(pubsub, topic, inbox)
     sent = [f"m-{i}".encode() for i in range(10)]
