@@ -56,7 +56,7 @@ PAYLOAD = json.dumps(VALUE).encode()
 ETAG_SETS_COUNTED = 500
 MECHAKIT_POOL = "64"
 """poolSize for the drivers: the default (10 per CPU) is below --in-flight on small machines,
-and redis-py's asyncio pool fails a call with 'Too many connections' instead of waiting."""
+where callers would queue for a connection while redis-py's default client opens one each."""
 
 SAME_CLIENT = "same client"
 """redis-py configured as mechakit's drivers configure it (socket timeouts, retries)."""
