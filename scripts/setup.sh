@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # them the backend's tests are skipped with the reason printed, so this is best effort.
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)  # joins the local Redis Cluster
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import uuid
@@ -20,6 +21,7 @@ from mechakit.core.configuration import (
 )
 from mechakit.core.errors import ConnectionFailedError, MetadataError
 from mechakit.core.lock import TryLockRequest, UnlockRequest, UnlockStatus
+from mechakit.core.state import GetRequest, SetRequest
 
 if TYPE_CHECKING:
     from redis_server import RedisDriver
@@ -154,6 +156,22 @@ async def test_failover_mode_finds_the_master_through_sentinel(
     resource = f"sentinel-{uuid.uuid4().hex[:8]}"
     assert await locks.try_lock(TryLockRequest(resource, "owner", 10))
     assert await locks.unlock(UnlockRequest(resource, "owner")) is UnlockStatus.SUCCESS
+
+
+async def test_a_burst_larger_than_the_pool_waits_for_connections_through_sentinel(
+    redis_driver: RedisDriver, sentinel: str
+) -> None:
+    store = await redis_driver(
+        "state.redis",
+        redisHost=sentinel,
+        failover="true",
+        sentinelMasterName="mymaster",
+        poolSize="4",
+    )
+    keys = [f"burst-{uuid.uuid4().hex}" for _ in range(200)]
+    await asyncio.gather(*(store.set(SetRequest(k, i)) for i, k in enumerate(keys)))
+    items = await store.bulk_get([GetRequest(k) for k in keys])
+    assert [item.value for item in items] == list(range(200))
 
 
 async def test_unknown_sentinel_master_fails_init_as_a_connection_error(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mechakit.components._shared.redis import RedisSettings, close_client, connect
+from mechakit.components._shared.redis import RedisSettings, close_client, connect, is_cluster
 from mechakit.components.configuration.redis import format_item
 
 
@@ -22,14 +22,19 @@ class RedisConfigurationWriter:
         self._versions = itertools.count(time.time_ns())
 
     async def set(self, items: Mapping[str, str]) -> None:
-        if items:
-            await self._client.mset(
-                {key: format_item(value, str(next(self._versions))) for key, value in items.items()}
-            )
+        mapping = {
+            key: format_item(value, str(next(self._versions))) for key, value in items.items()
+        }
+        if not mapping:
+            return
+        if is_cluster(self._client):  # keys in several hash slots: one MSET per slot
+            await self._client.mset_nonatomic(mapping)
+        else:
+            await self._client.mset(mapping)
 
     async def delete(self, keys: Sequence[str]) -> None:
         if keys:
-            await self._client.delete(*keys)
+            await self._client.delete(*keys)  # redis-py splits it by slot on a cluster
 
     async def aclose(self) -> None:
         await close_client(self._client)

@@ -232,10 +232,16 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
     ``MetadataError`` when the credentials or TLS material are refused.
     """
     import redis.asyncio as aioredis
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.cluster import ClusterNode
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+    from mechakit.components._shared.redis_pool import (
+        WaitingConnectionPool,
+        WaitingRedisCluster,
+        WaitingSentinelConnectionPool,
+    )
 
     settings.check_combinations(component=component)
     backoff_cap = settings.max_retry_backoff.total_seconds()
@@ -256,8 +262,10 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
     addresses = settings.addresses
     client: Any
     if settings.redis_type is RedisType.CLUSTER:
-        client = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in addresses], **common
+        client = WaitingRedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in addresses],
+            pool_timeout=settings.pool_timeout.total_seconds(),
+            **common,
         )
     elif settings.failover:
         sentinel_kwargs: dict[str, Any] = {
@@ -270,17 +278,19 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             addresses, sentinel_kwargs=sentinel_kwargs, db=settings.redis_db, **common
         )
-        client = sentinel.master_for(settings.sentinel_master_name)
+        client = sentinel.master_for(
+            settings.sentinel_master_name,
+            connection_pool_class=WaitingSentinelConnectionPool,
+            pool_timeout=settings.pool_timeout.total_seconds(),
+        )
     else:
         # A burst of calls waits for a connection instead of failing at once with
         # "Too many connections" (redis-py's default pool).
-        from mechakit.components._shared.redis_pool import WaitingConnectionPool
-
         host, port = addresses[0]
         connection_options = {k: v for k, v in common.items() if k != "ssl"}
         pool = WaitingConnectionPool(
             connection_class=aioredis.SSLConnection if tls else aioredis.Connection,
-            timeout=settings.pool_timeout.total_seconds(),
+            pool_timeout=settings.pool_timeout.total_seconds(),
             host=host,
             port=port,
             db=settings.redis_db,
@@ -355,6 +365,14 @@ def map_error(
         return OperationTimeoutError(detail, component=component, key=key)
     if _is_auth_error(exc):
         return ComponentError(detail, component=component, key=key)
+    if is_cross_slot(exc):
+        return InvalidRequestError(
+            f"{what}: on a Redis cluster the keys of one call must share a hash slot; give "
+            "them a common {hashtag}, e.g. '{order-7}:a' and '{order-7}:b' "
+            f"(Redis said: {exc})",
+            component=component,
+            key=key,
+        )
     if isinstance(exc, rexc.DataError):
         return InvalidRequestError(detail, component=component, key=key)
     if isinstance(
@@ -377,6 +395,18 @@ def _is_auth_error(exc: BaseException | None) -> bool:
     if isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError):
         return True
     return isinstance(exc, rexc.ResponseError) and str(exc).startswith(("WRONGPASS", "NOAUTH"))
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` (from :func:`connect`) talks to a Redis Cluster."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def is_cross_slot(exc: BaseException) -> bool:
+    """A cluster refused a call whose keys live in different hash slots."""
+    return "same key slot" in str(exc) or str(exc).startswith("CROSSSLOT")
 
 
 def is_noscript(exc: BaseException) -> bool:
@@ -410,8 +440,18 @@ async def run_pipelined(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
     """Run script calls in one pipeline; each result is a reply or the exception it raised.
 
     A NOSCRIPT reply means the call did not run, so those calls are sent again after loading.
-    A failure of the whole pipeline (connection lost) is raised.
+    A failure of the whole pipeline (connection lost) is raised. On a Redis Cluster, where
+    redis-py refuses scripts in a pipeline, the calls run concurrently instead, each on the
+    node of its key (the client bounds how many are under way at once).
     """
+    if is_cluster(client):
+        replies = await asyncio.gather(
+            *(script(client, keys, args) for script, keys, args in calls), return_exceptions=True
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
+                raise reply  # cancelled
+        return list(replies)
     results = await _pipeline(client, calls)
     missing = [i for i, result in enumerate(results) if is_noscript(result)]
     if missing:
@@ -482,6 +522,8 @@ __all__ = [
     "RedisType",
     "close_client",
     "connect",
+    "is_cluster",
+    "is_cross_slot",
     "is_noscript",
     "map_error",
     "parse_addresses",

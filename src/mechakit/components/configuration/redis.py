@@ -4,13 +4,15 @@ A string without ``||`` is an item with version ``""``; the version is the text 
 last ``||``, so values may contain ``||`` themselves. Reading every key uses SCAN (never
 KEYS) and only looks at string keys, so other data in the database is left alone.
 
-Subscriptions listen to keyspace notifications on their own connection. A notification
+Subscriptions listen to keyspace notifications on their own connection (on a Redis Cluster,
+one per primary node, since each node announces only its own keys). A notification
 says only that a key changed, so the key is read again and the item delivered unless it
 equals the one delivered last; a deleted or expired key is delivered as an empty item.
 Subscribing turns the notifications on with CONFIG SET when the server lacks them, and
 says which server setting to change when CONFIG is not allowed. After a lost connection
 the subscription reconnects, and re-reads the keys it names so no final value is missed.
-Redis Cluster has per-node notifications, so subscribing is refused there (get works).
+On a cluster the primaries are those of the time of subscribing: a primary added later is
+watched by subscriptions made after it joined.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mechakit.components._shared.redis import (
     RedisType,
     close_client,
     connect,
+    is_cluster,
     map_error,
     redis_errors,
 )
@@ -43,7 +46,6 @@ from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
     NotFoundError,
-    NotSupportedError,
 )
 
 SEPARATOR = "||"
@@ -95,23 +97,26 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
         self, request: SubscribeConfigurationRequest, handler: ConfigurationHandler
     ) -> str:
         settings = self._require_settings()
-        if settings.redis_type is RedisType.CLUSTER:
-            raise NotSupportedError(
-                "subscribe is not supported with redisType 'cluster' "
-                "(keyspace notifications are per node)",
-                component=self.label,
-            )
-        await self._enable_notifications()
+        nodes = await self._nodes()
+        for node in nodes:
+            await self._enable_notifications(node)
         subscription_id = str(uuid.uuid4())
         watch = _Watch(
             keys=tuple(dict.fromkeys(request.keys)),
             handler=handler,
             prefix=f"__keyspace@{settings.redis_db}__:",
         )
-        watch.pubsub = await self._listen(watch)
-        watch.task = asyncio.create_task(
-            self._run(subscription_id, watch), name=f"configuration.redis:{subscription_id}"
-        )
+        try:
+            for node in nodes:
+                watch.listeners.append(_Listener(node, await self._listen(watch, node)))
+        except BaseException:
+            await _close_listeners(watch)
+            raise
+        for listener in watch.listeners:
+            listener.task = asyncio.create_task(
+                self._run(subscription_id, watch, listener),
+                name=f"configuration.redis:{subscription_id}",
+            )
         self._watches[subscription_id] = watch
         return subscription_id
 
@@ -121,9 +126,8 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
             raise NotFoundError(
                 f"no subscription with id {subscription_id!r}", component=self.label
             )
-        if watch.task is not None:
-            await stop_tasks(watch.task)
-        await _close_pubsub(watch.pubsub)
+        await stop_tasks(*(listener.task for listener in watch.listeners if listener.task))
+        await _close_listeners(watch)
 
     @property
     def _redis(self) -> Any:
@@ -154,15 +158,24 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
             return list(await self._redis.mget_nonatomic(keys))
         return list(await self._redis.mget(keys))
 
-    async def _enable_notifications(self) -> None:
+    async def _nodes(self) -> list[Any]:
+        """Where notifications come from: [None] for one server, else every cluster primary."""
+        if not is_cluster(self._redis):
+            return [None]
+        with redis_errors(self.label, action="find the cluster's primary nodes"):
+            await self._redis.initialize()
+            return list(self._redis.get_primaries())
+
+    async def _enable_notifications(self, node: Any) -> None:
         """Add the keyspace-event classes subscriptions need (K, and A or g$x) when missing.
 
         Where CONFIG is disabled altogether (some managed services) the setting cannot be
         read, so subscribing goes ahead with a warning instead of failing.
         """
-        action = f"CONFIG GET {NOTIFY_SETTING}"
+        on_node: dict[str, Any] = {} if node is None else {"target_nodes": node}
+        action = f"CONFIG GET {NOTIFY_SETTING}" + ("" if node is None else f" on {node.name}")
         try:
-            current = await self._redis.config_get(NOTIFY_SETTING)
+            current = await self._redis.config_get(NOTIFY_SETTING, **on_node)
         except Exception as exc:
             error = map_error(exc, component=self.label, action=action)
             if error.retriable:
@@ -181,9 +194,9 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
             missing += "".join(c for c in "g$x" if c not in flags)
         if not missing:
             return
-        action = f"CONFIG SET {NOTIFY_SETTING}"
+        action = f"CONFIG SET {NOTIFY_SETTING}" + ("" if node is None else f" on {node.name}")
         try:
-            await self._redis.config_set(NOTIFY_SETTING, flags + missing)
+            await self._redis.config_set(NOTIFY_SETTING, flags + missing, **on_node)
         except Exception as exc:
             error = map_error(exc, component=self.label, action=action)
             if error.retriable:
@@ -196,9 +209,9 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
                 field=NOTIFY_SETTING,
             ) from exc
 
-    async def _listen(self, watch: _Watch) -> Any:
+    async def _listen(self, watch: _Watch, node: Any) -> Any:
         """A pub/sub connection subscribed to the watch's keys, confirmed by the server."""
-        pubsub = self._redis.pubsub()
+        pubsub = self._redis.pubsub() if node is None else self._redis.pubsub(node=node)
         try:
             with redis_errors(self.label, action="subscribe to keyspace notifications"):
                 if watch.keys:
@@ -218,11 +231,11 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
             raise
         return pubsub
 
-    async def _run(self, subscription_id: str, watch: _Watch) -> None:
+    async def _run(self, subscription_id: str, watch: _Watch, listener: _Listener) -> None:
         backoff = 0.1
         while True:
             try:
-                message = await watch.pubsub.get_message(
+                message = await listener.pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
             except Exception as exc:
@@ -232,13 +245,13 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
                     subscription_id,
                     exc,
                 )
-                await _close_pubsub(watch.pubsub)
-                watch.pubsub = None
-                while watch.pubsub is None:
+                await _close_pubsub(listener.pubsub)
+                listener.pubsub = None
+                while listener.pubsub is None:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     with contextlib.suppress(Exception):
-                        watch.pubsub = await self._listen(watch)
+                        listener.pubsub = await self._listen(watch, listener.node)
                 for key in watch.keys:
                     await self._deliver(subscription_id, watch, key, resync=True)
                 continue
@@ -295,12 +308,21 @@ def format_item(value: str, version: str) -> str:
 
 
 @dataclass
+class _Listener:
+    """One pub/sub connection of a subscription and the task reading it."""
+
+    node: Any
+    """None for a standalone server, else the cluster primary it listens to."""
+    pubsub: Any
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
 class _Watch:
     keys: tuple[str, ...]
     handler: ConfigurationHandler
     prefix: str
-    pubsub: Any = None
-    task: asyncio.Task[None] | None = None
+    listeners: list[_Listener] = field(default_factory=list)
     last: dict[str, tuple[str, str] | None] = field(default_factory=dict)
     """The item last handled per key (None: deleted), so repeated events are not resent."""
 
@@ -308,6 +330,11 @@ class _Watch:
 def _text(value: bytes | str) -> str:
     """Configuration is text; bytes that are not UTF-8 are shown with replacement marks."""
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+async def _close_listeners(watch: _Watch) -> None:
+    for listener in watch.listeners:
+        await _close_pubsub(listener.pubsub)
 
 
 async def _close_pubsub(pubsub: Any) -> None:

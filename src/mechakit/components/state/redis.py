@@ -11,8 +11,10 @@ Writes without ``ttlInSeconds`` (and no component default) leave an existing exp
 it is, as Redis and Dapr do; ``-1`` removes it. QUERY_API is not offered: it would need
 the RedisJSON and RediSearch modules and is not implemented.
 
-Redis Cluster: a transaction whose keys live in different hash slots is refused by the
-server (CROSSSLOT); use a ``{hashtag}`` in the keys to keep them together.
+Redis Cluster: a script runs on the keys of one hash slot only, so a transaction whose keys
+live in different slots is refused (``InvalidRequestError`` saying so, nothing written); a
+common ``{hashtag}`` in the keys keeps them together. Bulk calls, which need no atomicity,
+run concurrently there, each on its key's node.
 """
 
 from __future__ import annotations

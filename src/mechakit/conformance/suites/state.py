@@ -12,6 +12,9 @@ Target options (``options:`` in the matrix):
 - ``concurrent_writers``: tasks racing to increment one key with ETags; default 10.
 - ``shared_storage``: whether two instances with the same metadata see the same data
   (false for in-process stores); default true. Gates the key-prefix tests.
+- ``transaction_keys_share_slot``: the store transacts only on keys of one partition
+  (Redis Cluster: one hash slot), so the keys of each transaction test get a common
+  ``{hashtag}``; default false.
 """
 
 from __future__ import annotations
@@ -74,6 +77,14 @@ VALUES: dict[str, Any] = {
 
 def new_key(what: str = "key") -> str:
     return f"conformance-{what}-{uuid.uuid4().hex}"
+
+
+def transaction_keys(target: Target, *whats: str) -> tuple[str, ...]:
+    """Fresh keys for one transaction, in one partition when the target needs that."""
+    if not option(target, "transaction_keys_share_slot", False):
+        return tuple(new_key(what) for what in whats)
+    tag = f"{{tx-{uuid.uuid4().hex[:12]}}}"
+    return tuple(f"{tag}-{new_key(what)}" for what in whats)
 
 
 def bad_etag(target: Target) -> str:
@@ -393,9 +404,9 @@ class StateSuite:
 
     @requires("TRANSACTIONAL")
     async def test_transaction_applies_operations_on_one_key_in_order(
-        self, component: TransactionalStore[Any]
+        self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
-        kept, removed = new_key("kept"), new_key("removed")
+        kept, removed = transaction_keys(conformance_target, "kept", "removed")
         await component.transact(
             [
                 SetRequest(kept, 1),
@@ -411,17 +422,17 @@ class StateSuite:
 
     @requires("TRANSACTIONAL")
     async def test_transaction_deleting_a_missing_key_succeeds(
-        self, component: TransactionalStore[Any]
+        self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
-        key = new_key()
-        await component.transact([DeleteRequest(new_key("missing")), SetRequest(key, "v")])
+        key, missing = transaction_keys(conformance_target, "key", "missing")
+        await component.transact([DeleteRequest(missing), SetRequest(key, "v")])
         assert await value_of(component, key) == "v"
 
     @requires("TRANSACTIONAL", "ETAG")
     async def test_transaction_with_current_etags_succeeds(
-        self, component: TransactionalStore[Any]
+        self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
-        updated, removed = new_key("updated"), new_key("removed")
+        updated, removed = transaction_keys(conformance_target, "updated", "removed")
         await component.bulk_set([SetRequest(updated, 1), SetRequest(removed, 1)])
         etags = {
             i.key: i.etag
@@ -438,13 +449,10 @@ class StateSuite:
 
     @requires("TRANSACTIONAL", "ETAG")
     async def test_failed_etag_check_leaves_every_key_untouched(
-        self, component: TransactionalStore[Any]
+        self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
-        before, stale_key, deleted, created = (
-            new_key("before"),
-            new_key("stale"),
-            new_key("deleted"),
-            new_key("created"),
+        before, stale_key, deleted, created = transaction_keys(
+            conformance_target, "before", "stale", "deleted", "created"
         )
         await component.bulk_set([SetRequest(before, "old"), SetRequest(deleted, "old")])
         etag = await stale_etag(component, stale_key)
@@ -465,9 +473,9 @@ class StateSuite:
 
     @requires("TRANSACTIONAL", "ETAG")
     async def test_failed_first_write_in_a_transaction_leaves_every_key_untouched(
-        self, component: TransactionalStore[Any]
+        self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
-        existing, created = new_key("existing"), new_key("created")
+        existing, created = transaction_keys(conformance_target, "existing", "created")
         await component.set(SetRequest(existing, "old"))
         with pytest.raises(ETagError) as caught:
             await component.transact(
