@@ -8,6 +8,8 @@ or changes its configuration cannot disturb any other module.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ import mechakit.conformance.backends_redis  # noqa: F401  (registers the "redis"
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.registry import default_registry
+from mechakit.core.state import GetRequest, SetRequest
 
 RedisDriver = Callable[..., Awaitable[Any]]
 
@@ -59,3 +62,11 @@ async def raw_redis(redis_server: BackendInfo) -> AsyncIterator[Any]:
     client = aioredis.Redis(host=redis_server.values["host"], port=int(redis_server.values["port"]))
     yield client
     await client.aclose()
+
+
+async def assert_a_burst_waits_for_connections(store: Any, calls: int = 200) -> None:
+    """``calls`` concurrent sets on a store built with a small poolSize all succeed."""
+    keys = [f"burst-{uuid.uuid4().hex}" for _ in range(calls)]
+    await asyncio.gather(*(store.set(SetRequest(k, i)) for i, k in enumerate(keys)))
+    items = await store.bulk_get([GetRequest(k) for k in keys])
+    assert [item.value for item in items] == list(range(calls))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from redis_server import assert_a_burst_waits_for_connections
 
 import mechakit.conformance.backends_redis  # noqa: F401  (registers "redis-cluster")
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
@@ -76,10 +77,7 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections_on_a_cluster(
     on_cluster: Any,
 ) -> None:
     store = await on_cluster("state.redis", poolSize="4")
-    keys = [f"burst-{uuid.uuid4().hex}" for _ in range(200)]
-    await asyncio.gather(*(store.set(SetRequest(k, i)) for i, k in enumerate(keys)))
-    items = await store.bulk_get([GetRequest(k) for k in keys])
-    assert [item.value for item in items] == list(range(200))
+    await assert_a_burst_waits_for_connections(store)
 
 
 async def test_bulk_calls_reach_keys_on_every_node(on_cluster: Any, raw_cluster: Any) -> None:

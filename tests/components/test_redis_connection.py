@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import uuid
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from redis_server import assert_a_burst_waits_for_connections
 
 from mechakit.components._shared.redis import RedisSettings, RedisType, parse_addresses
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, LocalProcess, free_port
@@ -21,7 +21,6 @@ from mechakit.core.configuration import (
 )
 from mechakit.core.errors import ConnectionFailedError, MetadataError
 from mechakit.core.lock import TryLockRequest, UnlockRequest, UnlockStatus
-from mechakit.core.state import GetRequest, SetRequest
 
 if TYPE_CHECKING:
     from redis_server import RedisDriver
@@ -168,10 +167,7 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections_through_sentin
         sentinelMasterName="mymaster",
         poolSize="4",
     )
-    keys = [f"burst-{uuid.uuid4().hex}" for _ in range(200)]
-    await asyncio.gather(*(store.set(SetRequest(k, i)) for i, k in enumerate(keys)))
-    items = await store.bulk_get([GetRequest(k) for k in keys])
-    assert [item.value for item in items] == list(range(200))
+    await assert_a_burst_waits_for_connections(store)
 
 
 async def test_unknown_sentinel_master_fails_init_as_a_connection_error(

@@ -26,7 +26,6 @@ from typing import Any
 
 from mechakit.components._shared.redis import (
     RedisSettings,
-    RedisType,
     close_client,
     connect,
     is_cluster,
@@ -154,7 +153,7 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
     async def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        if self._require_settings().redis_type is RedisType.CLUSTER:
+        if is_cluster(self._redis):
             return list(await self._redis.mget_nonatomic(keys))
         return list(await self._redis.mget(keys))
 

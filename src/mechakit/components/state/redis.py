@@ -155,7 +155,8 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         """One pipeline of independent writes; ``BulkError`` names each key that failed.
 
         A connection lost during the pipeline raises ``ConnectionFailedError`` instead, as
-        which items were applied is then unknown.
+        which items were applied is then unknown. (On a cluster each write is its own call,
+        so a lost connection fails only the writes it carried, each named in ``BulkError``.)
         """
         await self._bulk_write(requests, [self._set_call(r) for r in requests], "bulk set")
 
