@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -34,6 +35,9 @@ class BackendInfo:
     stop: Callable[[], None] = field(default=lambda: None)
     restart: Callable[[], None] | None = None
     """Stop and start the same server again (for fault tests); None when not ours."""
+    freeze: Callable[[bool], None] | None = None
+    """``freeze(True)`` stalls the server (SIGSTOP: connections stay open, nothing is
+    answered), ``freeze(False)`` resumes it; for fault tests, None when not ours."""
 
 
 def free_port() -> int:
@@ -84,6 +88,7 @@ class LocalProcess:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server handles SIGTERM only then
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -94,6 +99,11 @@ class LocalProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def freeze(self, frozen: bool) -> None:
+        """Stall (SIGSTOP) or resume (SIGCONT) the server, as a hung host or GC pause would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP if frozen else signal.SIGCONT)
 
 
 class Backend(ABC):

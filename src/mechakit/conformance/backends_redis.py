@@ -68,6 +68,7 @@ class RedisBackend(Backend):
             source="local binary",
             stop=stop,
             restart=process.restart,
+            freeze=process.freeze,
         )
 
     def start_container(self) -> BackendInfo:
