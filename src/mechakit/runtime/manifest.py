@@ -1,10 +1,11 @@
 """Dapr resource YAML: ``Component``, ``Subscription`` and ``Configuration`` documents.
 
-Files are read with PyYAML's safe loader only. Every problem is one :class:`ManifestError`
-that names the file and line, the resource (``Component 'statestore'``, or ``document 2``
-when it has no name), the field path (``spec.metadata[1].secretKeyRef``) and what was
-expected, so the message alone says what to fix. Metadata values are never echoed in
-errors: they may be secrets.
+Files are read with PyYAML's safe loader only, refusing aliases (a billion-laughs document
+would expand before any check), duplicate keys (the last would silently win) and deep nesting.
+Every problem is one :class:`ManifestError` that names the file and line, the resource
+(``Component 'statestore'``, or ``document 2`` when it has no name), the field path
+(``spec.metadata[1].secretKeyRef``) and what was expected, so the message alone says what
+to fix. Metadata values are never echoed in errors: they may be secrets.
 """
 
 from __future__ import annotations
@@ -291,9 +292,87 @@ def _load_file(path: Path, into: Manifests) -> None:
 LineIndex: TypeAlias = dict[tuple[str | int, ...], int]
 
 
+MAX_NESTING = 64
+"""Deeper YAML is refused: the composer recurses, so a hostile file would crash it instead."""
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that parses but a manifest must not contain; ``line`` is 1-based."""
+
+    def __init__(self, reason: str, line: int) -> None:
+        super().__init__(reason)
+        self.reason, self.line = reason, line
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """The safe loader, refusing aliases, duplicate keys and deep nesting while composing.
+
+    Checks run on the node graph before anything is constructed, so nothing is expanded.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._path: list[str | int | None] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: yaml.Node | int | None) -> Any:
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(str(index.value))
+        else:
+            self._path.append(index if isinstance(index, int) else None)
+        try:
+            if self.check_event(yaml.AliasEvent):
+                event, line, column = self._next()
+                name = getattr(event, "anchor", None) or ""
+                raise _Refused(
+                    f"{self._where()}: YAML alias '*{name}' (column {column}): aliases are not "
+                    "allowed in manifests; write the value out in full",
+                    line,
+                )
+            if len(self._path) > MAX_NESTING:
+                _, line, column = self._next()
+                raise _Refused(f"nested deeper than {MAX_NESTING} levels (column {column})", line)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]
+        finally:
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        keys: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            line = key_node.start_mark.line + 1
+            identity = (key_node.tag, key_node.value)
+            if identity in keys:
+                where = self._where(str(key_node.value))
+                lines = (
+                    f"twice on line {line}"
+                    if keys[identity] == line
+                    else f"on lines {keys[identity]} and {line}"
+                )
+                raise _Refused(
+                    f"{where}: duplicate key {key_node.value!r} {lines}; keep one "
+                    "(YAML would silently use the last)",
+                    line,
+                )
+            keys[identity] = line
+        return node
+
+    def _next(self) -> tuple[yaml.Event, int, int]:
+        """The next event and the 1-based line and column where it starts."""
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+        return event, line, column
+
+    def _where(self, key: str | None = None) -> str:
+        path = tuple(part for part in self._path if part is not None)
+        return format_path((*path, key) if key is not None else path) or "document"
+
+
 def _documents(text: str, file: str) -> list[tuple[int, Any, LineIndex]]:
     """Each document's first line, its data (safe loader), and the line of every field."""
-    loader = yaml.SafeLoader(text)
+    loader = _ManifestLoader(text)
     documents: list[tuple[int, Any, LineIndex]] = []
     try:
         while loader.check_node():
@@ -303,6 +382,8 @@ def _documents(text: str, file: str) -> list[tuple[int, Any, LineIndex]]:
             lines: LineIndex = {}
             _index_lines(node, (), lines, depth=0)
             documents.append((node.start_mark.line + 1, loader.construct_document(node), lines))
+    except _Refused as exc:
+        raise ManifestError(exc.reason, file=f"{file}:{exc.line}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file

@@ -13,8 +13,9 @@ Operations (request metadata in brackets):
   request data as a JSON object (metadata wins).
 
 A name can never reach outside the root: ``..`` segments, absolute paths and symlinks that
-resolve outside are refused with ``InvalidRequestError`` (Dapr silently clamps them). A
-missing file on get or delete is ``NotFoundError``.
+resolve outside are refused with ``InvalidRequestError`` (Dapr silently clamps them), as are
+names too long for the file system and names that use a file as a folder (``a.txt/b``): the
+request is wrong, not the binding. A missing file on get or delete is ``NotFoundError``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
@@ -58,10 +61,14 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
     def __init__(self) -> None:
         super().__init__()
         self._root: Path | None = None
+        self._name_max = 255
+        self._path_max = 4096
 
     async def init(self, metadata: ComponentMetadata) -> None:
         settings = self.decode_settings(metadata)
         self._root = await asyncio.to_thread(self._prepare_root, settings.root_path)
+        self._name_max = _path_limit(self._root, "PC_NAME_MAX", 255)
+        self._path_max = _path_limit(self._root, "PC_PATH_MAX", 4096)
 
     async def close(self) -> None:
         self._root = None
@@ -102,14 +109,8 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
                 ) from None
         try:
             await asyncio.to_thread(_write_atomically, path, data)
-        except IsADirectoryError:
-            raise InvalidRequestError(
-                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
-            ) from None
         except OSError as exc:
-            raise ComponentError(
-                f"cannot write file {name!r}: {exc.strerror or exc}", component=self.label, key=name
-            ) from exc
+            raise await self._os_error(exc, name, path, "write") from exc
         relative = self._relative(path)
         return InvokeResponse(
             data=json.dumps({"fileName": relative}).encode(),
@@ -126,14 +127,8 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
             raise NotFoundError(
                 f"file {name!r} not found", component=self.label, key=name
             ) from None
-        except IsADirectoryError:
-            raise InvalidRequestError(
-                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
-            ) from None
         except OSError as exc:
-            raise ComponentError(
-                f"cannot read file {name!r}: {exc.strerror or exc}", component=self.label, key=name
-            ) from exc
+            raise await self._os_error(exc, name, path, "read") from exc
         if self._flag(request.metadata, "encodeBase64"):
             data = base64.b64encode(data)
         return InvokeResponse(data=data, metadata={"fileName": self._relative(path)})
@@ -147,16 +142,8 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
             raise NotFoundError(
                 f"file {name!r} not found", component=self.label, key=name
             ) from None
-        except IsADirectoryError:
-            raise InvalidRequestError(
-                f"fileName {name!r} is a folder", component=self.label, field="fileName", key=name
-            ) from None
         except OSError as exc:
-            raise ComponentError(
-                f"cannot delete file {name!r}: {exc.strerror or exc}",
-                component=self.label,
-                key=name,
-            ) from exc
+            raise await self._os_error(exc, name, path, "delete") from exc
         return InvokeResponse()
 
     async def _list(self, request: InvokeRequest) -> InvokeResponse:
@@ -172,13 +159,8 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
             raise NotFoundError(
                 f"folder {folder_name!r} not found", component=self.label, key=folder_name
             ) from None
-        except NotADirectoryError:
-            raise InvalidRequestError(
-                f"fileName {folder_name!r} is a file, not a folder to list",
-                component=self.label,
-                field="fileName",
-                key=folder_name,
-            ) from None
+        except OSError as exc:
+            raise await self._os_error(exc, folder_name, folder, "list", folder=True) from exc
         selected = [name for name in names if name.startswith(prefix)]
         if limit is not None:
             selected = selected[:limit]
@@ -242,6 +224,8 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
             why = "is an absolute path; use a name relative to rootPath"
         elif ".." in relative.parts:
             why = "contains '..'; names must stay inside rootPath"
+        elif (too_long := self._length_problem(name, root / relative)) is not None:
+            why = too_long
         else:
             path = await asyncio.to_thread((root / relative).resolve)
             if path == root and not folder:
@@ -251,8 +235,55 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
             else:
                 return path
         raise InvalidRequestError(
-            f"fileName {name!r} {why}", component=self.label, field="fileName", key=name
+            f"fileName {_shown(name)} {why}", component=self.label, field="fileName", key=name
         )
+
+    async def _os_error(
+        self, exc: OSError, name: str, path: Path, action: str, *, folder: bool = False
+    ) -> ComponentError:
+        """The request's fault (a folder, a file used as a folder, too long) or else the binding's."""
+        shown = _shown(name)
+        if isinstance(exc, IsADirectoryError):
+            why = "is a folder"
+        elif isinstance(exc, NotADirectoryError):
+            in_the_way = await asyncio.to_thread(_file_in_the_way, self._require_root(), path)
+            if in_the_way == path:
+                why = "is a file, not a folder to list" if folder else "is not a folder"
+            elif in_the_way is not None:
+                why = f"uses the file {self._relative(in_the_way)!r} as a folder"
+            else:
+                why = "uses a file as a folder"
+        elif exc.errno == errno.ENAMETOOLONG:
+            why = "is too long for the file system"
+        else:
+            return ComponentError(
+                f"cannot {action} {'folder' if folder else 'file'} {shown}: {exc.strerror or exc}",
+                component=self.label,
+                key=name,
+            )
+        return InvalidRequestError(
+            f"fileName {shown} {why}", component=self.label, field="fileName", key=name
+        )
+
+    def _length_problem(self, name: str, path: Path) -> str | None:
+        """Checked before touching the disk, so a refused create leaves no folders behind."""
+        try:
+            for part in PurePath(name).parts:
+                size = len(os.fsencode(part))
+                if size > self._name_max:
+                    return (
+                        f"is too long: the part {_shown(part)} is {size} bytes, the file system "
+                        f"allows {self._name_max} per name"
+                    )
+            full = len(os.fsencode(str(path)))
+        except UnicodeEncodeError:
+            return "cannot be encoded as a file name"
+        if full >= self._path_max:
+            return (
+                f"is too long: the full path would be {full} bytes, the file system allows "
+                f"{self._path_max - 1}"
+            )
+        return None
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self._require_root()).as_posix()
@@ -309,9 +340,43 @@ _FORBIDDEN_ROOTS = tuple(
 """System folders a binding must never expose (as Dapr refuses them)."""
 
 
+def _path_limit(root: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(root, name)
+    except (OSError, ValueError):
+        return default
+
+
+def _shown(name: str) -> str:
+    """``name`` quoted, cut short when long: errors stay readable and the full name is the key."""
+    if len(name) <= 64:
+        return repr(name)
+    return f"{name[:32]!r}... ({len(name)} characters)"
+
+
+def _file_in_the_way(root: Path, path: Path) -> Path | None:
+    """The first of ``path`` and its folders under ``root`` that exists but is not a folder."""
+    for candidate in [*reversed(path.parents), path]:
+        if candidate == root or not candidate.is_relative_to(root):
+            continue
+        try:
+            mode = candidate.stat().st_mode
+        except OSError:
+            return None
+        if not stat.S_ISDIR(mode):
+            return candidate
+    return None
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        # mkdir says EEXIST when a file sits where a folder should be.
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+    # The temp name stays short so that a name near the file system's limit can be written.
+    prefix = f".{path.name[:32]}."
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
@@ -324,16 +389,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _unlink_file(path: Path) -> None:
     if path.is_dir():
-        raise IsADirectoryError(path)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.unlink()
 
 
 def _walk_files(root: Path, folder: Path) -> list[str]:
     """Relative names of the files under ``folder`` that resolve inside ``root``."""
-    if not folder.exists():
-        raise FileNotFoundError(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(folder)
+    # stat, not exists(): exists() hides ENOTDIR ("a.txt/b") as a missing folder.
+    if not stat.S_ISDIR(folder.stat().st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     names: list[str] = []
     for directory, _, files in os.walk(folder):
         for file_name in files:
