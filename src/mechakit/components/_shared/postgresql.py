@@ -3,7 +3,10 @@
 Drivers subclass :class:`PostgreSQLSettings`, call :func:`open_pool` in ``init`` (one
 connection is made first, so a bad address, login or database fails ``init`` with an error
 that says which), and run every statement through :meth:`PostgreSQLPool.run`, which applies
-the timeout and turns psycopg errors into core errors. ``psycopg`` is imported only when a
+the timeout and turns psycopg errors into core errors. No statement is ever sent twice
+(psycopg and psycopg_pool do not retry, nor does this module): a write whose answer is
+lost is a retriable error saying it may or may not have been applied, never a false
+conflict from a re-run. ``psycopg`` is imported only when a
 pool or connection is opened, never when this module is imported. Messages name the
 server as ``host:port/dbname`` and never repeat the connection string, which can hold a
 password.
@@ -193,17 +196,36 @@ def connect_error(
 
 
 def operation_error(
-    exc: Exception, what: str, *, component: str, key: str | None = None
+    exc: Exception, what: str, *, component: str, key: str | None = None, write: bool = False
 ) -> MechakitError:
-    """A failed statement as a core error: a lost connection is retriable, bad data is not."""
+    """A failed statement as a core error: a lost connection is retriable, bad data is not.
+
+    ``write``: when the connection was lost (no error from the server), the statement may
+    have been applied and committed before its answer got lost, and the message says so.
+    """
     import psycopg
 
     reason = str(exc).strip() or type(exc).__name__
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if write and connection_lost(exc):
+            return ConnectionFailedError(
+                f"{what}: the connection was lost before PostgreSQL answered, so it may or "
+                f"may not have been applied; read before retrying: {first_line(exc)}",
+                component=component,
+                key=key,
+            )
         return ConnectionFailedError(f"{what} failed: {reason}", component=component, key=key)
     if isinstance(exc, psycopg.DataError):
         return InvalidRequestError(f"{what} failed: {reason}", component=component, key=key)
     return ComponentError(f"{what} failed: {reason}", component=component, key=key)
+
+
+def connection_lost(exc: Exception) -> bool:
+    """True unless the server itself reported the statement's failure (then nothing of it
+    was applied): no SQLSTATE is libpq's own error, class 08 a connection failure, 57P0x
+    the server shutting down."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return not sqlstate or sqlstate.startswith("08") or sqlstate.startswith("57P0")
 
 
 async def connect(
@@ -308,10 +330,14 @@ class PostgreSQLPool:
         what: str,
         key: str | None = None,
         *,
+        write: bool = False,
         map_error: Callable[[Exception], MechakitError | None] | None = None,
     ) -> T:
         """``body`` on a pooled connection within the timeout; driver errors become core errors.
 
+        Nothing here (nor in psycopg or its pool) runs ``body`` again: once a statement is
+        sent, a lost answer or a timeout leaves its outcome unknown, and ``write`` makes the
+        error say so instead of hiding a possibly applied write behind a retry.
         ``map_error`` may claim a psycopg error first (e.g. a syntax error in user SQL).
         """
         import psycopg
@@ -329,15 +355,16 @@ class PostgreSQLPool:
         except MechakitError:
             raise
         except TimeoutError:
+            applied = "been applied; read before retrying" if write else "happened"
             raise OperationTimeoutError(
-                f"{what} did not finish within {self.timeout:g}s; it may or may not have happened",
+                f"{what} did not finish within {self.timeout:g}s; it may or may not have {applied}",
                 component=self.component,
                 key=key,
             ) from None
         except psycopg.Error as exc:
             error = map_error(exc) if map_error is not None else None
             if error is None:
-                error = operation_error(exc, what, component=self.component, key=key)
+                error = operation_error(exc, what, component=self.component, key=key, write=write)
             if isinstance(error, ConnectionFailedError):
                 self._check_soon()
             raise error from exc
@@ -380,6 +407,7 @@ __all__ = [
     "checked_conninfo",
     "connect",
     "connect_error",
+    "connection_lost",
     "describe_target",
     "load_psycopg",
     "open_pool",

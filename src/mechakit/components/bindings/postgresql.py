@@ -14,7 +14,9 @@ arrays as PostgreSQL arrays, ``null`` as NULL.
 
 Every response carries ``operation``, ``sql``, ``start-time``, ``end-time`` and
 ``duration`` metadata. SQL the server rejects, or parameters that do not fit it, are an
-``InvalidRequestError`` naming the request field.
+``InvalidRequestError`` naming the request field. A statement is never re-run (no retries
+here or in psycopg), so one whose answer is lost is a retriable error saying it may or may
+not have been applied, not a second execution.
 """
 
 from __future__ import annotations
@@ -103,12 +105,16 @@ class PostgreSQLBinding(OutputBinding[PostgreSQLBindingSettings]):
             affected = await self._pool.run(
                 lambda conn: _execute(conn, sql, params),
                 operation,
+                write=True,
                 map_error=self._request_error,
             )
             metadata = {**_timing(operation, sql, started), ROWS_AFFECTED: str(affected)}
             return InvokeResponse(metadata=metadata)
         rows = await self._pool.run(
-            lambda conn: _fetch(conn, sql, params), operation, map_error=self._request_error
+            lambda conn: _fetch(conn, sql, params),
+            operation,
+            write=True,  # user SQL: a query may write too (INSERT … RETURNING)
+            map_error=self._request_error,
         )
         data = json.dumps(rows, default=_json_value, ensure_ascii=False).encode()
         return InvokeResponse(

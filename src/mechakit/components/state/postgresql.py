@@ -9,7 +9,10 @@ not even after a key is deleted and written again. Times come from the server's 
 Every single write is one statement that checks and writes: an ETag write is
 ``UPDATE … WHERE key = $1 AND etag = $2``, first-write is ``INSERT … ON CONFLICT`` that
 replaces only an expired row; no row back means the check failed (``ETagError``, nothing
-changed). A transaction runs its statements in order in one database transaction and rolls
+changed). Nothing re-sends a statement (no retries in psycopg, its pool or here), so a
+write never finds itself: one whose answer is lost (connection dropped mid-COMMIT,
+``timeout``) is a retriable ``ConnectionFailedError`` / ``OperationTimeoutError`` saying it
+may or may not have been applied. A transaction runs its statements in order in one database transaction and rolls
 back all of them on the first failed check. Bulk set/delete send all statements in one
 pipelined round trip in one transaction: an item whose check fails is named in the
 ``BulkError``; every other item is committed. A write without ``ttlInSeconds`` stores the
@@ -183,11 +186,15 @@ class PostgreSQLStateStore(
 
     async def set(self, request: SetRequest) -> None:
         op = self._prepare(request)
-        await self._run(lambda conn: self._execute(conn, [op], atomic=True), "set", op.key)
+        await self._run(
+            lambda conn: self._execute(conn, [op], atomic=True), "set", op.key, write=True
+        )
 
     async def delete(self, request: DeleteRequest) -> None:
         op = self._prepare(request)
-        await self._run(lambda conn: self._execute(conn, [op], atomic=True), "delete", op.key)
+        await self._run(
+            lambda conn: self._execute(conn, [op], atomic=True), "delete", op.key, write=True
+        )
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
         await self._bulk(requests, "bulk set")
@@ -201,7 +208,9 @@ class PostgreSQLStateStore(
         """All operations in order in one database transaction; a failed check rolls back all."""
         ops = [self._prepare(op) for op in operations]
         if ops:
-            await self._run(lambda conn: self._execute(conn, ops, atomic=True), "transaction")
+            await self._run(
+                lambda conn: self._execute(conn, ops, atomic=True), "transaction", write=True
+            )
 
     async def query(self, query: Query) -> QueryResponse:
         """JSON values of this component's keys matching ``query``, one page at a time."""
@@ -274,7 +283,9 @@ class PostgreSQLStateStore(
             except ComponentError as exc:
                 errors[request.key] = exc
         if ops:
-            matched = await self._run(lambda conn: self._execute(conn, ops, atomic=False), what)
+            matched = await self._run(
+                lambda conn: self._execute(conn, ops, atomic=False), what, write=True
+            )
             for op, ok in zip(ops, matched, strict=True):
                 if not ok:
                     errors[op.key] = self._etag_error(op)
@@ -367,11 +378,13 @@ class PostgreSQLStateStore(
         body: Callable[[AsyncConnection[Any]], Awaitable[T]],
         what: str,
         key: str | None = None,
+        *,
+        write: bool = False,
     ) -> T:
         """``body`` on a pooled connection within the timeout; driver errors become core errors."""
         if self._db is None:
             raise ComponentError("the store is closed or was not initialised", component=self.label)
-        return await self._db.run(body, what, key)
+        return await self._db.run(body, what, key, write=write)
 
     async def _execute(
         self, conn: AsyncConnection[Any], ops: Sequence[_Operation], *, atomic: bool
