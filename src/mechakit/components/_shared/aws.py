@@ -20,6 +20,14 @@ timeouts are ``ConnectionFailedError`` (retriable), throttling is :class:`Thrott
 (``ConditionalCheckFailedException``, ``NoSuchKey``…) are mapped by the caller through
 ``errors={code: factory}``; any other service error is a ``ComponentError`` quoting the
 code and AWS's message.
+
+Retries: botocore's "standard" mode retries every call (``_MAX_ATTEMPTS``) after connection
+errors, read timeouts, 5xx and throttling, re-sending the same request (same parameters,
+same idempotency tokens such as TransactWriteItems' ``ClientRequestToken``). An attempt may
+have been applied though its answer was lost (timeout, dropped connection, 5xx): the client
+notes that, :func:`retried_after_lost_answer` tells a driver whose retry then failed (e.g. a
+condition that found its own write), and errors after such an attempt say the request may
+or may not have happened (retriable), instead of a definite answer that may be false.
 """
 
 from __future__ import annotations
@@ -100,6 +108,12 @@ class AwsFailure:
     status: int | None
     response: Mapping[str, Any] = field(default_factory=dict)
     """The whole parsed reply, e.g. DynamoDB's ``CancellationReasons``."""
+
+    @property
+    def after_lost_answer(self) -> bool:
+        """An earlier attempt of this call may have been applied (see
+        :func:`retried_after_lost_answer`)."""
+        return bool((self.response.get("ResponseMetadata") or {}).get(_LOST_ANSWER))
 
 
 ErrorFactory = Callable[[AwsFailure], MechakitError]
@@ -228,6 +242,7 @@ def _make_client(
         raise MetadataError(
             f"metadata 'endpoint' is invalid: {exc}", component=component, field="endpoint"
         ) from None
+    _note_lost_answers(made)
     if not access_key:
         try:
             credentials = session.get_credentials()
@@ -260,6 +275,61 @@ def _botocore_session() -> Any:
     session = botocore.session.Session()
     session.register_component("data_loader", _LOADER)
     return session
+
+
+def _note_lost_answers(made: Any) -> None:
+    """Mark a call once one of its attempts may have been applied without an answer, so that
+    its final reply or error carries the mark (``after-call`` / ``after-call-error``)."""
+    service = made.meta.service_model.service_id.hyphenize()
+    events = made.meta.events
+    events.register(f"needs-retry.{service}", _note_attempt)
+    events.register(f"after-call.{service}", _mark_reply)
+    events.register(f"after-call-error.{service}", _mark_exception)
+
+
+def _note_attempt(
+    request_dict: Mapping[str, Any],
+    response: Any = None,
+    caught_exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    """needs-retry handler: note attempts that may have been applied; never decides retries."""
+    if attempt_maybe_applied(response, caught_exception):
+        request_dict["context"][_LOST_ANSWER] = True
+
+
+def attempt_maybe_applied(response: Any, caught_exception: BaseException | None) -> bool:
+    """Whether one attempt may have been applied: anything but a refusal (4xx) or a failure
+    to connect, which are sure to have changed nothing."""
+    from botocore import exceptions as boto
+
+    if caught_exception is not None:
+        not_sent = (
+            boto.EndpointConnectionError | boto.ConnectTimeoutError | boto.ProxyConnectionError
+        )
+        return not isinstance(caught_exception, not_sent)
+    http = response[0] if isinstance(response, tuple) and response else None
+    status = getattr(http, "status_code", None)
+    return not (isinstance(status, int) and 400 <= status < 500)
+
+
+def _mark_reply(parsed: Any, context: Mapping[str, Any], **_: Any) -> None:
+    if context.get(_LOST_ANSWER) and isinstance(parsed, dict):
+        parsed.setdefault("ResponseMetadata", {})[_LOST_ANSWER] = True
+
+
+def _mark_exception(exception: BaseException, context: Mapping[str, Any], **_: Any) -> None:
+    if context.get(_LOST_ANSWER):
+        setattr(exception, _LOST_ANSWER, True)
+
+
+def retried_after_lost_answer(exc: BaseException | AwsFailure) -> bool:
+    """Whether an earlier attempt of the failed call may have been applied without an
+    answer, so the final error (e.g. a failed condition) may be about the call's own effect."""
+    if isinstance(exc, AwsFailure):
+        return exc.after_lost_answer
+    found = failure(exc)
+    return found.after_lost_answer if found is not None else bool(getattr(exc, _LOST_ANSWER, False))
 
 
 async def call(
@@ -322,6 +392,13 @@ def map_error(
             key=key,
         )
     if isinstance(exc, boto.ConnectionError | boto.HTTPClientError):
+        if isinstance(exc, boto.HTTPClientError) or retried_after_lost_answer(exc):
+            return ConnectionFailedError(
+                f"{action}: the connection failed after the request was sent; it may or may "
+                f"not have happened: {reason}",
+                component=component,
+                key=key,
+            )
         return ConnectionFailedError(f"{action}: {reason}", component=component, key=key)
     if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
         return MetadataError(
@@ -348,6 +425,26 @@ def _service_error(
     factory = errors.get(found.code)
     if factory is not None:
         return factory(found)
+    error = _plain_service_error(found, component, action, key)
+    if (found.status or 0) >= 500 and not isinstance(error, ThrottledError):
+        return ConnectionFailedError(
+            f"{error.reason}; it may or may not have happened", component=component, key=key
+        )
+    if error.retriable and found.after_lost_answer:
+        # e.g. throttled on the retry of an attempt whose answer was lost: that attempt may
+        # have been applied all the same.
+        return OperationTimeoutError(
+            f"{error.reason}, after an attempt whose answer was lost; it may or may not "
+            "have happened",
+            component=component,
+            key=key,
+        )
+    return error
+
+
+def _plain_service_error(
+    found: AwsFailure, component: str, action: str, key: str | None
+) -> MechakitError:
     detail = f"{action}: {found.code}: {found.message}".rstrip(": ")
     if found.code in THROTTLING_CODES or found.status == 429:
         return ThrottledError(detail, component=component, key=key)
@@ -365,6 +462,8 @@ def _service_error(
 
 
 _LOADER: Any = None
+_LOST_ANSWER = "mechakit_lost_answer"
+"""Request-context key, reply metadata key and exception attribute of the lost-answer mark."""
 _CONNECT_TIMEOUT = 5.0
 _READ_TIMEOUT = 30.0
 _MAX_ATTEMPTS = 3
@@ -377,9 +476,11 @@ __all__ = [
     "AwsSettings",
     "ErrorFactory",
     "ThrottledError",
+    "attempt_maybe_applied",
     "call",
     "client",
     "failure",
     "import_boto3",
     "map_error",
+    "retried_after_lost_answer",
 ]

@@ -21,7 +21,9 @@ override the component's):
   exist yet; presigning is local and costs no request.
 
 ``init`` checks the bucket exists (``HeadBucket``); without permission to check it only
-logs a warning.
+logs a warning. botocore retries a request whose answer was lost; that is safe here, as a
+repeated ``PutObject`` (same key, chosen once, and body) or ``DeleteObject`` changes nothing
+more, and a request left without an answer is a retriable error saying so.
 """
 
 from __future__ import annotations

@@ -12,13 +12,17 @@ topic's ARN send. With it set, nothing is ever created: a missing topic, queue o
 subscription is an error naming ``disableEntityManagement`` (or the field naming the
 queue).
 
-Publish is one SNS ``Publish``. The publisher's metadata travel as String message
-attributes, so the subscriber gets them back (upstream loses them) and SNS filter
-policies can use them; the content type is the attribute ``contentType``. An empty value
-is listed in ``mechakit.empty`` (SNS rejects empty attribute values) and data that is not
-UTF-8 is sent base64-encoded with ``mechakit.encoding: base64``. Raw message delivery stays
-off: the SNS envelope in the SQS body says which topic (``TopicArn``) a message came from
-and carries the attributes, so one queue serves every topic of the consumer.
+Publish is one SNS ``Publish``. botocore retries it after a lost answer, which may publish
+twice (at-least-once; on FIFO topics content-based deduplication drops the copy, since a
+retry, botocore's or the caller's, sends the same body); a publish left without an answer
+is a retriable ``OperationTimeoutError`` or ``ConnectionFailedError`` saying it may or may
+not have happened. The publisher's metadata travel as String message attributes, so the
+subscriber gets them back (upstream loses them) and SNS filter policies can use them; the
+content type is the attribute ``contentType``. An empty value is listed in
+``mechakit.empty`` (SNS rejects empty attribute values) and data that is not UTF-8 is sent
+base64-encoded with ``mechakit.encoding: base64``. Raw message delivery stays off: the SNS
+envelope in the SQS body says which topic (``TopicArn``) a message came from and carries
+the attributes, so one queue serves every topic of the consumer.
 
 Subscribing: each component runs one receive loop for its queue (long polling
 ``messageWaitTimeSeconds``, up to ``messageMaxNumber`` per call, in a thread of its own

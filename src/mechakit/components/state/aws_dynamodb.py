@@ -17,6 +17,14 @@ them and first-write replaces them. A write without ``ttlInSeconds`` stores the 
 without expiry (like ``-1``). Without ``ttlAttributeName`` a TTL is refused
 (``NotSupportedError``) and the store does not declare ``TTL``.
 
+Retries: botocore retries a request whose answer was lost (timeout, dropped connection,
+5xx); if that attempt was applied, the retry's check fails on the driver's own write. A
+failed check returns the stored item, and one holding the write's own fresh ETag is
+success; where that cannot be told (a delete, or the item changed again) the error is a
+retriable ``OperationTimeoutError`` saying the write may or may not have been applied,
+never ``ETagError``. Transactions also carry the ``ClientRequestToken`` that botocore keeps
+across retries, which DynamoDB honours for 10 minutes.
+
 Transactions are one ``TransactWriteItems`` call: all or nothing, at most 100 keys.
 DynamoDB allows one action per item in a transaction, so several operations on one key
 are folded into one: the first one's check goes to DynamoDB, later checks are decided
@@ -29,6 +37,7 @@ single writes, each with its own checks. Items are limited to 400 KB by DynamoDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -53,6 +62,7 @@ from mechakit.core.errors import (
     MechakitError,
     MetadataError,
     NotSupportedError,
+    OperationTimeoutError,
     PermissionDeniedError,
 )
 from mechakit.core.metadata import setting
@@ -169,15 +179,16 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
 
     async def set(self, request: SetRequest) -> None:
         write = self._prepare(request)
-        await self._call(
-            "set",
-            self._dynamodb.put_item,
-            key=request.key,
-            errors=self._condition_errors(write),
-            TableName=self._table,
-            Item=write.item,
-            **self._condition(write, time.time()),
-        )
+        with contextlib.suppress(_OwnWrite):
+            await self._call(
+                "set",
+                self._dynamodb.put_item,
+                key=request.key,
+                errors=self._condition_errors(write),
+                TableName=self._table,
+                Item=write.item,
+                **self._condition(write, time.time()),
+            )
 
     async def delete(self, request: DeleteRequest) -> None:
         write = self._prepare(request)
@@ -255,14 +266,22 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
                 actions.append({"Delete": {"TableName": self._table, "Key": key, **condition}})
 
         def cancelled(failure: AwsFailure) -> MechakitError:
-            return self._cancellation_error(failure, [first for first, _ in folded])
+            return self._cancellation_error(failure, folded)
 
-        await self._call(
-            "transaction",
-            self._dynamodb.transact_write_items,
-            errors={"TransactionCanceledException": cancelled},
-            TransactItems=actions,
-        )
+        def in_progress(failure: AwsFailure) -> MechakitError:
+            # Only a retry of this very call carries its ClientRequestToken.
+            return self._outcome_unknown("transaction", None, "it is still in progress")
+
+        with contextlib.suppress(_OwnWrite):
+            await self._call(
+                "transaction",
+                self._dynamodb.transact_write_items,
+                errors={
+                    "TransactionCanceledException": cancelled,
+                    "TransactionInProgressException": in_progress,
+                },
+                TransactItems=actions,
+            )
 
     # --- preparing requests -------------------------------------------------------------
 
@@ -355,6 +374,9 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         }
         if values:
             condition["ExpressionAttributeValues"] = values
+        # The stored item comes back with a failed check, to tell a retry that found its
+        # own write (see _condition_failed) from a real conflict.
+        condition["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         return condition
 
     def _fold(self, writes: Sequence[_Write]) -> list[tuple[_Write, _Write]]:
@@ -457,7 +479,38 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         return {"ResourceNotFoundException": missing}
 
     def _condition_errors(self, write: _Write) -> dict[str, aws.ErrorFactory]:
-        return {"ConditionalCheckFailedException": lambda _: self._etag_error(write)}
+        def failed(failure: AwsFailure) -> MechakitError:
+            return self._condition_failed(write, write, failure.response.get("Item"), failure)
+
+        return {"ConditionalCheckFailedException": failed}
+
+    def _condition_failed(
+        self, write: _Write, last: _Write, stored: Mapping[str, Any] | None, failure: AwsFailure
+    ) -> MechakitError:
+        """The error for ``write``'s failed check, given the item it found (``ALL_OLD``);
+        ``last`` is what the request writes to that key (``write`` itself unless folded)."""
+        # botocore retries a request whose answer was lost; when the first attempt was
+        # applied, the retry's check fails on that very write. The stored item then holds
+        # the write's own fresh ETag: success. When that cannot be told (a delete, or the
+        # item changed again since), the outcome is unknown, not a conflict.
+        found = (stored or {}).get(_ETAG, {}).get("S")
+        if last.item is not None and found == last.item[_ETAG]["S"]:
+            return _OwnWrite()
+        # Still holding the ETag a delete required (but expired): that delete did not run.
+        untouched = last.item is None and found is not None and found == write.etag
+        if failure.after_lost_answer and not untouched:
+            return self._outcome_unknown("set" if last.item else "delete", write.key)
+        return self._etag_error(write)
+
+    def _outcome_unknown(
+        self, action: str, key: str | None, why: str = "then its retry failed its check"
+    ) -> OperationTimeoutError:
+        return OperationTimeoutError(
+            f"{action}: the answer to an attempt was lost and {why}, perhaps because of "
+            "that attempt; it may or may not have been applied (read before retrying)",
+            component=self.label,
+            key=key,
+        )
 
     def _etag_error(self, write: _Write) -> ETagError:
         if write.first_write:
@@ -469,17 +522,31 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
             )
         return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=write.key)
 
-    def _cancellation_error(self, failure: AwsFailure, writes: Sequence[_Write]) -> MechakitError:
-        """The error of the first action DynamoDB gave a reason for cancelling."""
-        reasons = [
-            str(r.get("Code") or "None") for r in failure.response.get("CancellationReasons") or []
-        ]
+    def _cancellation_error(
+        self, failure: AwsFailure, folded: Sequence[tuple[_Write, _Write]]
+    ) -> MechakitError:
+        """The error of the first action DynamoDB gave a reason for cancelling.
+
+        A failed check that found the transaction's own write (a retry after a lost
+        answer; see _condition_failed) means the whole transaction was applied.
+        """
+        given = failure.response.get("CancellationReasons") or []
+        reasons = [str(r.get("Code") or "None") for r in given]
         if not reasons:
             found = re.search(r"\[([^\]]*)\]", failure.message)
             reasons = [r.strip() for r in found.group(1).split(",")] if found else []
-        for write, reason in zip(writes, reasons, strict=False):
-            if reason == "ConditionalCheckFailed":
-                return self._etag_error(write)
+        items = [r.get("Item") for r in given] or [None] * len(reasons)
+        writes = [first for first, _ in folded]
+        verdicts = [
+            self._condition_failed(first, last, item, failure)
+            for (first, last), reason, item in zip(folded, reasons, items, strict=False)
+            if reason == "ConditionalCheckFailed"
+        ]
+        # Own write first (all applied), then a check that really failed, then unknown.
+        for kind in (_OwnWrite, ETagError, MechakitError):
+            for verdict in verdicts:
+                if isinstance(verdict, kind):
+                    return verdict
         for write, reason in zip(writes, reasons, strict=False):
             if reason in ("None", ""):
                 continue
@@ -530,6 +597,13 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
                 component=self.label,
                 field="table",
             )
+
+
+class _OwnWrite(MechakitError):
+    """Raised by an error factory when a failed check found the call's own write: success."""
+
+    def __init__(self) -> None:
+        super().__init__("the request was applied by an earlier attempt")
 
 
 @dataclass(frozen=True)
