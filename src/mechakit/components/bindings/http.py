@@ -11,7 +11,9 @@ response header (Go-style names, repeated values joined with ``, ``). A status o
 raises :class:`HTTPStatusError` (404: also a ``NotFoundError``) unless ``errorIfNot2XX`` is
 false; the error keeps the response. A body over ``maxResponseBodySize`` is an error rather
 than Dapr's silent truncation. Unreachable servers raise ``ConnectionFailedError``, and a
-response slower than ``responseTimeout`` raises ``OperationTimeoutError``.
+response slower than ``responseTimeout`` raises ``OperationTimeoutError``. A request is
+sent once, never retried (a POST may not be idempotent): a request whose answer is lost or
+late fails with a retriable error saying the server may or may not have acted on it.
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
                 data = await self._read_body(response, settings.max_response_body_size, shown)
         except TimeoutError as exc:
             raise OperationTimeoutError(
-                f"{method} {shown}: no complete response within responseTimeout ({timeout}s)",
+                f"{method} {shown}: no complete response within responseTimeout ({timeout}s); "
+                "the server may or may not have acted on it",
                 component=self.label,
             ) from exc
         except httpx.InvalidURL as exc:
@@ -204,8 +207,11 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
                 f"{method} {shown}: no connection within 15s", component=self.label
             ) from exc
         except httpx.TransportError as exc:
+            unsent = isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.PoolTimeout)
+            outcome = "" if unsent else "; the server may or may not have acted on it"
             raise ConnectionFailedError(
-                f"{method} {shown} failed: {type(exc).__name__}: {exc}", component=self.label
+                f"{method} {shown} failed: {type(exc).__name__}: {exc}{outcome}",
+                component=self.label,
             ) from exc
         result = InvokeResponse(
             data=data,

@@ -9,17 +9,24 @@ Every operation names its key in the request metadata ``key``:
 - ``delete``: remove the key; succeeds when it does not exist.
 - ``increment``: add 1 (``INCR``) and answer with the new value; ``ttlInSeconds`` sets
   the expiry (``-1`` removes it) atomically with the increment.
+
+Retries: redis-py sends a command again after a timeout or lost connection
+(``maxRetries``), though the first copy may have run. ``create`` and ``delete`` repeat
+harmlessly and keep that. ``increment`` and ``get`` with ``delete`` would count twice or
+lose the value, so they go through a second client (made on first use) that never
+retries: a lost answer is a retriable error saying it may or may not have happened.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from mechakit.components._shared.redis import RedisSettings, close_client, connect, redis_errors
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ConnectionFailedError, InvalidRequestError
+from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, OperationTimeoutError
 from mechakit.core.metadata import parse_bool
 from mechakit.core.state import parse_ttl
 
@@ -36,14 +43,21 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
+        self._settings: RedisBindingSettings | None = None
+        self._once_client: Any = None
+        self._once_lock = asyncio.Lock()
 
     async def init(self, metadata: ComponentMetadata) -> None:
         settings = self.decode_settings(metadata)
         self._client = await connect(settings, component=self.label)
+        self._settings = settings
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        once, self._once_client = self._once_client, None
         await close_client(client)
+        if once is not None:
+            await close_client(once)
 
     async def ping(self) -> None:
         with redis_errors(self.label, action="ping"):
@@ -68,25 +82,48 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
                 return InvokeResponse()
             if operation == OperationKind.GET:
                 if self._flag(request, "delete", key):
-                    data = await self._redis.getdel(key)
+                    data = await self._once(key, "get and delete", lambda r: r.getdel(key))
                 else:
                     data = await self._redis.get(key)
                 return InvokeResponse(data=b"" if data is None else bytes(data))
             if operation == OperationKind.DELETE:
                 await self._redis.delete(key)
                 return InvokeResponse()
-            return InvokeResponse(data=str(await self._increment(key, request)).encode())
+            ttl = self._ttl(request, key)
+            count = await self._once(key, "increment", lambda r: _increment(r, key, ttl))
+            return InvokeResponse(data=str(count).encode())
 
-    async def _increment(self, key: str, request: InvokeRequest) -> int:
-        ttl = self._ttl(request, key)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            if ttl == -1:
-                pipe.persist(key)
-            elif ttl is not None:
-                pipe.expire(key, ttl)
-            results = await pipe.execute()
-        return int(results[0])
+    async def _once(self, key: str, action: str, command: Any) -> Any:
+        """``command(client)`` on the client that never sends a command twice; a lost
+        answer (timeout, dropped connection) is an error saying the outcome is unknown."""
+        from redis import exceptions as rexc
+
+        client = await self._no_retry_client()
+        try:
+            with redis_errors(self.label, key=key, action=action):
+                return await command(client)
+        except ConnectionFailedError as exc:
+            lost = rexc.ConnectionError | rexc.TimeoutError | OSError
+            if not isinstance(exc.__cause__, lost):  # e.g. READONLY: refused, not run
+                raise
+            raise OperationTimeoutError(
+                f"{exc.reason}; it was sent and may or may not have happened (not retried, "
+                "as a second copy would run again)",
+                component=self.label,
+                key=key,
+            ) from exc
+
+    async def _no_retry_client(self) -> Any:
+        if self._once_client is None:
+            async with self._once_lock:
+                if self._once_client is None:
+                    if self._settings is None:
+                        raise ConnectionFailedError(
+                            "the component is not initialised or closed", component=self.label
+                        )
+                    settings = self._settings.model_copy(update={"max_retries": 0})
+                    self._once_client = await connect(settings, component=self.label)
+        return self._once_client
 
     def _ttl(self, request: InvokeRequest, key: str) -> int | None:
         try:
@@ -114,6 +151,18 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
                 "the component is not initialised or closed", component=self.label
             )
         return self._client
+
+
+async def _increment(redis: Any, key: str, ttl: int | None) -> int:
+    """INCR and the TTL change in one MULTI/EXEC."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        if ttl == -1:
+            pipe.persist(key)
+        elif ttl is not None:
+            pipe.expire(key, ttl)
+        results = await pipe.execute()
+    return int(results[0])
 
 
 def _metadata(request: InvokeRequest, name: str) -> str:
