@@ -340,7 +340,7 @@ def test_errors_after_the_request_may_have_been_applied_say_so() -> None:
     assert isinstance(refused, ConnectionFailedError)
     assert "may or may not" not in str(refused)  # never sent
     after_lost = boto.EndpointConnectionError(endpoint_url="http://x")
-    after_lost.mechakit_lost_answer = True  # type: ignore[attr-defined]
+    after_lost.mechakit_lost_answer = True
     assert "may or may not" in str(mapped(after_lost))
 
 

@@ -140,7 +140,7 @@ async def test_a_post_without_an_answer_is_sent_once_and_is_outcome_unknown(
     silent_server: tuple[int, list[bytes]],
 ) -> None:
     port, requests = silent_server
-    binding = default_registry().create("bindings.http")
+    binding: Any = default_registry().create("bindings.http")
     await binding.init(
         ComponentMetadata(
             name="lost",
