@@ -16,10 +16,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -550,7 +549,52 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="MB",
         help="larger request bodies get 413 (default 4)",
     )
+    parser.add_argument(
+        "--http-read-header-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="close an HTTP connection whose request headers are not complete by then "
+        "(default 10, as daprd; 0: no limit)",
+    )
+    parser.add_argument(
+        "--http-read-body-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="answer 408 when a request body is not complete this long after its headers "
+        "(default 60; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-bulk-keys",
+        type=_count,
+        default=10_000,
+        metavar="N",
+        help="most keys, items, operations or entries in one bulk state, transaction or "
+        "bulk publish request, over HTTP and gRPC; more get 400 / INVALID_ARGUMENT "
+        "(default 10000; 0: no limit)",
+    )
     parser.set_defaults(handler=_run, accepts_passthrough=True)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {count}")
+    return count
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    return seconds
 
 
 def _run(namespace: argparse.Namespace, command: list[str]) -> int:
@@ -638,21 +682,12 @@ async def _serve_started(
     runtime: Runtime, namespace: argparse.Namespace, command: list[str], log: logging.Logger
 ) -> int:
     """Serve the HTTP API (and run the app) until the app exits or a signal arrives."""
-    import uvicorn
-
     from mechakit.runtime.http_api import create_app
-
-    class _QuietServer(uvicorn.Server):
-        """uvicorn without its own signal handling: ``mechakit run`` handles the signals."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
+    from mechakit.runtime.http_server import create_server, listen
 
     host: str = namespace.api_listen_address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listener = socket.create_server((host, namespace.dapr_http_port), family=family)
+        listener = listen(host, namespace.dapr_http_port)
     except OSError as exc:
         print(
             f"error: cannot listen on {host}:{namespace.dapr_http_port}: {exc.strerror or exc}",
@@ -660,8 +695,6 @@ async def _serve_started(
         )
         return 1
     port: int = listener.getsockname()[1]
-    # Accepted connections inherit it; asyncio skips sockets made with proto 0 (create_server).
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         grpc_server = await _start_grpc(runtime, namespace, host, log)
     except OSError as exc:
@@ -680,16 +713,14 @@ async def _serve_started(
         app_port=namespace.app_port,
         app_protocol=namespace.app_protocol,
         delivery=delivery,
+        body_timeout=namespace.http_read_body_timeout,
+        max_bulk_keys=namespace.max_bulk_keys,
     )
-    config = uvicorn.Config(
+    server = create_server(
         app,
-        log_config=None,
+        read_header_timeout=namespace.http_read_header_timeout,
         access_log=namespace.log_level == "debug",
-        lifespan="off",
-        server_header=False,
-        timeout_graceful_shutdown=5,
     )
-    server = _QuietServer(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]), name="mechakit http api")
     log.info("Dapr HTTP API listening on http://%s:%d/v1.0", host, port)
     if delivery is not None:
@@ -722,6 +753,7 @@ async def _start_grpc(
             api_token=os.environ.get("DAPR_API_TOKEN") or None,
             app_port=namespace.app_port,
             app_protocol=namespace.app_protocol,
+            max_bulk_keys=namespace.max_bulk_keys,
         )
     except OSError as exc:
         if chosen is not None:

@@ -17,6 +17,11 @@ INVALID_ARGUMENT, a transaction or query on a store without it UNIMPLEMENTED. A 
 failure the driver calls retriable is UNAVAILABLE, which the SDK's retry policy retries;
 anything else is INTERNAL.
 
+A call whose client cancels it, disconnects or whose deadline passes is cancelled where it
+waits (grpc.aio cancels the handler's task), so it never reaches the backend after that.
+Bulk calls of more than ``max_bulk_keys`` items are INVALID_ARGUMENT ``ERR_BULK_TOO_LARGE``;
+allowed ones are worked through in chunks (:mod:`mechakit.runtime.bulk`).
+
 State values are bytes on the wire. Bytes that are compact JSON (what ``encode_value``
 writes) are stored as that JSON value, so HTTP reads, queries and in-process clients see
 JSON; any other bytes are stored as they are. Either way a gRPC read returns the bytes
@@ -75,6 +80,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
 )
 from mechakit.core.state import (
+    BulkGetItem,
     Concurrency,
     Consistency,
     DeleteRequest,
@@ -88,6 +94,7 @@ from mechakit.core.state import (
     parse_ttl,
 )
 
+from . import bulk
 from .local import Runtime
 
 log = logging.getLogger("mechakit.grpc")
@@ -144,6 +151,9 @@ def _unary(
     async def run(self: ApiT, request: RequestT, context: Context) -> ResponseT:
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
+            raise
         except RpcFailure as exc:
             _log_failure(method.__name__, exc)
             await _abort(context, exc)
@@ -164,6 +174,9 @@ def _stream(
         try:
             async for response in method(self, request, context):
                 yield response
+        except asyncio.CancelledError:
+            log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
+            raise
         except RpcFailure as exc:
             _log_failure(method.__name__, exc)
             await _abort(context, exc)
@@ -193,9 +206,15 @@ class DaprGrpcApi:
     """
 
     def __init__(
-        self, runtime: Runtime, *, app_port: int | None = None, app_protocol: str = "http"
+        self,
+        runtime: Runtime,
+        *,
+        app_port: int | None = None,
+        app_protocol: str = "http",
+        max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
         self.runtime = runtime
+        self.max_bulk_keys = max_bulk_keys
         self.app_port = app_port
         self.app_protocol = app_protocol
         self.extended_metadata: dict[str, str] = {}
@@ -234,22 +253,14 @@ class DaprGrpcApi:
     ) -> state_pb2.GetBulkStateResponse:
         name = request.store_name
         store = self._state(name)
+        self._bulk_limit(len(request.keys), "keys")
         metadata = dict(request.metadata)
-        requests = [GetRequest(_key(k), metadata) for k in request.keys]
+        requests = await bulk.map_chunked(lambda _, k: GetRequest(_key(k), metadata), request.keys)
         if not requests:
             return state_pb2.GetBulkStateResponse()
         with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
-            found = await store.bulk_get(requests)
-        items = []
-        for item in found:
-            entry = state_pb2.BulkStateItem(key=item.key)
-            if item.error:
-                entry.error = item.error
-            elif item.found:
-                entry.data = _state_bytes(item.value)
-                entry.etag = item.etag or ""
-                entry.metadata.update(item.metadata)
-            items.append(entry)
+            found = await bulk.bulk_get(store, requests)
+        items = await bulk.map_chunked(lambda _, item: _bulk_item(item), found)
         return state_pb2.GetBulkStateResponse(items=items)
 
     @_unary
@@ -258,7 +269,8 @@ class DaprGrpcApi:
     ) -> empty_pb2.Empty:
         name = request.store_name
         store = self._state(name)
-        requests = [_set_request(item) for item in request.states]
+        self._bulk_limit(len(request.states), "state items")
+        requests = await bulk.map_chunked(lambda _, item: _set_request(item), request.states)
         if requests:
             with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
                 if len(requests) == 1:
@@ -289,7 +301,8 @@ class DaprGrpcApi:
     ) -> empty_pb2.Empty:
         name = request.store_name
         store = self._state(name)
-        requests = [_delete_request(item) for item in request.states]
+        self._bulk_limit(len(request.states), "state items")
+        requests = await bulk.map_chunked(lambda _, item: _delete_request(item), request.states)
         if requests:
             with _failure("ERR_STATE_DELETE", f"failed deleting state in state store {name}"):
                 await store.bulk_delete(requests)
@@ -307,19 +320,8 @@ class DaprGrpcApi:
                 "ERR_STATE_STORE_NOT_SUPPORTED",
                 f"state store {name} doesn't support transactions",
             )
-        operations: list[TransactionOperation] = []
-        for i, operation in enumerate(request.operations):
-            kind = operation.operationType
-            if kind == "upsert":
-                operations.append(_set_request(operation.request))
-            elif kind == "delete":
-                operations.append(_delete_request(operation.request))
-            else:
-                raise _invalid(
-                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
-                    f"operations[{i}]: operation type {kind!r} not supported "
-                    "(use upsert or delete)",
-                )
+        self._bulk_limit(len(request.operations), "operations")
+        operations = await bulk.map_chunked(_operation, request.operations)
         if operations:
             with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
                 await store.transact(operations, dict(request.metadata))
@@ -368,6 +370,11 @@ class DaprGrpcApi:
         )
         return client.component
 
+    def _bulk_limit(self, count: int, what: str) -> None:
+        message = bulk.too_many(count, self.max_bulk_keys, what)
+        if message is not None:
+            raise _invalid(bulk.TOO_MANY, message)
+
     # --- pub/sub -------------------------------------------------------------------------
 
     @_unary
@@ -395,9 +402,10 @@ class DaprGrpcApi:
         topic = _topic(request.topic, name)
         metadata = dict(request.metadata)
         raw = _raw_payload(metadata)
-        entries: list[BulkPublishEntry] = []
+        self._bulk_limit(len(request.entries), "entries")
         seen: set[str] = set()
-        for i, entry in enumerate(request.entries):
+
+        def parse(i: int, entry: pubsub_pb2.BulkPublishRequestEntry) -> BulkPublishEntry:
             if not entry.entry_id or entry.entry_id in seen:
                 raise _invalid(
                     "ERR_PUBSUB_EVENTS_SER", f"entry {i}: entryId is duplicated or not present"
@@ -409,7 +417,9 @@ class DaprGrpcApi:
                 data, content_type = self._envelope(
                     pubsub, topic, data, content_type, entry_metadata
                 )
-            entries.append(BulkPublishEntry(entry.entry_id, data, content_type, entry_metadata))
+            return BulkPublishEntry(entry.entry_id, data, content_type, entry_metadata)
+
+        entries = await bulk.map_chunked(parse, request.entries)
         with _failure(
             "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
         ):
@@ -785,13 +795,16 @@ def create_server(
     api_token: str | None = None,
     app_port: int | None = None,
     app_protocol: str = "http",
+    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
 ) -> tuple[grpc.aio.Server, DaprGrpcApi]:
     """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
 
     ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
     being shared.
     """
-    api = DaprGrpcApi(runtime, app_port=app_port, app_protocol=app_protocol)
+    api = DaprGrpcApi(
+        runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
+    )
     interceptors = [_TokenCheck(api_token)] if api_token else []
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
@@ -818,10 +831,15 @@ async def start_server(
     api_token: str | None = None,
     app_port: int | None = None,
     app_protocol: str = "http",
+    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
 ) -> GrpcServer:
     """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
     server, api = create_server(
-        runtime, api_token=api_token, app_port=app_port, app_protocol=app_protocol
+        runtime,
+        api_token=api_token,
+        app_port=app_port,
+        app_protocol=app_protocol,
+        max_bulk_keys=max_bulk_keys,
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -940,6 +958,29 @@ def _delete_request(item: common_pb2.StateItem) -> DeleteRequest:
         metadata=dict(item.metadata),
         options=_options(item, "options"),
     )
+
+
+def _operation(i: int, operation: state_pb2.TransactionalStateOperation) -> TransactionOperation:
+    kind = operation.operationType
+    if kind == "upsert":
+        return _set_request(operation.request)
+    if kind == "delete":
+        return _delete_request(operation.request)
+    raise _invalid(
+        "ERR_NOT_SUPPORTED_STATE_OPERATION",
+        f"operations[{i}]: operation type {kind!r} not supported (use upsert or delete)",
+    )
+
+
+def _bulk_item(item: BulkGetItem) -> state_pb2.BulkStateItem:
+    entry = state_pb2.BulkStateItem(key=item.key)
+    if item.error:
+        entry.error = item.error
+    elif item.found:
+        entry.data = _state_bytes(item.value)
+        entry.etag = item.etag or ""
+        entry.metadata.update(item.metadata)
+    return entry
 
 
 def _no_constant(word: str) -> Any:

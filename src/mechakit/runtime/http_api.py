@@ -46,7 +46,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mechakit import __version__
 from mechakit.core import cloudevents
@@ -72,6 +72,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
 )
 from mechakit.core.state import (
+    BulkGetItem,
     DeleteRequest,
     GetRequest,
     QueryableStore,
@@ -82,6 +83,8 @@ from mechakit.core.state import (
     parse_ttl,
 )
 
+from . import bulk
+from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .local import Runtime
 
 if TYPE_CHECKING:
@@ -136,11 +139,16 @@ def create_app(
     app_port: int | None = None,
     app_protocol: str = "http",
     delivery: Delivery | None = None,
+    body_timeout: float | None = DEFAULT_READ_BODY_TIMEOUT,
+    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
 ) -> Starlette:
     """The Dapr HTTP API over a started ``runtime``.
 
     ``api_token`` (from ``DAPR_API_TOKEN``) makes every call but the health checks carry
-    the ``dapr-api-token`` header. Bodies over ``max_request_size`` bytes get 413.
+    the ``dapr-api-token`` header. Bodies over ``max_request_size`` bytes get 413, bodies
+    not complete ``body_timeout`` seconds after the headers 408, bulk requests of more than
+    ``max_bulk_keys`` items 400 (see :mod:`mechakit.runtime.bulk`). A request whose client
+    disconnects is cancelled (:mod:`mechakit.runtime.http_guards`).
     ``delivery`` (``mechakit run --app-port``) carries configuration updates to the app and
     is what the metadata endpoint lists as subscriptions.
     """
@@ -151,6 +159,8 @@ def create_app(
         app_port=app_port,
         app_protocol=app_protocol,
         delivery=delivery,
+        body_timeout=body_timeout,
+        max_bulk_keys=max_bulk_keys,
     ).app
 
 
@@ -166,8 +176,11 @@ class DaprHttpApi:
         app_port: int | None = None,
         app_protocol: str = "http",
         delivery: Delivery | None = None,
+        body_timeout: float | None = DEFAULT_READ_BODY_TIMEOUT,
+        max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
         self.runtime = runtime
+        self.max_bulk_keys = max_bulk_keys
         self.app_port = app_port
         self.app_protocol = app_protocol
         self.delivery = delivery
@@ -178,10 +191,13 @@ class DaprHttpApi:
         routes = [
             Route(e.path, _guarded(e.handler), methods=list(e.methods)) for e in self.endpoints
         ]
-        limits = Middleware(_Limits, api_token=api_token or None, max_request_size=max_request_size)
+        token = Middleware(_TokenCheck, api_token=api_token or None)
+        guard = Middleware(
+            RequestGuard, max_request_size=max_request_size, body_timeout=body_timeout
+        )
         self.app = Starlette(
             routes=routes,
-            middleware=[limits],
+            middleware=[token, guard],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         )
 
@@ -436,8 +452,11 @@ class DaprHttpApi:
         items = _json(await request.body())
         if not isinstance(items, list):
             raise _malformed(f"expected a JSON array of state items, got {_kind(items)}")
+        self._bulk_limit(len(items), "state items")
         query = _query_metadata(request)
-        requests = [_set_request(item, f"item {i}", query) for i, item in enumerate(items)]
+        requests = await bulk.map_chunked(
+            lambda i, item: _set_request(item, f"item {i}", query), items
+        )
         if requests:
             with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
                 if len(requests) == 1:
@@ -472,25 +491,17 @@ class DaprHttpApi:
         parallelism = body.get("parallelism")
         if parallelism is not None and not _is_int(parallelism):
             raise _malformed(f"'parallelism' must be a whole number, got {_kind(parallelism)}")
+        self._bulk_limit(len(keys), "keys")
         metadata = {**_string_map(body.get("metadata"), "metadata"), **_query_metadata(request)}
-        requests = [GetRequest(_key(k, f"keys[{i}]"), metadata) for i, k in enumerate(keys)]
+        requests = await bulk.map_chunked(
+            lambda i, k: GetRequest(_key(k, f"keys[{i}]"), metadata), keys
+        )
         if not requests:
             return JSONResponse([])
         with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
-            found = await store.bulk_get(requests)
-        results: list[dict[str, Any]] = []
-        for item in found:
-            entry: dict[str, Any] = {"key": item.key}
-            if item.error:
-                entry["error"] = item.error
-            elif item.found:
-                entry["data"] = _state_data(item.value)
-                if item.etag is not None:
-                    entry["etag"] = item.etag
-                if item.metadata:
-                    entry["metadata"] = dict(item.metadata)
-            results.append(entry)
-        return JSONResponse(results)
+            found = await bulk.bulk_get(store, requests)
+        results = await bulk.map_chunked(lambda _, item: _bulk_entry(item), found)
+        return Response(await bulk.json_array(results), media_type="application/json")
 
     async def delete_state(self, request: Request) -> Response:
         name = request.path_params["store"]
@@ -523,22 +534,10 @@ class DaprHttpApi:
         raw_operations = body.get("operations") or []
         if not isinstance(raw_operations, list):
             raise _malformed(f"'operations' must be an array, got {_kind(raw_operations)}")
-        operations: list[TransactionOperation] = []
-        for i, raw in enumerate(raw_operations):
-            where = f"operations[{i}]"
-            operation = _object(raw, where)
-            kind = operation.get("operation")
-            item = operation.get("request")
-            if kind == "upsert":
-                operations.append(_set_request(item, f"{where}.request", query))
-            elif kind == "delete":
-                operations.append(_delete_request(item, f"{where}.request", query))
-            else:
-                raise ApiError(
-                    400,
-                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
-                    f"{where}: operation type {kind!r} not supported (use upsert or delete)",
-                )
+        self._bulk_limit(len(raw_operations), "operations")
+        operations = await bulk.map_chunked(
+            lambda i, raw: _operation(raw, f"operations[{i}]", query), raw_operations
+        )
         if operations:
             with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
                 await store.transact(operations, metadata)
@@ -576,6 +575,11 @@ class DaprHttpApi:
         client = _lookup(self.runtime.state, name, 400, "ERR_STATE_STORE_NOT_FOUND")
         return client.component
 
+    def _bulk_limit(self, count: int, what: str) -> None:
+        message = bulk.too_many(count, self.max_bulk_keys, what)
+        if message is not None:
+            raise ApiError(400, bulk.TOO_MANY, message)
+
     # --- pub/sub -------------------------------------------------------------------------
 
     async def publish(self, request: Request) -> Response:
@@ -601,9 +605,10 @@ class DaprHttpApi:
         body = _json(await request.body(), code="ERR_PUBSUB_EVENTS_SER")
         if not isinstance(body, list):
             raise _events_error(f"expected a JSON array of entries, got {_kind(body)}")
-        entries: list[BulkPublishEntry] = []
+        self._bulk_limit(len(body), "entries")
         seen: set[str] = set()
-        for i, raw_entry in enumerate(body):
+
+        def entry(i: int, raw_entry: object) -> BulkPublishEntry:
             where = f"entry {i}"
             if not isinstance(raw_entry, dict):
                 raise _events_error(f"{where}: expected an object, got {_kind(raw_entry)}")
@@ -623,7 +628,9 @@ class DaprHttpApi:
                 data, content_type = self._envelope(
                     pubsub, topic, data, content_type, entry_metadata
                 )
-            entries.append(BulkPublishEntry(entry_id, data, content_type, entry_metadata))
+            return BulkPublishEntry(entry_id, data, content_type, entry_metadata)
+
+        entries = await bulk.map_chunked(entry, body)
         with _failure(
             "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
         ):
@@ -937,57 +944,24 @@ class DaprHttpApi:
 # --- middleware and error rendering ---------------------------------------------------------
 
 
-class _Limits:
-    """The API token check and the request size limit, before any route runs."""
+class _TokenCheck:
+    """The API token check, before the body is read or any route runs."""
 
-    def __init__(self, app: ASGIApp, *, api_token: str | None, max_request_size: int) -> None:
+    def __init__(self, app: ASGIApp, *, api_token: str | None) -> None:
         self.app = app
         self.token = api_token.encode() if api_token else None
-        self.max_request_size = max_request_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        if self.token is not None and not _is_health_check(scope):
-            given = headers.get(API_TOKEN_HEADER.encode(), b"")
+        if scope["type"] == "http" and self.token is not None and not _is_health_check(scope):
+            given = dict(scope["headers"]).get(API_TOKEN_HEADER.encode(), b"")
             if not hmac.compare_digest(given, self.token):
                 await PlainTextResponse("invalid api token", 401)(scope, receive, send)
                 return
-        limit = self.max_request_size
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            error = (
-                _too_large(limit) if declared.isdigit() else _malformed("invalid Content-Length")
-            )
-            await error.response()(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit)
-            return message
-
-        await self.app(scope, limited, send)
+        await self.app(scope, receive, send)
 
 
 def _is_health_check(scope: Scope) -> bool:
     return scope["method"] == "GET" and str(scope["path"]).strip("/") in _HEALTH_PATHS
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        "ERR_BODY_READ",
-        f"failed to read request body: the body is larger than the {limit} byte limit "
-        "(--dapr-http-max-request-size)",
-    )
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -1204,6 +1178,21 @@ def _delete_request(item: object, where: str, query: Mapping[str, str]) -> Delet
     )
 
 
+def _operation(raw: object, where: str, query: Mapping[str, str]) -> TransactionOperation:
+    operation = _object(raw, where)
+    kind = operation.get("operation")
+    item = operation.get("request")
+    if kind == "upsert":
+        return _set_request(item, f"{where}.request", query)
+    if kind == "delete":
+        return _delete_request(item, f"{where}.request", query)
+    raise ApiError(
+        400,
+        "ERR_NOT_SUPPORTED_STATE_OPERATION",
+        f"{where}: operation type {kind!r} not supported (use upsert or delete)",
+    )
+
+
 def _query_metadata(request: Request) -> dict[str, str]:
     """``?metadata.ttlInSeconds=10`` → ``{"ttlInSeconds": "10"}`` (first value wins, as in Dapr)."""
     metadata: dict[str, str] = {}
@@ -1291,6 +1280,19 @@ def _state_body(value: Any) -> tuple[bytes, str]:
     if isinstance(value, bytes):
         return value, "application/octet-stream"
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
+
+
+def _bulk_entry(item: BulkGetItem) -> dict[str, Any]:
+    entry: dict[str, Any] = {"key": item.key}
+    if item.error:
+        entry["error"] = item.error
+    elif item.found:
+        entry["data"] = _state_data(item.value)
+        if item.etag is not None:
+            entry["etag"] = item.etag
+        if item.metadata:
+            entry["metadata"] = dict(item.metadata)
+    return entry
 
 
 def _state_data(value: Any) -> Any:
