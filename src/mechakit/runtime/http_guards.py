@@ -63,7 +63,12 @@ class RequestGuard:
             await exc.answer(scope, receive, send)
             return
         if body is None:
-            return  # the client went away before the body was complete
+            log.debug(
+                "%s %s: the client went away before its request was read; nothing was done",
+                scope["method"],
+                scope["path"],
+            )
+            return
         await self._serve(scope, body, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
