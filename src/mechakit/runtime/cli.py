@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mechakit.core.metadata import Settings
     from mechakit.core.registry import ComponentSpec
+    from mechakit.runtime.app_process import AppProcess
     from mechakit.runtime.grpc_api import GrpcServer
     from mechakit.runtime.local import Runtime
     from mechakit.runtime.manifest import ComponentManifest, Manifests
@@ -494,7 +495,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Start the components, serve the Dapr HTTP API v1.0 on "
         "--api-listen-address:--dapr-http-port, and run the command after '--' with "
         "DAPR_HTTP_PORT, DAPR_GRPC_PORT and APP_ID set. SIGINT and SIGTERM are passed on to "
-        "the app; when it exits, mechakit stops and exits with its code. Without a command "
+        "the app; when it exits, mechakit stops and exits with its code, and when mechakit is "
+        "killed the app is killed too. Without a command "
         "it serves until stopped. Set DAPR_API_TOKEN to require the dapr-api-token header.",
     )
     parser.add_argument("--app-id", required=True, help="the app id (key prefix, event source)")
@@ -772,9 +774,16 @@ async def _supervise(
     serving: asyncio.Task[None],
     log: logging.Logger,
 ) -> int:
+    """Run the app (if any) until it exits, a signal arrives or the HTTP API fails.
+
+    The app is started by :mod:`mechakit.runtime.app_process` so that it dies with mechakit
+    even when mechakit is killed; on every way out it is stopped along with what it started.
+    """
+    from mechakit.runtime.app_process import start_app
+
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    child: asyncio.subprocess.Process | None = None
+    child: AppProcess | None = None
     signals_seen: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -803,14 +812,14 @@ async def _supervise(
             if namespace.app_port is not None:
                 env["APP_PORT"] = str(namespace.app_port)
             try:
-                child = await asyncio.create_subprocess_exec(*command, env=env)
+                child = await start_app(command, env, log)
             except OSError as exc:
                 print(f"error: cannot start {command[0]!r}: {exc.strerror or exc}", file=sys.stderr)
                 return 127
             log.info("app started (pid %d): %s", child.pid, subprocess.list2cmdline(command))
         waits: set[asyncio.Future[Any]] = {serving, asyncio.ensure_future(stopping.wait())}
         if child is not None:
-            waits.add(asyncio.ensure_future(child.wait()))
+            waits.add(asyncio.ensure_future(child.process.wait()))
         done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for waiter in pending:
             if waiter is not serving:
@@ -818,29 +827,24 @@ async def _supervise(
         if serving in done:
             error = serving.exception() if not serving.cancelled() else None
             log.error("the HTTP API stopped unexpectedly: %s", error)
-            await _stop_child(child, log)
             return 1
         if child is not None and child.returncode is not None:
             code = child.returncode if child.returncode >= 0 else 128 - child.returncode
             log.info("app exited with code %d", code)
             return code
-        await _stop_child(child, log)
         return 0
     finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
+        try:
+            await _stop_child(child, log)  # with the handlers on, so a second signal kills
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
 
 
-async def _stop_child(child: asyncio.subprocess.Process | None, log: logging.Logger) -> None:
-    if child is None or child.returncode is not None:
-        return
-    child.terminate()
-    try:
-        await asyncio.wait_for(child.wait(), 5)
-    except TimeoutError:
-        log.warning("the app did not stop within 5s of SIGTERM: killing it")
-        child.kill()
-        await child.wait()
+async def _stop_child(child: AppProcess | None, log: logging.Logger) -> None:
+    """Stop the app, whatever it left running in its process group, and its watchdog."""
+    if child is not None:
+        await child.close(log)
 
 
 # --- init -------------------------------------------------------------------------------
