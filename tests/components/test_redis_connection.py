@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from redis_server import assert_a_burst_waits_for_connections
 
-from mechakit.components._shared.redis import RedisSettings, RedisType, parse_addresses
+from mechakit.components._shared.redis import (
+    RedisSettings,
+    RedisType,
+    parse_addresses,
+    same_slot_key,
+)
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, LocalProcess, free_port
 from mechakit.core.configuration import (
     ConfigurationUpdate,
@@ -244,3 +249,21 @@ async def test_tls_without_the_client_certificate_the_server_demands_fails_init(
             caCert=str(folder / "ca.crt"),
             maxRetries="0",
         )
+
+
+@pytest.mark.parametrize(
+    "key", ["plain", "app||order-7", "{order-7}:a", "a{tag}b{other}", "open{only"]
+)
+def test_a_write_marker_lives_in_the_hash_slot_of_its_key(key: str) -> None:
+    from redis.crc import key_slot
+
+    marker = same_slot_key(key, "mechakit-applied:abc")
+    assert marker is not None and "mechakit-applied:abc" in marker
+    assert key_slot(marker.encode()) == key_slot(key.encode())
+
+
+@pytest.mark.parametrize("key", ["a}b", "{}x", "x{}y{z}"])
+def test_no_marker_key_can_share_the_slot_of_a_key_hashed_whole_with_a_closing_brace(
+    key: str,
+) -> None:
+    assert same_slot_key(key, "m") is None

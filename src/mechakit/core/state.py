@@ -246,6 +246,8 @@ def decode_value(data: bytes, is_binary: bool) -> Any:
 
 TTL_METADATA = "ttlInSeconds"
 TTL_EXPIRE_TIME = "ttlExpireTime"
+MAX_TTL_SECONDS = 2**31 - 1
+"""Dapr's bound (int32 seconds, ~68 years): larger values overflow some stores' expiry."""
 
 
 def parse_ttl(metadata: Mapping[str, str]) -> int | None:
@@ -257,12 +259,15 @@ def parse_ttl(metadata: Mapping[str, str]) -> int | None:
         seconds = int(str(raw).strip())
     except ValueError:
         raise InvalidRequestError(
-            f"metadata {TTL_METADATA!r} must be a whole number of seconds, got {raw!r}"
+            f"metadata {TTL_METADATA!r} must be a whole number of seconds, got {raw!r}",
+            field=TTL_METADATA,
         ) from None
-    if seconds == -1 or seconds > 0:
+    if seconds == -1 or 0 < seconds <= MAX_TTL_SECONDS:
         return seconds
     raise InvalidRequestError(
-        f"metadata {TTL_METADATA!r} must be > 0, or -1 for no expiry, got {seconds}"
+        f"metadata {TTL_METADATA!r} must be 1 to {MAX_TTL_SECONDS} seconds, or -1 for no "
+        f"expiry, got {raw!r}",
+        field=TTL_METADATA,
     )
 
 

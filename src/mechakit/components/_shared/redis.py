@@ -336,10 +336,12 @@ class redis_errors:  # lower case: used like a function, ``with redis_errors(...
     generator-based context manager costs several times more.
     """
 
-    __slots__ = ("action", "component", "key")
+    __slots__ = ("action", "component", "key", "write")
 
-    def __init__(self, component: str, *, key: str | None = None, action: str = "") -> None:
-        self.component, self.key, self.action = component, key, action
+    def __init__(
+        self, component: str, *, key: str | None = None, action: str = "", write: bool = False
+    ) -> None:
+        self.component, self.key, self.action, self.write = component, key, action, write
 
     def __enter__(self) -> None:
         return None
@@ -349,20 +351,30 @@ class redis_errors:  # lower case: used like a function, ``with redis_errors(...
     ) -> None:
         if isinstance(exc, Exception) and not isinstance(exc, MechakitError):
             raise map_error(
-                exc, component=self.component, key=self.key, action=self.action
+                exc, component=self.component, key=self.key, action=self.action, write=self.write
             ) from exc
 
 
 def map_error(
-    exc: BaseException, *, component: str, key: str | None = None, action: str = ""
+    exc: BaseException,
+    *,
+    component: str,
+    key: str | None = None,
+    action: str = "",
+    write: bool = False,
 ) -> MechakitError:
-    """The core error for a Redis failure: connection problems are retriable, replies are not."""
+    """The core error for a Redis failure: connection problems are retriable, replies are not.
+
+    With ``write``, a lost connection or timeout says the outcome is unknown: the command
+    may have reached the server before its answer was lost.
+    """
     from redis import exceptions as rexc
 
     what = f"{action} failed" if action else "Redis call failed"
     detail = f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
+    unknown = f"{detail} (the write may or may not have been applied)" if write else detail
     if isinstance(exc, rexc.TimeoutError | TimeoutError):
-        return OperationTimeoutError(detail, component=component, key=key)
+        return OperationTimeoutError(unknown, component=component, key=key)
     if _is_auth_error(exc):
         return ComponentError(detail, component=component, key=key)
     if is_cross_slot(exc):
@@ -383,7 +395,7 @@ def map_error(
         | rexc.TryAgainError
         | OSError,
     ):
-        return ConnectionFailedError(detail, component=component, key=key)
+        return ConnectionFailedError(unknown, component=component, key=key)
     return ComponentError(detail, component=component, key=key)
 
 
@@ -402,6 +414,21 @@ def is_cluster(client: Any) -> bool:
     from redis.asyncio.cluster import RedisCluster
 
     return isinstance(client, RedisCluster)
+
+
+def same_slot_key(key: str, name: str) -> str | None:
+    """A key made of ``name`` that a cluster keeps in ``key``'s hash slot; None if none can be.
+
+    Redis hashes only the text between the first ``{`` and the next ``}`` when there is
+    some, else the whole key; a key with a ``}`` and no such tag cannot be wrapped.
+    """
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    if start >= 0 and end > start + 1:
+        return "{" + key[start + 1 : end] + "}" + name
+    if "}" in key:
+        return None
+    return "{" + key + "}" + name
 
 
 def is_cross_slot(exc: BaseException) -> bool:
@@ -529,4 +556,5 @@ __all__ = [
     "parse_addresses",
     "redis_errors",
     "run_pipelined",
+    "same_slot_key",
 ]

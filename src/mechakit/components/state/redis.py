@@ -7,6 +7,14 @@ call too and report ``ttlExpireTime``. Unlike upstream Dapr, first-write applies
 the request that asks for it, connection failures are never reported as ETag errors, and
 a malformed ETag is ``ETagError(INVALID)``.
 
+A conditional write (ETag, first-write, transaction) carries a fresh request id, and the
+script that applies it leaves a short-lived marker under that id: redis-py sends a command
+again after a timeout, and the copy that arrives after the first one was applied finds the
+marker and answers success instead of a false conflict with its own write. A caller whose
+retries all failed gets a retriable error saying the write may or may not have been
+applied. Writes without conditions are left to repeat: a second copy changes nothing a
+caller can tell but the version number.
+
 Writes without ``ttlInSeconds`` (and no component default) leave an existing expiry as
 it is, as Redis and Dapr do; ``-1`` removes it. QUERY_API is not offered: it would need
 the RedisJSON and RediSearch modules and is not implemented.
@@ -19,6 +27,8 @@ run concurrently there, each on its key's node.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,9 +41,11 @@ from mechakit.components._shared.redis import (
     ScriptCall,
     close_client,
     connect,
+    is_cluster,
     map_error,
     redis_errors,
     run_pipelined,
+    same_slot_key,
 )
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
@@ -45,6 +57,7 @@ from mechakit.core.errors import (
 )
 from mechakit.core.metadata import setting
 from mechakit.core.state import (
+    MAX_TTL_SECONDS,
     TTL_EXPIRE_TIME,
     BulkGetItem,
     DeleteRequest,
@@ -75,8 +88,8 @@ class RedisStateSettings(RedisSettings, StateSettings):
     @field_validator("ttl_in_seconds")
     @classmethod
     def _check_ttl(cls, value: int | None) -> int | None:
-        if value is not None and value <= 0 and value != -1:
-            raise ValueError("must be > 0, or -1 for no expiry")
+        if value is not None and ((value <= 0 and value != -1) or value > MAX_TTL_SECONDS):
+            raise ValueError(f"must be 1 to {MAX_TTL_SECONDS}, or -1 for no expiry")
         return value
 
 
@@ -91,6 +104,9 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         self._client: Any = None
         self._prefix = KeyPrefix("")
         self._default_ttl: int | None = None
+        self._marker_seconds = 0
+        """How long a write's marker lives; 0 when the client never sends a command twice."""
+        self._cluster = False
 
     async def init(self, metadata: ComponentMetadata) -> None:
         settings = self.decode_settings(metadata)
@@ -99,6 +115,12 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         )
         self._default_ttl = settings.ttl_in_seconds
         self._client = await connect(settings, component=self.label)
+        self._cluster = is_cluster(self._client)
+        if settings.max_retries:
+            # Outlive every copy the client may send: each attempt waits up to the socket
+            # timeout plus the backoff; doubled, and at least a minute.
+            attempt = settings.socket_timeout + max(settings.max_retry_backoff.total_seconds(), 0)
+            self._marker_seconds = max(60, math.ceil(2 * (settings.max_retries + 1) * attempt))
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -115,13 +137,13 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
     async def set(self, request: SetRequest) -> None:
         script, keys, args = self._set_call(request)
-        with redis_errors(self.label, key=request.key, action="set"):
+        with redis_errors(self.label, key=request.key, action="set", write=True):
             status = await script(self._redis, keys, args)
         if status:
             raise self._etag_error(request.key, int(status))
 
     async def delete(self, request: DeleteRequest) -> None:
-        with redis_errors(self.label, key=request.key, action="delete"):
+        with redis_errors(self.label, key=request.key, action="delete", write=True):
             status = await _DELETE(self._redis, *self._delete_call(request))
         if status:
             raise self._etag_error(request.key, int(status))
@@ -172,26 +194,37 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         if not operations:
             return
         keys: list[str] = []
-        args: list[Any] = []
+        args: list[Any] = [""]
         for op in operations:
             if isinstance(op, SetRequest):
                 op_keys, (data, binary, ttl, etag, first_write) = self._set_args(op)
                 args += ["s", etag, first_write, data, binary, ttl]
             elif isinstance(op, DeleteRequest):
-                op_keys, (etag,) = self._delete_call(op)
-                args += ["d", etag, "", b"", "", ""]
+                op_keys = [self._prefix.apply(op.key)]
+                args += ["d", self._etag(op.key, op.etag), "", b"", "", ""]
             else:
                 raise InvalidRequestError(
                     f"transaction operation must be a SetRequest or DeleteRequest, got {op!r}",
                     component=self.label,
                 )
             keys += op_keys
-        with redis_errors(self.label, action="transaction"):
+        marker = self._marker(keys[0])
+        if marker is not None:
+            keys.append(marker)
+            args[0] = str(self._marker_seconds)
+        with redis_errors(self.label, action="transaction", write=True):
             reply = await _TRANSACT(self._redis, keys, args)
         failed = int(reply[0])
         if failed:
             op = operations[failed - 1]
             raise self._etag_error(op.key, int(reply[1]))
+
+    def _marker(self, stored_key: str) -> str | None:
+        """A fresh marker key for one conditional write, in ``stored_key``'s hash slot."""
+        if not self._marker_seconds:
+            return None
+        name = f"mechakit-applied:{os.urandom(12).hex()}"
+        return same_slot_key(stored_key, name) if self._cluster else name
 
     @property
     def _redis(self) -> Any:
@@ -204,9 +237,12 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
     def _set_call(self, request: SetRequest) -> ScriptCall:
         """A write with an ETag or first-write runs the checking script; others the plain one."""
         keys, args = self._set_args(request)
-        if args[3] or args[4]:
+        if not (args[3] or args[4]):
+            return _SET, keys, args[:3]
+        marker = self._marker(keys[0])
+        if marker is None:
             return _CHECKED_SET, keys, args
-        return _SET, keys, args[:3]
+        return _CHECKED_SET, [*keys, marker], [*args, str(self._marker_seconds)]
 
     def _set_args(self, request: SetRequest) -> tuple[list[str], list[Any]]:
         """Keys and ARGV of the checking set script: data, binary, ttl, etag, first_write."""
@@ -233,7 +269,11 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         ]
 
     def _delete_call(self, request: DeleteRequest) -> tuple[list[str], list[Any]]:
-        return [self._prefix.apply(request.key)], [self._etag(request.key, request.etag)]
+        stored_key, etag = self._prefix.apply(request.key), self._etag(request.key, request.etag)
+        marker = self._marker(stored_key) if etag else None
+        if marker is None:
+            return [stored_key], [etag]
+        return [stored_key, marker], [etag, str(self._marker_seconds)]
 
     def _etag(self, key: str, etag: str | None) -> str:
         """The canonical version text, so ``"007"`` matches version 7; '' for no ETag."""
@@ -264,21 +304,23 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             metadata[TTL_EXPIRE_TIME] = format_expire_time(expires)
         return StateItem(key=key, value=value, etag=version.decode(), metadata=metadata)
 
-    async def _pipelined(self, calls: Sequence[ScriptCall], action: str) -> list[Any]:
+    async def _pipelined(
+        self, calls: Sequence[ScriptCall], action: str, *, write: bool = False
+    ) -> list[Any]:
         if not calls:
             return []
-        with redis_errors(self.label, action=action):
+        with redis_errors(self.label, action=action, write=write):
             return await run_pipelined(self._redis, calls)
 
     async def _bulk_write(
         self, requests: Sequence[SetRequest | DeleteRequest], calls: list[ScriptCall], action: str
     ) -> None:
-        results = await self._pipelined(calls, action)
+        results = await self._pipelined(calls, action, write=True)
         errors: dict[str, Exception] = {}
         for request, reply in zip(requests, results, strict=True):
             if isinstance(reply, Exception):
                 errors[request.key] = map_error(
-                    reply, component=self.label, key=request.key, action=action
+                    reply, component=self.label, key=request.key, action=action, write=True
                 )
             elif int(reply):
                 errors[request.key] = self._etag_error(request.key, int(reply))
@@ -301,6 +343,15 @@ local function write(key, current, data, binary, ttl)
     redis.call('EXPIRE', key, ttl)
   end
   return version
+end
+"""
+# KEYS[n] ``marker``: a key naming one request, present once that request was applied.
+_LUA_ONCE = """
+local function applied_before(marker)
+  return marker ~= nil and redis.call('EXISTS', marker) == 1
+end
+local function remember(marker, seconds)
+  if marker ~= nil then redis.call('SET', marker, '1', 'EX', seconds) end
 end
 """
 _LUA_CHECK = """
@@ -331,42 +382,54 @@ return 0
 """
 )
 
-# ARGV: data, binary, ttl, etag, first_write
+# KEYS: key[, marker]; ARGV: data, binary, ttl, etag, first_write[, marker seconds]
 _CHECKED_SET = RedisScript(
     _LUA_WRITE
     + _LUA_CHECK
+    + _LUA_ONCE
     + """
+if applied_before(KEYS[2]) then return 0 end
 local current = redis.call('HGET', KEYS[1], 'version')
 local status = check(current, ARGV[4], ARGV[5])
 if status ~= 0 then return status end
 write(KEYS[1], current, ARGV[1], ARGV[2], ARGV[3])
+remember(KEYS[2], ARGV[6])
 return 0
 """
 )
 
-# ARGV: etag
+# KEYS: key[, marker (with an etag only)]; ARGV: etag[, marker seconds]
 _DELETE = RedisScript(
     _LUA_CHECK
+    + _LUA_ONCE
     + """
 if ARGV[1] ~= '' then
+  if applied_before(KEYS[2]) then return 0 end
   local status = check(redis.call('HGET', KEYS[1], 'version'), ARGV[1], '')
   if status ~= 0 then return status end
 end
 redis.call('DEL', KEYS[1])
+remember(KEYS[2], ARGV[2])
 return 0
 """
 )
 
-# KEYS: one per operation (repeats allowed); ARGV: 6 per operation:
-# kind ('s' set / 'd' delete), etag, first_write, data, binary, ttl.
-# Checks run against the state as the earlier operations of the transaction leave it.
+# KEYS: one per operation (repeats allowed)[, marker]; ARGV: marker seconds ('' for no
+# marker), then 6 per operation: kind ('s' set / 'd' delete), etag, first_write, data,
+# binary, ttl. Checks run against the state as the earlier operations leave it.
 _TRANSACT = RedisScript(
     _LUA_WRITE
     + _LUA_CHECK
+    + _LUA_ONCE
     + """
+local ops, marker = KEYS, nil
+if ARGV[1] ~= '' then
+  ops, marker = {unpack(KEYS, 1, #KEYS - 1)}, KEYS[#KEYS]
+  if applied_before(marker) then return {0} end
+end
 local seen, versions, stored = {}, {}, {}
-for i, key in ipairs(KEYS) do
-  local b = (i - 1) * 6
+for i, key in ipairs(ops) do
+  local b = (i - 1) * 6 + 1
   if not seen[key] then
     seen[key] = true
     versions[key] = redis.call('HGET', key, 'version')
@@ -381,8 +444,8 @@ for i, key in ipairs(KEYS) do
     versions[key] = false
   end
 end
-for i, key in ipairs(KEYS) do
-  local b = (i - 1) * 6
+for i, key in ipairs(ops) do
+  local b = (i - 1) * 6 + 1
   if ARGV[b + 1] == 's' then
     stored[key] = write(key, stored[key], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6])
   else
@@ -390,6 +453,7 @@ for i, key in ipairs(KEYS) do
     stored[key] = false
   end
 end
+remember(marker, ARGV[1])
 return {0}
 """
 )
