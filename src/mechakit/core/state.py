@@ -64,11 +64,25 @@ class StateOptions:
         )
 
 
+def _check_key_text(key: object) -> None:
+    """A key every store can encode: a lone surrogate (``"\\ud800"`` in JSON) is refused."""
+    if isinstance(key, str) and not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                f"key {key!r} is not valid Unicode text (a lone surrogate)", field="key"
+            ) from None
+
+
 @dataclass(frozen=True)
 class GetRequest:
     key: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     consistency: Consistency = Consistency.EVENTUAL
+
+    def __post_init__(self) -> None:
+        _check_key_text(self.key)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,9 @@ class SetRequest:
     etag: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     options: StateOptions = StateOptions()
+
+    def __post_init__(self) -> None:
+        _check_key_text(self.key)
 
     @property
     def first_write(self) -> bool:
@@ -91,6 +108,9 @@ class DeleteRequest:
     etag: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     options: StateOptions = StateOptions()
+
+    def __post_init__(self) -> None:
+        _check_key_text(self.key)
 
     @property
     def first_write(self) -> bool:
@@ -225,7 +245,7 @@ class QueryResponse:
 # --- values, TTL and key prefixes ------------------------------------------------------
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 """Built once: ``json.dumps`` with non-default options builds an encoder on every call."""
 
 
@@ -235,8 +255,9 @@ def encode_value(value: Any) -> tuple[bytes, bool]:
         return bytes(value), True
     try:
         return _JSON.encode(value).encode(), False
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"value is not JSON serialisable: {exc}") from None
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        # NaN and infinities (a JSON ``1e400`` parses as one) would read back as non-JSON.
+        raise InvalidRequestError(f"value is not JSON serialisable: {exc}", field="value") from None
 
 
 def decode_value(data: bytes, is_binary: bool) -> Any:

@@ -157,6 +157,8 @@ def _unary(
         except RpcFailure as exc:
             _log_failure(method.__name__, exc)
             await _abort(context, exc)
+        except InvalidRequestError as exc:  # raised while reading the request, before any call
+            await _abort(context, _invalid("ERR_MALFORMED_REQUEST", str(exc)))
         except Exception:
             log.exception("%s failed", method.__name__)
             await _abort(context, _internal())

@@ -974,6 +974,9 @@ def _guarded(handler: Handler) -> Handler:
             else:
                 log.debug("%s %s: %s", request.method, request.url.path, exc.message)
             return exc.response()
+        except InvalidRequestError as exc:  # raised while reading the request, before any call
+            log.debug("%s %s: %s", request.method, request.url.path, exc)
+            return ApiError(400, "ERR_MALFORMED_REQUEST", str(exc)).response()
         except Exception:
             log.exception("%s %s failed", request.method, request.url.path)
             return ApiError(500, "ERR_INTERNAL", "internal error; see the runtime's log").response()
