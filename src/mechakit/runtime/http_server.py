@@ -47,6 +47,10 @@ class HeaderTimeoutProtocol(H11Protocol):
         if self.cycle is not before:  # a request's headers are complete
             self._disarm_header_timer()
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._disarm_header_timer()  # the headers are complete; the connection is not ours now
+        super().handle_websocket_upgrade(event)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
