@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, free_port, provision
+from mechakit.conformance.backends import BackendInfo, free_port
 from mechakit.conformance.backends_aws import boto3_client, create_table
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
@@ -38,6 +38,7 @@ from mechakit.core.state import (
 )
 
 pytest.importorskip("boto3")
+pytest_plugins = ["moto_server"]  # fixture moto
 
 Driver = Callable[..., Awaitable[Any]]
 FIRST_WRITE = StateOptions(concurrency=Concurrency.FIRST_WRITE)
@@ -46,16 +47,6 @@ TTL_ATTRIBUTE = "expiresAt"
 
 def new_name(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[BackendInfo]:
-    try:
-        info = provision("moto")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(scope="module")

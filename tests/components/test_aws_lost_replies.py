@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.backends_aws import boto3_client, create_table
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import ConnectionFailedError, ETagError, OperationTimeoutError
@@ -32,6 +32,7 @@ from mechakit.core.state import (
 )
 
 pytest.importorskip("boto3")
+pytest_plugins = ["moto_server"]  # fixture moto
 
 Driver = Callable[..., Awaitable[Any]]
 FIRST_WRITE = StateOptions(concurrency=Concurrency.FIRST_WRITE)
@@ -39,16 +40,6 @@ FIRST_WRITE = StateOptions(concurrency=Concurrency.FIRST_WRITE)
 
 def new_name(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[BackendInfo]:
-    try:
-        info = provision("moto")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(scope="module")

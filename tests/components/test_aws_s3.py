@@ -6,14 +6,14 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.backends_aws import boto3_client
 from mechakit.core.bindings import InvokeRequest, InvokeResponse
 from mechakit.core.component import ComponentMetadata
@@ -26,22 +26,13 @@ from mechakit.core.errors import (
 from mechakit.core.registry import default_registry
 
 pytest.importorskip("boto3")
+pytest_plugins = ["moto_server"]  # fixture moto
 
 Driver = Callable[..., Awaitable[Any]]
 
 
 def new_name(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[BackendInfo]:
-    try:
-        info = provision("moto")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.backends_aws import boto3_client
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import MetadataError, SecretNotFoundError
@@ -22,6 +22,7 @@ from mechakit.core.registry import default_registry
 from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest
 
 pytest.importorskip("boto3")
+pytest_plugins = ["moto_server"]  # fixture moto
 
 Driver = Callable[..., Awaitable[Any]]
 SECRETS_MANAGER = "secretstores.aws.secretsmanager"
@@ -30,16 +31,6 @@ PARAMETER_STORE = "secretstores.aws.parameterstore"
 
 def new_name(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[BackendInfo]:
-    try:
-        info = provision("moto")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(scope="module")

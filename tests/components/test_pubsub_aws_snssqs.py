@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from mechakit.components.pubsub.aws_snssqs import SnsSqsPubSub, SnsSqsSettings, aws_name
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.backends_aws import boto3_client
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata
@@ -29,6 +29,7 @@ from mechakit.core.errors import InvalidRequestError, MetadataError, NotFoundErr
 from mechakit.core.pubsub import Message, PublishRequest, SubscribeRequest
 
 pytest.importorskip("boto3")
+pytest_plugins = ["moto_server"]  # fixture moto
 
 Driver = Callable[..., Awaitable[SnsSqsPubSub]]
 TIMEOUT = 30.0  # generous: moto runs in Python on the same 2 cores; a passing run is quick
@@ -37,16 +38,6 @@ FAST = {"messageVisibilityTimeout": "1", "messageWaitTimeSeconds": "1"}
 
 def new_name(label: str) -> str:
     return f"test-{label}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[BackendInfo]:
-    try:
-        info = provision("moto")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(scope="module")
