@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,23 +12,15 @@ import pytest_asyncio
 
 import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
 from mechakit.components.bindings.postgresql import PostgreSQLBinding, highest_placeholder
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.core.bindings import InvokeRequest, InvokeResponse
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import ComponentError, InvalidRequestError
 from mechakit.core.registry import default_registry
 
+pytest_plugins = ["postgres_server"]  # fixture postgres_server
+
 pytest.importorskip("psycopg")
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("postgresql")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest_asyncio.fixture

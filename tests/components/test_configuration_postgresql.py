@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.suites.configuration import Updates
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.configuration import GetConfigurationRequest, SubscribeConfigurationRequest
 from mechakit.core.errors import ConfigurationError, MetadataError
 from mechakit.core.registry import default_registry
+
+pytest_plugins = ["postgres_server"]  # fixture postgres_server
 
 pytest.importorskip("psycopg")
 
@@ -26,16 +28,6 @@ TYPE = "configuration.postgresql"
 
 def new_table(label: str) -> str:
     return f"cfg_{label}_{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("postgresql")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest_asyncio.fixture

@@ -10,7 +10,7 @@ The caller must get a retriable error saying the outcome is unknown, never an
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +19,7 @@ import pytest_asyncio
 from lossy_proxy import LossyProxy, Mode
 
 import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
@@ -37,6 +37,8 @@ from mechakit.core.state import (
     StateOptions,
 )
 
+pytest_plugins = ["postgres_server"]  # fixture postgres_server
+
 pytest.importorskip("psycopg")
 
 Driver = Callable[..., Awaitable[Any]]
@@ -45,16 +47,6 @@ FIRST_WRITE = StateOptions(concurrency=Concurrency.FIRST_WRITE)
 
 def new_key(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("postgresql")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest_asyncio.fixture

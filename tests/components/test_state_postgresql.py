@@ -6,14 +6,14 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     BulkError,
@@ -36,6 +36,7 @@ from mechakit.core.state import (
 )
 
 pytest.importorskip("psycopg")
+pytest_plugins = ["postgres_server"]  # fixture postgres_server
 
 Driver = Callable[..., Awaitable[Any]]
 FIRST_WRITE = StateOptions(concurrency=Concurrency.FIRST_WRITE)
@@ -47,17 +48,6 @@ def new_key(label: str) -> str:
 
 def new_table(label: str) -> str:
     return f"t_{label}_{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[BackendInfo]:
-    """A server of this module's own when started locally, so a restart disturbs no one else."""
-    try:
-        info = provision("postgresql")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest_asyncio.fixture
