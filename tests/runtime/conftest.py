@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+
+import mechakit
+from mechakit.runtime.http_api import create_app
+from mechakit.runtime.local import Runtime
 
 WriteFiles = Callable[..., Path]
 
@@ -51,3 +58,29 @@ def _component(name: str, type_: str, *metadata: tuple[str, str], extra: str = "
 def component() -> Callable[..., str]:
     """``component("statestore", "state.sqlite", ("connectionString", "x.db"), extra="...")``."""
     return _component
+
+
+PrivateRuntime = tuple[asyncio.AbstractEventLoop, Runtime, httpx.AsyncClient]
+
+
+@contextmanager
+def _runtime_on_private_loop(folder: Path) -> Iterator[PrivateRuntime]:
+    """A started runtime and an HTTP client on its API, on a loop of their own, so that a
+    synchronous driver (hypothesis) can run many requests against one runtime."""
+    loop = asyncio.new_event_loop()
+    runtime = loop.run_until_complete(mechakit.open(folder, app_id="fuzz").start())
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(runtime)), base_url="http://dapr"
+    )
+    try:
+        yield loop, runtime, client
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(runtime.close())
+        loop.close()
+
+
+@pytest.fixture
+def private_runtime() -> Callable[[Path], AbstractContextManager[PrivateRuntime]]:
+    """``with private_runtime(folder) as (loop, runtime, client):`` (see above)."""
+    return _runtime_on_private_loop

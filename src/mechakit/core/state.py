@@ -11,10 +11,10 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from .component import Component, FeaturesMixin, SettingsT
-from .errors import BulkError, ETagError, ETagErrorKind, InvalidRequestError
+from .errors import BulkError, ComponentError, ETagError, ETagErrorKind, InvalidRequestError
 from .metadata import Settings, setting
 
 
@@ -416,6 +416,31 @@ def prepare_operation(
     )
 
 
+_Request = TypeVar("_Request", bound="SetRequest | DeleteRequest")
+_Prepared = TypeVar("_Prepared")
+
+
+def prepare_each(
+    requests: Sequence[_Request], prepare: Callable[[_Request], _Prepared], *, component: str
+) -> list[_Prepared]:
+    """Prepare every item of a bulk write before any is written.
+
+    An item that is invalid whatever is stored (key, ETag format, value, TTL) fails the whole
+    batch: ``BulkError`` names each such item and nothing is written, so a 4xx never leaves
+    half a batch behind. Conflicts found while writing still fail only their own key.
+    """
+    prepared: list[_Prepared] = []
+    errors: dict[str, Exception] = {}
+    for request in requests:
+        try:
+            prepared.append(prepare(request))
+        except ComponentError as exc:
+            errors[request.key] = exc
+    if errors:
+        raise BulkError(errors, component=component)
+    return prepared
+
+
 async def bulk_get_by_stored_key(
     requests: Sequence[GetRequest],
     prefix: KeyPrefix,
@@ -491,14 +516,34 @@ class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
         return await _bounded_gather([one(r) for r in requests])
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
-        """Write each item; raise ``BulkError`` naming every key that failed."""
+        """Write each item; raise ``BulkError`` naming every key that failed.
+
+        Every item is checked (``check_write``) before any is written: an invalid item fails
+        the batch and writes nothing.
+        """
         await self._bulk(requests, self.set)
 
     async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
         """Delete each item; raise ``BulkError`` naming every key that failed."""
         await self._bulk(requests, self.delete)
 
+    def check_write(self, request: SetRequest | DeleteRequest) -> None:
+        """Raise for what makes ``request`` invalid whatever is stored: an empty key, a value
+        that is not JSON, a bad TTL. A store with its own ETag format checks that too."""
+        if not request.key:
+            raise InvalidRequestError("the key must not be empty", component=self.label, key="")
+        if isinstance(request, SetRequest):
+            try:
+                encode_value(request.value)
+                parse_ttl(request.metadata)
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(
+                    exc.reason, component=self.label, key=request.key
+                ) from None
+
     async def _bulk(self, requests: Sequence[Any], op: Any) -> None:
+        prepare_each(requests, self.check_write, component=self.label)
+
         async def one(request: Any) -> tuple[str, Exception | None]:
             try:
                 await op(request)

@@ -301,6 +301,9 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
     def _key(self, stored_key: str) -> dict[str, Any]:
         return {self._partition_key: {"S": stored_key}}
 
+    def check_write(self, request: SetRequest | DeleteRequest) -> None:
+        self._prepare(request)
+
     def _prepare(self, request: TransactionOperation) -> _Write:
         """Validate everything that does not depend on stored data, before anything is sent."""
         if not isinstance(request, SetRequest | DeleteRequest):

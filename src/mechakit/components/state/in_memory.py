@@ -140,6 +140,9 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
             return None
         return entry
 
+    def check_write(self, request: SetRequest | DeleteRequest) -> None:
+        self._prepare(request)
+
     def _prepare(self, request: TransactionOperation) -> PreparedOperation:
         return prepare_operation(request, self._prefix, component=self.label)
 

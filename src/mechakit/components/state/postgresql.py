@@ -77,6 +77,7 @@ from mechakit.core.state import (
     bulk_get_by_stored_key,
     decode_value,
     format_expire_time,
+    prepare_each,
     prepare_operation,
 )
 
@@ -276,12 +277,7 @@ class PostgreSQLStateStore(
         self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
     ) -> None:
         errors: dict[str, Exception] = {}
-        ops: list[_Operation] = []
-        for request in requests:
-            try:
-                ops.append(self._prepare(request))
-            except ComponentError as exc:
-                errors[request.key] = exc
+        ops = prepare_each(requests, self._prepare, component=self.label)
         if ops:
             matched = await self._run(
                 lambda conn: self._execute(conn, ops, atomic=False), what, write=True

@@ -74,6 +74,7 @@ from mechakit.core.state import (
     format_expire_time,
     parse_int_etag,
     parse_ttl,
+    prepare_each,
 )
 
 
@@ -180,12 +181,12 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         which items were applied is then unknown. (On a cluster each write is its own call,
         so a lost connection fails only the writes it carried, each named in ``BulkError``.)
         """
-        await self._bulk_write(requests, [self._set_call(r) for r in requests], "bulk set")
+        calls = prepare_each(requests, self._set_call, component=self.label)
+        await self._bulk_write(requests, calls, "bulk set")
 
     async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
-        await self._bulk_write(
-            requests, [(_DELETE, *self._delete_call(r)) for r in requests], "bulk delete"
-        )
+        calls = prepare_each(requests, self._delete_script_call, component=self.label)
+        await self._bulk_write(requests, calls, "bulk delete")
 
     async def transact(
         self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
@@ -267,6 +268,9 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             etag,
             first_write,
         ]
+
+    def _delete_script_call(self, request: DeleteRequest) -> ScriptCall:
+        return (_DELETE, *self._delete_call(request))
 
     def _delete_call(self, request: DeleteRequest) -> tuple[list[str], list[Any]]:
         stored_key, etag = self._prefix.apply(request.key), self._etag(request.key, request.etag)

@@ -62,6 +62,7 @@ from mechakit.core.state import (
     bulk_get_by_stored_key,
     decode_value,
     format_expire_time,
+    prepare_each,
     prepare_operation,
 )
 
@@ -243,12 +244,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
     ) -> None:
         errors: dict[str, Exception] = {}
-        ops: list[PreparedOperation] = []
-        for request in requests:
-            try:
-                ops.append(self._prepare(request))
-            except ComponentError as exc:
-                errors[request.key] = exc
+        ops = prepare_each(requests, self._prepare, component=self.label)
         if ops:
             errors.update(
                 await self._run(

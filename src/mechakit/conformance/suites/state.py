@@ -335,6 +335,24 @@ class StateSuite:
         assert await value_of(component, stale_key) == "second"
         assert [await value_of(component, k) for k in good] == ["new", "new"]
 
+    async def test_bulk_set_with_one_invalid_value_writes_nothing(self, component: Store) -> None:
+        good, bad = new_key("good"), new_key("bad")
+        with pytest.raises(BulkError) as caught:
+            await component.bulk_set([SetRequest(good, "new"), SetRequest(bad, float("nan"))])
+        assert set(caught.value.errors) == {bad}
+        assert isinstance(caught.value.errors[bad], InvalidRequestError)
+        assert await component.get(GetRequest(good)) is None
+
+    @requires("TTL")
+    async def test_bulk_set_with_one_invalid_ttl_writes_nothing(self, component: Store) -> None:
+        good, bad = new_key("good"), new_key("bad")
+        with pytest.raises(BulkError) as caught:
+            await component.bulk_set(
+                [SetRequest(good, "new"), SetRequest(bad, "v", metadata={"ttlInSeconds": "soon"})]
+            )
+        assert set(caught.value.errors) == {bad}
+        assert await component.get(GetRequest(good)) is None
+
     @requires("ETAG")
     async def test_bulk_delete_with_one_stale_etag_fails_only_that_key(
         self, component: Store
