@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 CONTENT_TYPE = "application/cloudevents+json"
 SPEC_VERSION = "1.0"
@@ -42,18 +42,46 @@ def new_event(
         "pubsubname": pubsub_name,
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
-    if is_json_content(content_type):
-        try:
-            event["data"] = json.loads(data) if data else None
-        except ValueError:
-            event["data"] = data.decode("utf-8", errors="replace")
-    elif content_type.startswith("text/"):
-        event["data"] = data.decode("utf-8", errors="replace")
+    text = _utf8(data)
+    if text is not None and is_json_content(content_type):
+        event["data"] = _strict_json(text) if text else None
+    elif text is not None and content_type.startswith("text/"):
+        event["data"] = text
     else:
         event["data_base64"] = base64.b64encode(data).decode()
     if extra:
         event.update(extra)
     return event
+
+
+def _utf8(data: bytes) -> str | None:
+    """``data`` as text, or None when it is not UTF-8 (it then travels as ``data_base64``,
+    byte for byte, rather than with replacement characters)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _refuse(text: str) -> NoReturn:
+    raise ValueError(f"not a finite JSON number: {text}")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        _refuse(text)
+    return number
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as Go's decoder reads it: ``NaN``, ``Infinity`` or a number past a float's range
+    is not JSON, so such a payload is carried as the text it is (as Dapr does), never turned
+    into a value no JSON reader accepts."""
+    try:
+        return json.loads(text, parse_constant=_refuse, parse_float=_finite)
+    except (ValueError, RecursionError):
+        return text
 
 
 def parse_event(body: bytes) -> dict[str, Any] | None:
@@ -113,10 +141,8 @@ def envelope(
     themselves. A CloudEvent payload that is not a JSON object raises ``ValueError``.
     """
     if is_cloudevent_content(content_type):
-        try:
-            event = json.loads(payload)
-        except (ValueError, RecursionError):
-            event = None
+        text = _utf8(payload)
+        event = None if text is None else _strict_json(text)
         if not isinstance(event, dict):
             raise ValueError("a body sent as application/cloudevents+json must be a JSON object")
         event["topic"] = topic
