@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from dataclasses import dataclass
 
 import pytest
 
@@ -89,3 +90,19 @@ def test_listing_components_imports_no_driver_or_sdk() -> None:
     count, bad = out.stdout.strip().split(" ", 1)
     assert int(count) >= 10
     assert bad == "[]"
+
+
+@dataclass(frozen=True)
+class _SpecWithOwner(ComponentSpec):
+    owner: str = ""
+
+
+def test_a_spec_subclass_keeps_its_class_and_fields_when_tagged_with_its_plugin() -> None:
+    spec = _SpecWithOwner(
+        "state.owned", "mechakit.components.state.in_memory:InMemoryStateStore", owner="team-a"
+    )
+    registry = Registry(load_entry_points=False)
+    registry.register(_plugin_with(spec), name="owned")
+    found = registry.resolve("state.owned")
+    assert isinstance(found, _SpecWithOwner)
+    assert (found.owner, found.plugin) == ("team-a", "owned")

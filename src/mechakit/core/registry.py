@@ -11,7 +11,7 @@ import builtins
 import difflib
 import importlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pluggy
@@ -117,7 +117,7 @@ class Registry:
                 plugin_name = self._pm.get_name(impl.plugin) or ""
                 specs_of_plugin = cast("Sequence[ComponentSpec]", impl.function())
                 for spec in specs_of_plugin:
-                    tagged = ComponentSpec(**{**spec.__dict__, "plugin": plugin_name})
+                    tagged = replace(spec, plugin=plugin_name)
                     for type_name in (spec.type, *spec.aliases):
                         specs.setdefault((type_name.lower(), spec.version.lower()), tagged)
             self._specs = specs
