@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import types
@@ -52,18 +53,31 @@ def _plugin_with(spec: ComponentSpec) -> types.ModuleType:
     return module
 
 
-def test_missing_sdk_error_says_which_extra_to_install() -> None:
+def test_missing_sdk_error_shows_the_specs_own_install_hint_exactly() -> None:
     spec = ComponentSpec(
         "state.nosuch",
         "mechakit.components.state.in_memory:InMemoryStateStore",
-        extra="nosuch",
+        install_hint="pip install 'my-package[sdk]'",
         requires=("nosuch_sdk_module",),
     )
     registry = Registry([_plugin_with(spec)], load_entry_points=False)
     assert not registry.resolve("state.nosuch").installed()
     with pytest.raises(MissingDependencyError) as info:
         registry.create("state.nosuch")
-    assert "pip install 'mechakit[nosuch]'" in str(info.value)
+    assert str(info.value) == (
+        "state.nosuch: needs the 'nosuch_sdk_module' package, which is not installed: "
+        "pip install 'my-package[sdk]'"
+    )
+
+
+def test_every_builtin_driver_with_an_sdk_names_a_real_mechakit_extra() -> None:
+    extras = set(importlib.metadata.metadata("mechakit").get_all("Provides-Extra") or [])
+    builtins = [s for s in default_registry().specs() if s.plugin == "mechakit" and s.requires]
+    assert builtins
+    for spec in builtins:
+        extra = spec.install_hint.removeprefix("pip install 'mechakit[").removesuffix("]'")
+        assert spec.install_hint == f"pip install 'mechakit[{extra}]'", spec.type
+        assert extra in extras, spec.type
 
 
 def test_a_plugin_registered_at_run_time_is_resolvable_with_aliases() -> None:

@@ -36,8 +36,10 @@ class ComponentSpec:
     target: str
     """``module:Class`` of the driver."""
     version: str = "v1"
-    extra: str | None = None
-    """The mechakit extra (or a pip requirement) that installs the SDK it needs."""
+    install_hint: str = ""
+    """Shown as is when a module in ``requires`` is missing: the exact command that installs
+    it, e.g. ``pip install 'mechakit[redis]'`` or ``pip install 'my-package[sdk]'``. Nothing
+    is derived from it or guessed when it is empty (fsspec's per-protocol "err" message)."""
     requires: tuple[str, ...] = ()
     """Top-level modules the driver imports lazily; used to tell whether it is installed."""
     status: str = "stable"
@@ -48,14 +50,6 @@ class ComponentSpec:
     @property
     def category(self) -> str:
         return self.type.split(".", 1)[0]
-
-    @property
-    def install_hint(self) -> str:
-        if not self.extra:
-            return ""
-        if " " in self.extra or "/" in self.extra or "==" in self.extra:
-            return f"pip install '{self.extra}'"
-        return f"pip install 'mechakit[{self.extra}]'"
 
     def installed(self) -> bool:
         """Whether every module in ``requires`` can be imported (checked without importing)."""
