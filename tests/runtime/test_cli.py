@@ -215,6 +215,8 @@ def test_arguments_after_double_dash_are_only_for_conformance(
         ["components", "list"],
         ["components", "show"],
         ["conformance"],
+        ["run"],
+        ["init"],
     ],
 )
 def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,50 @@
+"""The ``mechakit`` command: validate manifests, list and document components, run conformance,
+serve the Dapr HTTP API for an app (``run``) and write default components (``init``).
+
+One module per command (:mod:`.validate`, :mod:`.components`, :mod:`.conformance`,
+:mod:`.run`, :mod:`.init`), each with an ``add`` function registering its parser and handler
+in :func:`build_parser`. Each command imports what it needs when it runs, so ``mechakit
+components list`` imports no backend SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import components, conformance, init, run, validate
+
+Handler = Callable[[argparse.Namespace, list[str]], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in args:
+        split = args.index("--")
+        args, passthrough = args[:split], args[split + 1 :]
+    parser = build_parser()
+    namespace = parser.parse_args(args)
+    if passthrough and not getattr(namespace, "accepts_passthrough", False):
+        parser.error("arguments after '--' are only accepted by 'mechakit conformance' and 'run'")
+    handler: Handler = namespace.handler
+    try:
+        return handler(namespace, passthrough)
+    except BrokenPipeError:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechakit",
+        description="Dapr-compatible components for Python: check manifests, inspect drivers, "
+        "run the conformance suite, serve the Dapr HTTP API for an app.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for command in (validate, components, conformance, run, init):
+        command.add(commands)
+    return parser
+
+
+__all__ = ["build_parser", "main"]
