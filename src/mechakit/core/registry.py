@@ -17,7 +17,7 @@ from typing import Any, cast
 import pluggy
 
 from .component import Component
-from .errors import ComponentNotFoundError, MissingDependencyError
+from .errors import ComponentNotFoundError, ConfigurationError, MissingDependencyError
 
 PROJECT = "mechakit"
 ENTRY_POINT_GROUP = "mechakit.components"
@@ -88,7 +88,11 @@ class ComponentHookspecs:
 
 
 class Registry:
-    """Every component spec from every installed plug-in, looked up by type and version."""
+    """Every component spec from every installed plug-in, looked up by type and version.
+
+    Two specs for the same type (or alias) and version are refused when the registry is
+    built, naming both distributions: which one would win is an accident of install order.
+    """
 
     def __init__(self, plugins: Iterable[object] = (), *, load_entry_points: bool = True) -> None:
         self._pm = pluggy.PluginManager(PROJECT)
@@ -98,11 +102,21 @@ class Registry:
         for plugin in plugins:
             self._pm.register(plugin)
         self._specs: dict[tuple[str, str], ComponentSpec] | None = None
+        self._index()
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Add a plug-in object or module at run time (tests, embedding applications)."""
-        self._pm.register(plugin, name=name)
+        """Add a plug-in object or module at run time (tests, embedding applications).
+
+        A plug-in announcing a type that is already registered is refused and not kept.
+        """
+        registered_as = self._pm.register(plugin, name=name)
         self._specs = None
+        try:
+            self._index()
+        except ConfigurationError:
+            self._pm.unregister(plugin, name=registered_as)
+            self._specs = None
+            raise
 
     def _index(self) -> dict[tuple[str, str], ComponentSpec]:
         if self._specs is None:
@@ -113,9 +127,37 @@ class Registry:
                 for spec in specs_of_plugin:
                     tagged = replace(spec, plugin=plugin_name)
                     for type_name in (spec.type, *spec.aliases):
-                        specs.setdefault((type_name.lower(), spec.version.lower()), tagged)
+                        key = (type_name.lower(), spec.version.lower())
+                        if key in specs:
+                            raise self._registered_twice(type_name, specs[key], tagged)
+                        specs[key] = tagged
             self._specs = specs
         return self._specs
+
+    def _registered_twice(
+        self, type_name: str, first: ComponentSpec, second: ComponentSpec
+    ) -> ConfigurationError:
+        distributions = {
+            self._pm.get_name(plugin): f"{dist.metadata['name']} {dist.version}"
+            for plugin, dist in self._pm.list_plugin_distinfo()
+        }
+        origins = [
+            repr(distributions[s.plugin]) if s.plugin in distributions else f"plug-in {s.plugin!r}"
+            for s in (first, second)
+        ]
+        alias_of = [repr(s.type) for s in (first, second) if s.type.lower() != type_name.lower()]
+        as_alias = f" (as an alias of {' and of '.join(alias_of)})" if alias_of else ""
+        what = f"component type {type_name!r} {second.version}{as_alias}"
+        if origins[0] == origins[1]:
+            reason = (
+                f"{what} is registered twice by {origins[0]}; "
+                "each type and version must be announced once"
+            )
+        else:
+            installed = first.plugin in distributions and second.plugin in distributions
+            remedy = "uninstall one of them" if installed else "register only one of them"
+            reason = f"{what} is registered by both {origins[0]} and {origins[1]}; {remedy}"
+        return ConfigurationError(reason, component=type_name)
 
     def specs(self, category: str | None = None) -> list[ComponentSpec]:
         seen: dict[tuple[str, str], ComponentSpec] = {}
