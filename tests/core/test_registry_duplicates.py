@@ -26,11 +26,14 @@ Install = Callable[..., None]
 @pytest.fixture
 def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Install]:
     """``install("pkg-a", "1.0", ["state.foo"], ["state.bar"])``: one plug-in module (one entry
-    point) per list of types, in a distribution put on ``sys.path``."""
+    point, named ``pkg-a-0``, ``pkg-a-1`` unless given) per list of types, in a distribution
+    put on ``sys.path``."""
     modules: list[str] = []
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    def install_distribution(name: str, version: str, *plugins: list[str]) -> None:
+    def install_distribution(
+        name: str, version: str, *plugins: list[str], entry_point: str | None = None
+    ) -> None:
         entry_points = ["[mechakit.components]"]
         for number, type_names in enumerate(plugins):
             module = f"{name.replace('-', '_')}_plugin_{number}_{uuid.uuid4().hex}"
@@ -40,7 +43,7 @@ def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Install
                 "@hookimpl\n"
                 f"def mechakit_components():\n    return [{specs}]\n"
             )
-            entry_points.append(f"{name}-{number} = {module}")
+            entry_points.append(f"{entry_point or f'{name}-{number}'} = {module}")
             modules.append(module)
         dist_info = tmp_path / f"{name.replace('-', '_')}-{version}.dist-info"
         dist_info.mkdir()
@@ -101,6 +104,31 @@ def test_one_distribution_announcing_a_type_from_two_entry_points_is_an_error(
         ConfigurationError, match="'state.foo' v1 is registered twice by 'pkg-d 0.2'"
     ):
         Registry()
+
+
+def test_two_distributions_using_one_entry_point_name_is_an_error_not_a_silent_skip(
+    install: Install,
+) -> None:
+    install("pkg-a", "1.0", ["state.foo"], entry_point="storage")
+    install("pkg-b", "2.0", ["state.bar"], entry_point="storage")
+    with pytest.raises(ConfigurationError) as info:
+        Registry()
+    assert "entry point 'storage' of group 'mechakit.components' is declared by both" in str(
+        info.value
+    )
+    assert "'pkg-a 1.0'" in str(info.value) and "'pkg-b 2.0'" in str(info.value)
+
+
+def test_a_distribution_seen_twice_on_the_path_is_loaded_from_the_first_copy_only(
+    install: Install, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install("pkg-e", "1.0", ["state.foo"], entry_point="pkg-e")
+    copy = tmp_path_factory.mktemp("copy") / "pkg_e-1.0.dist-info"
+    copy.mkdir()
+    (copy / "METADATA").write_text("Metadata-Version: 2.1\nName: pkg-e\nVersion: 1.0\n")
+    (copy / "entry_points.txt").write_text("[mechakit.components]\npkg-e = pkg_e_not_imported\n")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(copy.parent)])
+    assert Registry().resolve("state.foo").plugin == "pkg-e"
 
 
 def test_one_plugin_announcing_a_type_twice_in_any_case_is_an_error() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import builtins
 import difflib
 import importlib
+import importlib.metadata
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -97,8 +99,10 @@ class Registry:
     def __init__(self, plugins: Iterable[object] = (), *, load_entry_points: bool = True) -> None:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(ComponentHookspecs)
+        self._distributions: dict[str, tuple[str, str]] = {}
+        """Plug-in name → (project name, version) of the distribution whose entry point it is."""
         if load_entry_points:
-            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            self._load_entry_points()
         for plugin in plugins:
             self._pm.register(plugin)
         self._specs: dict[tuple[str, str], ComponentSpec] | None = None
@@ -117,6 +121,28 @@ class Registry:
             self._pm.unregister(plugin, name=registered_as)
             self._specs = None
             raise
+
+    def _load_entry_points(self) -> None:
+        """pluggy's ``load_setuptools_entrypoints``, except that an entry point name already
+        taken by another distribution is an error: pluggy skips it, hiding that plug-in."""
+        for dist in importlib.metadata.distributions():
+            entry_points = dist.entry_points.select(group=ENTRY_POINT_GROUP)
+            if not entry_points:
+                continue
+            project = (dist.metadata["name"], dist.version)
+            for entry_point in entry_points:
+                taken_by = self._distributions.get(entry_point.name)
+                if taken_by is None:
+                    self._pm.register(entry_point.load(), name=entry_point.name)
+                    self._distributions[entry_point.name] = project
+                elif _canonical(taken_by[0]) != _canonical(project[0]):
+                    raise ConfigurationError(
+                        f"entry point {entry_point.name!r} of group {ENTRY_POINT_GROUP!r} is "
+                        f"declared by both {' '.join(taken_by)!r} and {' '.join(project)!r}, "
+                        "so only one of them can load; uninstall one of them"
+                    )
+                # Otherwise it is the same project again, further down sys.path: like an
+                # import, the first copy wins.
 
     def _index(self) -> dict[tuple[str, str], ComponentSpec]:
         if self._specs is None:
@@ -137,10 +163,7 @@ class Registry:
     def _registered_twice(
         self, type_name: str, first: ComponentSpec, second: ComponentSpec
     ) -> ConfigurationError:
-        distributions = {
-            self._pm.get_name(plugin): f"{dist.metadata['name']} {dist.version}"
-            for plugin, dist in self._pm.list_plugin_distinfo()
-        }
+        distributions = {name: " ".join(dist) for name, dist in self._distributions.items()}
         origins = [
             repr(distributions[s.plugin]) if s.plugin in distributions else f"plug-in {s.plugin!r}"
             for s in (first, second)
@@ -200,6 +223,11 @@ class Registry:
         """A fresh, uninitialised driver instance."""
         cls = self.resolve(type_name, version).load()
         return cls()
+
+
+def _canonical(project_name: str) -> str:
+    """The project name as pip compares it (PEP 503): ``My_Pkg`` and ``my-pkg`` are one."""
+    return re.sub(r"[-_.]+", "-", project_name).lower()
 
 
 _default: Registry | None = None
