@@ -150,7 +150,7 @@ async def test_bulk_operations_and_transactions(rt: Runtime) -> None:
 
 
 async def test_query_on_a_store_without_the_query_api_is_not_supported(rt: Runtime) -> None:
-    with pytest.raises(NotSupportedError, match="query API is not supported"):
+    with pytest.raises(NotSupportedError, match="does not support querying"):
         await rt.state("statestore").query({"filter": {"EQ": {"n": 1}}})
 
 

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from mechakit.core.state import BulkGetItem, GetRequest, StateStore
 
+from .service.errors import invalid
+
 DEFAULT_MAX_BULK_KEYS = 10_000
 """Items one bulk request may carry. Dapr has no such cap; its 4 MB body limit allows
 some 300,000 keys, which take seconds to serve. 10,000 is far above what a bulk call
@@ -43,6 +45,13 @@ def too_many(count: int, limit: int, what: str) -> str | None:
         f"{count} {what} in one request is over the limit of {limit}: split the request, "
         "or raise the limit with 'mechakit run --max-bulk-keys N'"
     )
+
+
+def check_count(count: int, limit: int, what: str) -> None:
+    """Refuse (INVALID, ``ERR_BULK_TOO_LARGE``) a request of ``count`` items over ``limit``."""
+    message = too_many(count, limit, what)
+    if message is not None:
+        raise invalid(TOO_MANY, message)
 
 
 async def map_chunked(fn: Callable[[int, T], R], items: Sequence[T], chunk: int = CHUNK) -> list[R]:
@@ -89,6 +98,7 @@ __all__ = [
     "DEFAULT_MAX_BULK_KEYS",
     "TOO_MANY",
     "bulk_get",
+    "check_count",
     "json_array",
     "map_chunked",
     "too_many",

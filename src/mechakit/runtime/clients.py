@@ -57,21 +57,24 @@ from mechakit.core.state import (
     DeleteRequest,
     GetRequest,
     Query,
-    QueryableStore,
     QueryResponse,
     SetRequest,
     StateFeature,
     StateItem,
     StateOptions,
     StateStore,
-    TransactionalStore,
     TransactionOperation,
     parse_ttl,
 )
 
+from .service import DaprError, as_component_error
+from .service.pubsub import PubSubService
+from .service.state import StateService
+
 log = logging.getLogger("mechakit.runtime")
 
 RequestT = TypeVar("RequestT")
+T = TypeVar("T")
 _UNSET: Any = object()
 
 RAW_PAYLOAD = "rawPayload"
@@ -128,6 +131,14 @@ def _request(
     return given
 
 
+async def _served(call: Awaitable[T]) -> T:
+    """``call``, with a service error raised as the component's own (or a core) error."""
+    try:
+        return await call
+    except DaprError as exc:
+        raise as_component_error(exc) from None
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidRequestError(f"key must be a non-empty string, got {key!r}", field="key")
@@ -154,11 +165,16 @@ def _with_ttl(metadata: Mapping[str, str] | None, ttl: int | timedelta | None) -
 
 
 class StateClient(_Client):
-    """Key/value state: ``await store.set("k", {"n": 1})``, ``item = await store.get("k")``."""
+    """Key/value state: ``await store.set("k", {"n": 1})``, ``item = await store.get("k")``.
 
-    def __init__(self, store: StateStore[Any]) -> None:
+    Calls go through the Dapr service layer (the rules of the HTTP and gRPC APIs); errors
+    are the component's own (``ETagError``, ``BulkError`` …) or core errors of their kind.
+    """
+
+    def __init__(self, store: StateStore[Any], service: StateService) -> None:
         super().__init__(store)
         self._store = store
+        self._service = service
 
     @property
     def component(self) -> StateStore[Any]:
@@ -182,7 +198,7 @@ class StateClient(_Client):
                 metadata=dict(metadata or {}),
                 consistency=StateOptions.parse(consistency=consistency).consistency,
             )
-        return await self._store.get(request)
+        return await _served(self._service.get(self.name, request))
 
     async def set(
         self,
@@ -216,7 +232,7 @@ class StateClient(_Client):
                 metadata=_with_ttl(metadata, ttl),
                 options=_options(first_write, consistency),
             )
-        await self._store.set(request)
+        await _served(self._service.save(self.name, [request]))
 
     async def delete(
         self,
@@ -242,7 +258,7 @@ class StateClient(_Client):
                 metadata=dict(metadata or {}),
                 options=_options(first_write, consistency),
             )
-        await self._store.delete(request)
+        await _served(self._service.delete(self.name, request))
 
     async def bulk_get(
         self, keys: Iterable[str | GetRequest], *, metadata: Mapping[str, str] | None = None
@@ -252,7 +268,7 @@ class StateClient(_Client):
             k if isinstance(k, GetRequest) else GetRequest(_check_key(k), dict(metadata or {}))
             for k in keys
         ]
-        return await self._store.bulk_get(requests)
+        return await _served(self._service.bulk_get(self.name, requests))
 
     async def bulk_set(
         self,
@@ -267,7 +283,7 @@ class StateClient(_Client):
             requests = [SetRequest(_check_key(k), v, metadata=meta) for k, v in items.items()]
         else:
             requests = list(items)
-        await self._store.bulk_set(requests)
+        await _served(self._service.save(self.name, requests, bulk=True))
 
     async def bulk_delete(
         self, keys: Iterable[str | DeleteRequest], *, metadata: Mapping[str, str] | None = None
@@ -279,7 +295,7 @@ class StateClient(_Client):
             else DeleteRequest(_check_key(k), metadata=dict(metadata or {}))
             for k in keys
         ]
-        await self._store.bulk_delete(requests)
+        await _served(self._service.bulk_delete(self.name, requests))
 
     async def transact(
         self,
@@ -288,27 +304,15 @@ class StateClient(_Client):
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         """Apply ``SetRequest``/``DeleteRequest`` operations in order, all or none."""
-        if not isinstance(self._store, TransactionalStore):
-            raise NotSupportedError(
-                "transactions are not supported by this state store",
-                component=self._store.label,
-            )
-        await self._store.transact(list(operations), dict(metadata or {}))
+        await _served(self._service.transact(self.name, list(operations), metadata))
 
     async def query(
         self, query: Query | Mapping[str, Any], *, metadata: Mapping[str, str] | None = None
     ) -> QueryResponse:
         """Run a Dapr state query (``{"filter": …, "sort": […], "page": {…}}`` or a ``Query``)."""
-        if not isinstance(self._store, QueryableStore):
-            raise NotSupportedError(
-                "the query API is not supported by this state store",
-                component=self._store.label,
-            )
-        if not isinstance(query, Query):
-            query = Query.from_dict(query, metadata)
-        elif metadata:
+        if isinstance(query, Query) and metadata:
             raise TypeError("pass metadata inside the Query, not next to it")
-        return await self._store.query(query)
+        return await _served(self._service.query(self.name, query, metadata))
 
 
 def _options(first_write: bool, consistency: str | None) -> StateOptions:
@@ -346,10 +350,12 @@ EventHandler = Callable[[TopicEvent], Awaitable[None]]
 class PubSubClient(_Client):
     """``await pubsub.publish("orders", {"id": 1})``; ``await pubsub.subscribe("orders", handler)``."""
 
-    def __init__(self, pubsub: PubSub[Any], *, app_id: str, tracker: SubscriptionTracker) -> None:
+    def __init__(
+        self, pubsub: PubSub[Any], service: PubSubService, *, tracker: SubscriptionTracker
+    ) -> None:
         super().__init__(pubsub)
         self._pubsub = pubsub
-        self._app_id = app_id
+        self._service = service
         self._tracker = tracker
 
     @property
@@ -379,25 +385,9 @@ class PubSubClient(_Client):
                 raise TypeError("pass data, content_type and metadata inside the PublishRequest")
             await self._pubsub.publish(topic)
             return
-        meta = dict(metadata or {})
         payload, content_type = _encode_payload(data, content_type)
-        raw = meta.get(RAW_PAYLOAD, "").strip().lower() in ("true", "1", "yes")
-        if not raw:
-            ttl = parse_ttl(meta)
-            try:
-                payload = cloudevents.envelope(
-                    payload,
-                    content_type,
-                    topic=topic,
-                    pubsub_name=self.name,
-                    source=self._app_id or "mechakit",
-                    expire_after=None if PubSubFeature.MESSAGE_TTL in self.features() else ttl,
-                )
-            except ValueError as exc:
-                raise InvalidRequestError(str(exc), component=self._pubsub.label) from None
-            content_type = cloudevents.CONTENT_TYPE
-        await self._pubsub.publish(
-            PublishRequest(topic=topic, data=payload, content_type=content_type, metadata=meta)
+        await _served(
+            self._service.publish(self.name, topic, payload, content_type, dict(metadata or {}))
         )
 
     async def subscribe(

@@ -36,7 +36,7 @@ import functools
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -57,27 +57,15 @@ from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from mechakit import __version__
-from mechakit.core import cloudevents
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationItem, ConfigurationUpdate
 from mechakit.core.errors import (
-    BulkError,
-    ConfigurationError,
-    ETagError,
-    ETagErrorKind,
     InvalidRequestError,
     NotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
 )
 from mechakit.core.lock import TryLockRequest, UnlockRequest
-from mechakit.core.metadata import parse_bool
 from mechakit.core.pubsub import (
     BulkPublishEntry,
-    BulkPublishRequest,
-    PublishRequest,
-    PubSub,
-    PubSubFeature,
 )
 from mechakit.core.state import (
     BulkGetItem,
@@ -85,17 +73,16 @@ from mechakit.core.state import (
     Consistency,
     DeleteRequest,
     GetRequest,
-    QueryableStore,
     SetRequest,
     StateOptions,
-    TransactionalStore,
     TransactionOperation,
     encode_value,
-    parse_ttl,
 )
 
 from . import bulk
 from .local import Runtime
+from .service import DaprError, DaprService, ErrorKind
+from .service.errors import failure, lookup
 
 log = logging.getLogger("mechakit.grpc")
 
@@ -138,6 +125,22 @@ class RpcFailure(Exception):
         return ((_STATUS_DETAILS, status.SerializeToString()),)
 
 
+GRPC_STATUS = {
+    ErrorKind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.CONFLICT: grpc.StatusCode.ABORTED,
+    ErrorKind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.UNSUPPORTED: grpc.StatusCode.UNIMPLEMENTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+"""The gRPC status of each kind of service error (UNAVAILABLE is what the SDK retries)."""
+
+
+def _rpc_failure(error: DaprError) -> RpcFailure:
+    return RpcFailure(GRPC_STATUS[error.kind], error.code, error.message)
+
+
 async def _abort(context: Context, failure: RpcFailure) -> NoReturn:
     await context.abort(failure.code, failure.message, failure.trailing_metadata())
 
@@ -150,12 +153,15 @@ def _unary(
     @functools.wraps(method)
     async def run(self: ApiT, request: RequestT, context: Context) -> ResponseT:
         try:
-            return await method(self, request, context)
+            try:
+                return await method(self, request, context)
+            except DaprError as exc:
+                raise _rpc_failure(exc) from exc
         except asyncio.CancelledError:
             log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
             raise
         except RpcFailure as exc:
-            _log_failure(method.__name__, exc)
+            _logfailure(method.__name__, exc)
             await _abort(context, exc)
         except InvalidRequestError as exc:  # raised while reading the request, before any call
             await _abort(context, _invalid("ERR_MALFORMED_REQUEST", str(exc)))
@@ -174,13 +180,16 @@ def _stream(
     @functools.wraps(method)
     async def run(self: ApiT, request: RequestT, context: Context) -> AsyncIterator[ResponseT]:
         try:
-            async for response in method(self, request, context):
-                yield response
+            try:
+                async for response in method(self, request, context):
+                    yield response
+            except DaprError as exc:
+                raise _rpc_failure(exc) from exc
         except asyncio.CancelledError:
             log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
             raise
         except RpcFailure as exc:
-            _log_failure(method.__name__, exc)
+            _logfailure(method.__name__, exc)
             await _abort(context, exc)
         except Exception:
             log.exception("%s failed", method.__name__)
@@ -189,7 +198,7 @@ def _stream(
     return run
 
 
-def _log_failure(rpc: str, failure: RpcFailure) -> None:
+def _logfailure(rpc: str, failure: RpcFailure) -> None:
     level = logging.WARNING if failure.code is grpc.StatusCode.INTERNAL else logging.DEBUG
     log.log(level, "%s: %s", rpc, failure.message)
 
@@ -216,7 +225,7 @@ class DaprGrpcApi:
         max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
         self.runtime = runtime
-        self.max_bulk_keys = max_bulk_keys
+        self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
         self.app_port = app_port
         self.app_protocol = app_protocol
         self.extended_metadata: dict[str, str] = {}
@@ -233,16 +242,12 @@ class DaprGrpcApi:
     async def GetState(
         self, request: state_pb2.GetStateRequest, context: Context
     ) -> state_pb2.GetStateResponse:
-        name = request.store_name
-        store = self._state(name)
-        key = _key(request.key)
         get = GetRequest(
-            key,
+            request.key,
             dict(request.metadata),
             consistency=_CONSISTENCY.get(request.consistency, Consistency.EVENTUAL),
         )
-        with _failure("ERR_STATE_GET", f"fail to get {key} from state store {name}"):
-            item = await store.get(get)
+        item = await self.service.state.get(request.store_name, get)
         if item is None:
             return state_pb2.GetStateResponse()
         return state_pb2.GetStateResponse(
@@ -254,14 +259,11 @@ class DaprGrpcApi:
         self, request: state_pb2.GetBulkStateRequest, context: Context
     ) -> state_pb2.GetBulkStateResponse:
         name = request.store_name
-        store = self._state(name)
-        self._bulk_limit(len(request.keys), "keys")
+        self.service.state.store(name)
+        self.service.state.check_count(len(request.keys), "keys")
         metadata = dict(request.metadata)
-        requests = await bulk.map_chunked(lambda _, k: GetRequest(_key(k), metadata), request.keys)
-        if not requests:
-            return state_pb2.GetBulkStateResponse()
-        with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
-            found = await bulk.bulk_get(store, requests)
+        requests = await bulk.map_chunked(lambda _, k: GetRequest(k, metadata), request.keys)
+        found = await self.service.state.bulk_get(name, requests)
         items = await bulk.map_chunked(lambda _, item: _bulk_item(item), found)
         return state_pb2.GetBulkStateResponse(items=items)
 
@@ -270,31 +272,23 @@ class DaprGrpcApi:
         self, request: state_pb2.SaveStateRequest, context: Context
     ) -> empty_pb2.Empty:
         name = request.store_name
-        store = self._state(name)
-        self._bulk_limit(len(request.states), "state items")
+        self.service.state.store(name)
+        self.service.state.check_count(len(request.states), "state items")
         requests = await bulk.map_chunked(lambda _, item: _set_request(item), request.states)
-        if requests:
-            with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
-                if len(requests) == 1:
-                    await store.set(requests[0])
-                else:
-                    await store.bulk_set(requests)
+        await self.service.state.save(name, requests)
         return empty_pb2.Empty()
 
     @_unary
     async def DeleteState(
         self, request: state_pb2.DeleteStateRequest, context: Context
     ) -> empty_pb2.Empty:
-        store = self._state(request.store_name)
-        key = _key(request.key)
         delete = DeleteRequest(
-            key,
+            request.key,
             etag=_etag(request, "etag"),
             metadata=dict(request.metadata),
             options=_options(request, "options"),
         )
-        with _failure("ERR_STATE_DELETE", f"failed deleting state with key {key}"):
-            await store.delete(delete)
+        await self.service.state.delete(request.store_name, delete)
         return empty_pb2.Empty()
 
     @_unary
@@ -302,12 +296,10 @@ class DaprGrpcApi:
         self, request: state_pb2.DeleteBulkStateRequest, context: Context
     ) -> empty_pb2.Empty:
         name = request.store_name
-        store = self._state(name)
-        self._bulk_limit(len(request.states), "state items")
+        self.service.state.store(name)
+        self.service.state.check_count(len(request.states), "state items")
         requests = await bulk.map_chunked(lambda _, item: _delete_request(item), request.states)
-        if requests:
-            with _failure("ERR_STATE_DELETE", f"failed deleting state in state store {name}"):
-                await store.bulk_delete(requests)
+        await self.service.state.bulk_delete(name, requests)
         return empty_pb2.Empty()
 
     @_unary
@@ -315,18 +307,10 @@ class DaprGrpcApi:
         self, request: state_pb2.ExecuteStateTransactionRequest, context: Context
     ) -> empty_pb2.Empty:
         name = request.storeName
-        store = self._state(name)
-        if not isinstance(store, TransactionalStore):
-            raise RpcFailure(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {name} doesn't support transactions",
-            )
-        self._bulk_limit(len(request.operations), "operations")
+        self.service.state.transactional(name)
+        self.service.state.check_count(len(request.operations), "operations")
         operations = await bulk.map_chunked(_operation, request.operations)
-        if operations:
-            with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
-                await store.transact(operations, dict(request.metadata))
+        await self.service.state.transact(name, operations, dict(request.metadata))
         return empty_pb2.Empty()
 
     @_unary
@@ -334,21 +318,14 @@ class DaprGrpcApi:
         self, request: state_pb2.QueryStateRequest, context: Context
     ) -> state_pb2.QueryStateResponse:
         name = request.store_name
-        store = self._state(name)
-        if not isinstance(store, QueryableStore):
-            raise RpcFailure(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {name} does not support querying",
-            )
+        self.service.state.queryable(name)
         try:
             query = json.loads(request.query or "{}")
         except (ValueError, RecursionError) as exc:
             raise _invalid("ERR_MALFORMED_REQUEST", f"the query is not JSON: {exc}") from None
         if not isinstance(query, dict):
             raise _invalid("ERR_MALFORMED_REQUEST", "the query must be a JSON object")
-        with _failure("ERR_STATE_QUERY", f"state store {name} query failed"):
-            response = await self.runtime.state(name).query(query, metadata=dict(request.metadata))
+        response = await self.service.state.query(name, query, dict(request.metadata))
         return state_pb2.QueryStateResponse(
             results=[
                 state_pb2.QueryStateItem(
@@ -363,69 +340,32 @@ class DaprGrpcApi:
             metadata=dict(response.metadata),
         )
 
-    def _state(self, name: str) -> Any:
-        client = _lookup(
-            self.runtime.state,
-            name,
-            "ERR_STATE_STORE_NOT_FOUND",
-            f"state store {name} is not found",
-        )
-        return client.component
-
-    def _bulk_limit(self, count: int, what: str) -> None:
-        message = bulk.too_many(count, self.max_bulk_keys, what)
-        if message is not None:
-            raise _invalid(bulk.TOO_MANY, message)
-
     # --- pub/sub -------------------------------------------------------------------------
 
     @_unary
     async def PublishEvent(
         self, request: pubsub_pb2.PublishEventRequest, context: Context
     ) -> empty_pb2.Empty:
-        name = request.pubsub_name
-        pubsub = self._pubsub(name)
-        topic = _topic(request.topic, name)
-        metadata = dict(request.metadata)
-        content_type = request.data_content_type or "text/plain"
-        data, data_type = self._envelope(pubsub, topic, request.data, content_type, metadata)
-        with _failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
-        ):
-            await pubsub.publish(PublishRequest(topic, data, data_type, metadata))
+        await self.service.pubsub.publish(
+            request.pubsub_name,
+            request.topic,
+            request.data,
+            request.data_content_type or "text/plain",
+            dict(request.metadata),
+        )
         return empty_pb2.Empty()
 
     @_unary
     async def BulkPublishEvent(
         self, request: pubsub_pb2.BulkPublishRequest, context: Context
     ) -> pubsub_pb2.BulkPublishResponse:
-        name = request.pubsub_name
-        pubsub = self._pubsub(name)
-        topic = _topic(request.topic, name)
-        metadata = dict(request.metadata)
-        raw = _raw_payload(metadata)
-        self._bulk_limit(len(request.entries), "entries")
-        seen: set[str] = set()
-
-        def parse(i: int, entry: pubsub_pb2.BulkPublishRequestEntry) -> BulkPublishEntry:
-            if not entry.entry_id or entry.entry_id in seen:
-                raise _invalid(
-                    "ERR_PUBSUB_EVENTS_SER", f"entry {i}: entryId is duplicated or not present"
-                )
-            seen.add(entry.entry_id)
-            entry_metadata = {**metadata, **entry.metadata}
-            data, content_type = entry.event, entry.content_type or "text/plain"
-            if not raw:
-                data, content_type = self._envelope(
-                    pubsub, topic, data, content_type, entry_metadata
-                )
-            return BulkPublishEntry(entry.entry_id, data, content_type, entry_metadata)
-
-        entries = await bulk.map_chunked(parse, request.entries)
-        with _failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
-        ):
-            result = await pubsub.bulk_publish(BulkPublishRequest(topic, entries, metadata))
+        entries = [
+            BulkPublishEntry(e.entry_id, e.event, e.content_type or "text/plain", dict(e.metadata))
+            for e in request.entries
+        ]
+        result = await self.service.pubsub.bulk_publish(
+            request.pubsub_name, request.topic, entries, dict(request.metadata)
+        )
         return pubsub_pb2.BulkPublishResponse(
             failedEntries=[
                 pubsub_pb2.BulkPublishResponseFailedEntry(entry_id=f.entry_id, error=f.error)
@@ -435,41 +375,6 @@ class DaprGrpcApi:
 
     BulkPublishEventAlpha1 = BulkPublishEvent
 
-    def _pubsub(self, name: str) -> PubSub[Any]:
-        client = _lookup(
-            self.runtime.pubsub, name, "ERR_PUBSUB_NOT_FOUND", f"pubsub {name} not found"
-        )
-        pubsub: PubSub[Any] = client.component
-        return pubsub
-
-    def _envelope(
-        self,
-        pubsub: PubSub[Any],
-        topic: str,
-        payload: bytes,
-        content_type: str,
-        metadata: Mapping[str, str],
-    ) -> tuple[bytes, str]:
-        """The bytes to publish: a CloudEvent around the payload, or the payload raw."""
-        if _raw_payload(metadata):
-            return payload, content_type
-        try:
-            ttl = parse_ttl(metadata)
-        except InvalidRequestError as exc:
-            raise _invalid("ERR_PUBSUB_REQUEST_METADATA", exc.reason) from None
-        try:
-            data = cloudevents.envelope(
-                payload,
-                content_type,
-                topic=topic,
-                pubsub_name=pubsub.name,
-                source=self.runtime.app_id or "mechakit",
-                expire_after=None if PubSubFeature.MESSAGE_TTL in pubsub.features() else ttl,
-            )
-        except ValueError as exc:
-            raise _invalid("ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)) from None
-        return data, cloudevents.CONTENT_TYPE
-
     # --- bindings ------------------------------------------------------------------------
 
     @_unary
@@ -477,7 +382,7 @@ class DaprGrpcApi:
         self, request: binding_pb2.InvokeBindingRequest, context: Context
     ) -> binding_pb2.InvokeBindingResponse:
         name = request.name
-        binding = _lookup(
+        binding = lookup(
             self.runtime.binding,
             name,
             "ERR_INVOKE_OUTPUT_BINDING",
@@ -486,7 +391,7 @@ class DaprGrpcApi:
         if not request.operation.strip():
             raise _invalid("ERR_MALFORMED_REQUEST", "operation must be non-empty, e.g. create")
         invoke = InvokeRequest(request.operation, request.data, dict(request.metadata))
-        with _failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
+        with failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
             result = await binding.invoke(invoke)
         return binding_pb2.InvokeBindingResponse(
             data=result.data or b"", metadata=dict(result.metadata)
@@ -502,7 +407,7 @@ class DaprGrpcApi:
         secrets = self._secrets(store)
         if not request.key:
             raise _invalid("ERR_MALFORMED_REQUEST", "the secret name (key) is empty")
-        with _failure(
+        with failure(
             "ERR_SECRET_GET",
             f"failed getting secret with key {request.key} from secret store {store}",
         ):
@@ -515,14 +420,14 @@ class DaprGrpcApi:
     ) -> secret_pb2.GetBulkSecretResponse:
         store = request.store_name
         secrets = self._secrets(store)
-        with _failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
+        with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
             found = await secrets.bulk_get(metadata=dict(request.metadata))
         return secret_pb2.GetBulkSecretResponse(
             data={name: secret_pb2.SecretResponse(secrets=values) for name, values in found.items()}
         )
 
     def _secrets(self, store: str) -> Any:
-        return _lookup(
+        return lookup(
             self.runtime.secrets,
             store,
             "ERR_SECRET_STORE_NOT_FOUND",
@@ -543,7 +448,7 @@ class DaprGrpcApi:
             )
         except InvalidRequestError as exc:
             raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
-        with _failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
+        with failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
             success = await locks.try_lock(lock)
         return lock_pb2.TryLockResponse(success=success)
 
@@ -557,12 +462,12 @@ class DaprGrpcApi:
             release = UnlockRequest(request.resource_id, request.lock_owner)
         except InvalidRequestError as exc:
             raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
-        with _failure("ERR_UNLOCK", "failed to release lock"):
+        with failure("ERR_UNLOCK", "failed to release lock"):
             status = await locks.unlock(release)
         return lock_pb2.UnlockResponse(status=int(status))  # type: ignore[arg-type]
 
     def _locks(self, name: str) -> Any:
-        return _lookup(
+        return lookup(
             self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND", f"lock store {name} not found"
         )
 
@@ -575,7 +480,7 @@ class DaprGrpcApi:
         name = request.store_name
         config = self._configuration(name)
         keys = list(request.keys)
-        with _failure(
+        with failure(
             "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
         ):
             items = await config.get(keys, metadata=dict(request.metadata))
@@ -596,7 +501,7 @@ class DaprGrpcApi:
         async def handler(update: ConfigurationUpdate) -> None:
             updates.put_nowait(update)
 
-        with _failure(
+        with failure(
             "ERR_CONFIGURATION_SUBSCRIBE",
             f"failed to subscribe {keys} from Configuration store {name}",
         ):
@@ -631,7 +536,7 @@ class DaprGrpcApi:
             )
         try:
             with (
-                _failure(
+                failure(
                     "ERR_CONFIGURATION_UNSUBSCRIBE",
                     f"failed to unsubscribe to configuration request {request.id}",
                 ),
@@ -645,7 +550,7 @@ class DaprGrpcApi:
     UnsubscribeConfigurationAlpha1 = UnsubscribeConfiguration
 
     def _configuration(self, name: str) -> Any:
-        return _lookup(
+        return lookup(
             self.runtime.configuration,
             name,
             "ERR_CONFIGURATION_STORE_NOT_FOUND",
@@ -861,65 +766,6 @@ def _invalid(reason: str, message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
 
 
-@contextlib.contextmanager
-def _failure(reason: str, what: str) -> Iterator[None]:
-    """Turn a component's error into Dapr's answer for the RPC whose code ``reason`` is."""
-    try:
-        yield
-    except RpcFailure:
-        raise
-    except ETagError as exc:
-        code = (
-            grpc.StatusCode.ABORTED
-            if exc.kind is ETagErrorKind.MISMATCH
-            else grpc.StatusCode.INVALID_ARGUMENT
-        )
-        raise RpcFailure(code, reason, f"{what}: {exc}") from exc
-    except PermissionDeniedError as exc:
-        raise RpcFailure(
-            grpc.StatusCode.PERMISSION_DENIED, "ERR_PERMISSION_DENIED", f"{what}: {exc}"
-        ) from exc
-    except (InvalidRequestError, NotSupportedError) as exc:
-        raise _invalid(reason, f"{what}: {exc}") from exc
-    except NotFoundError as exc:
-        raise RpcFailure(grpc.StatusCode.NOT_FOUND, reason, f"{what}: {exc}") from exc
-    except BulkError as exc:
-        message = "; ".join(f"{key!r}: {error}" for key, error in exc.errors.items())
-        raise RpcFailure(
-            _bulk_code(list(exc.errors.values())), reason, f"{what}: {message}"
-        ) from exc
-    except Exception as exc:
-        retriable = getattr(exc, "retriable", False)
-        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
-        code = grpc.StatusCode.UNAVAILABLE if retriable else grpc.StatusCode.INTERNAL
-        raise RpcFailure(code, reason, f"{what}: {exc}") from exc
-
-
-def _bulk_code(errors: list[Exception]) -> grpc.StatusCode:
-    etags = [e for e in errors if isinstance(e, ETagError)]
-    if etags:
-        mismatch = any(e.kind is ETagErrorKind.MISMATCH for e in etags)
-        return grpc.StatusCode.ABORTED if mismatch else grpc.StatusCode.INVALID_ARGUMENT
-    if errors and all(isinstance(e, InvalidRequestError | NotSupportedError) for e in errors):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
-
-
-def _lookup(get: Callable[[str], T], name: str, reason: str, message: str) -> T:
-    try:
-        return get(name)
-    except (NotFoundError, ConfigurationError) as exc:
-        raise _invalid(reason, f"{message}: {exc.reason}") from None
-
-
-def _key(key: str) -> str:
-    if not key:
-        raise _invalid("ERR_MALFORMED_REQUEST", "key is a required field (a non-empty string)")
-    if _KEY_SEPARATOR in key:
-        raise _invalid("ERR_MALFORMED_REQUEST", f"input key/keyPrefix {key!r} can't contain '||'")
-    return key
-
-
 def _etag(message: Any, name: str) -> str | None:
     """The ETag of a message's ``Etag`` field; unset or empty means none."""
     if not message.HasField(name):
@@ -939,23 +785,18 @@ def _options(message: Any, name: str) -> StateOptions:
 
 
 def _set_request(item: common_pb2.StateItem) -> SetRequest:
-    metadata = dict(item.metadata)
-    try:
-        parse_ttl(metadata)
-    except InvalidRequestError as exc:
-        raise _invalid("ERR_MALFORMED_REQUEST", f"key {item.key!r}: {exc.reason}") from None
     return SetRequest(
-        key=_key(item.key),
+        key=item.key,
         value=_state_value(item.value),
         etag=_etag(item, "etag"),
-        metadata=metadata,
+        metadata=dict(item.metadata),
         options=_options(item, "options"),
     )
 
 
 def _delete_request(item: common_pb2.StateItem) -> DeleteRequest:
     return DeleteRequest(
-        key=_key(item.key),
+        key=item.key,
         etag=_etag(item, "etag"),
         metadata=dict(item.metadata),
         options=_options(item, "options"),
@@ -1000,24 +841,6 @@ def _state_value(data: bytes) -> Any:
 
 def _state_bytes(value: Any) -> bytes:
     return encode_value(value)[0]
-
-
-def _topic(topic: str, pubsub: str) -> str:
-    if not topic.strip():
-        raise _invalid("ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub}")
-    return topic
-
-
-def _raw_payload(metadata: Mapping[str, str]) -> bool:
-    value = metadata.get(RAW_PAYLOAD)
-    if value is None:
-        return False
-    try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise _invalid(
-            "ERR_PUBSUB_REQUEST_METADATA", f"failed deserializing metadata. Error: {exc}"
-        ) from None
 
 
 def _configuration_items(

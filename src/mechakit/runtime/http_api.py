@@ -35,7 +35,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -53,39 +53,30 @@ from mechakit.core import cloudevents
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
-    BulkError,
     ConfigurationError,
-    ETagError,
-    ETagErrorKind,
     InvalidRequestError,
     NotFoundError,
-    NotSupportedError,
-    PermissionDeniedError,
 )
 from mechakit.core.lock import TryLockRequest, UnlockRequest
-from mechakit.core.metadata import parse_bool
 from mechakit.core.pubsub import (
     BulkPublishEntry,
-    BulkPublishRequest,
-    PublishRequest,
-    PubSub,
-    PubSubFeature,
 )
 from mechakit.core.state import (
     BulkGetItem,
     DeleteRequest,
     GetRequest,
-    QueryableStore,
     SetRequest,
     StateOptions,
-    TransactionalStore,
     TransactionOperation,
-    parse_ttl,
 )
 
 from . import bulk
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .local import Runtime
+from .service import DaprError, DaprService, ErrorKind, http_status
+from .service.errors import failure, invalid, lookup
+from .service.pubsub import EVENTS
+from .service.state import check_key
 
 if TYPE_CHECKING:
     from .delivery import AppSubscription, Delivery
@@ -99,7 +90,6 @@ API_TOKEN_HEADER = "dapr-api-token"
 METADATA_PREFIX = "metadata."
 RAW_PAYLOAD = "rawPayload"
 _HEALTH_PATHS = ("v1.0/healthz", "v1.0/healthz/outbound")
-_KEY_SEPARATOR = "||"
 
 MALFORMED = "ERR_MALFORMED_REQUEST"
 
@@ -180,7 +170,7 @@ class DaprHttpApi:
         max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
         self.runtime = runtime
-        self.max_bulk_keys = max_bulk_keys
+        self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
         self.app_port = app_port
         self.app_protocol = app_protocol
         self.delivery = delivery
@@ -448,31 +438,26 @@ class DaprHttpApi:
 
     async def save_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
+        self.service.state.store(name)
         items = _json(await request.body())
         if not isinstance(items, list):
             raise _malformed(f"expected a JSON array of state items, got {_kind(items)}")
-        self._bulk_limit(len(items), "state items")
+        self.service.state.check_count(len(items), "state items")
         query = _query_metadata(request)
         requests = await bulk.map_chunked(
             lambda i, item: _set_request(item, f"item {i}", query), items
         )
-        if requests:
-            with _failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
-                if len(requests) == 1:
-                    await store.set(requests[0])
-                else:
-                    await store.bulk_set(requests)
+        await self.service.state.save(name, requests)
         return Response(status_code=204)
 
     async def get_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
-        key = _key(request.path_params["key"], "key")
+        self.service.state.store(name)
         options = _state_options(None, request.query_params.get("consistency"), "query")
-        get = GetRequest(key, _query_metadata(request), consistency=options.consistency)
-        with _failure("ERR_STATE_GET", f"fail to get {key} from state store {name}"):
-            item = await store.get(get)
+        get = GetRequest(
+            request.path_params["key"], _query_metadata(request), consistency=options.consistency
+        )
+        item = await self.service.state.get(name, get)
         if item is None:
             return Response(status_code=204)
         headers = _metadata_headers(item.metadata)
@@ -483,7 +468,7 @@ class DaprHttpApi:
 
     async def get_bulk_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
+        self.service.state.store(name)
         body = _object(_json(await request.body()), "request body")
         keys = body.get("keys") or []
         if not isinstance(keys, list):
@@ -491,69 +476,50 @@ class DaprHttpApi:
         parallelism = body.get("parallelism")
         if parallelism is not None and not _is_int(parallelism):
             raise _malformed(f"'parallelism' must be a whole number, got {_kind(parallelism)}")
-        self._bulk_limit(len(keys), "keys")
+        self.service.state.check_count(len(keys), "keys")
         metadata = {**_string_map(body.get("metadata"), "metadata"), **_query_metadata(request)}
         requests = await bulk.map_chunked(
             lambda i, k: GetRequest(_key(k, f"keys[{i}]"), metadata), keys
         )
-        if not requests:
-            return JSONResponse([])
-        with _failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
-            found = await bulk.bulk_get(store, requests)
+        found = await self.service.state.bulk_get(name, requests)
         results = await bulk.map_chunked(lambda _, item: _bulk_entry(item), found)
         return Response(await bulk.json_array(results), media_type="application/json")
 
     async def delete_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
-        key = _key(request.path_params["key"], "key")
+        self.service.state.store(name)
         query = request.query_params
         options = _state_options(query.get("concurrency"), query.get("consistency"), "query")
         delete = DeleteRequest(
-            key,
+            request.path_params["key"],
             etag=request.headers.get("if-match"),
             metadata=_query_metadata(request),
             options=options,
         )
-        with _failure("ERR_STATE_DELETE", f"failed deleting state with key {key}"):
-            await store.delete(delete)
+        await self.service.state.delete(name, delete)
         return Response(status_code=204)
 
     async def transact_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
+        self.service.state.transactional(name)
         body = _object(_json(await request.body()), "request body")
-        if not isinstance(store, TransactionalStore):
-            raise ApiError(
-                400,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {name} doesn't support transactions",
-            )
         query = _query_metadata(request)
         metadata = {**_string_map(body.get("metadata"), "metadata"), **query}
         raw_operations = body.get("operations") or []
         if not isinstance(raw_operations, list):
             raise _malformed(f"'operations' must be an array, got {_kind(raw_operations)}")
-        self._bulk_limit(len(raw_operations), "operations")
+        self.service.state.check_count(len(raw_operations), "operations")
         operations = await bulk.map_chunked(
             lambda i, raw: _operation(raw, f"operations[{i}]", query), raw_operations
         )
-        if operations:
-            with _failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
-                await store.transact(operations, metadata)
+        await self.service.state.transact(name, operations, metadata)
         return Response(status_code=204)
 
     async def query_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = self._state(name)
+        self.service.state.queryable(name)
         body = _object(_json(await request.body()), "query")
-        if not isinstance(store, QueryableStore):
-            raise ApiError(
-                400, "ERR_STATE_STORE_NOT_SUPPORTED", "state store does not support querying"
-            )
-        client = self.runtime.state(name)
-        with _failure("ERR_STATE_QUERY", f"state store {name} query failed"):
-            response = await client.query(body, metadata=_query_metadata(request))
+        response = await self.service.state.query(name, body, _query_metadata(request))
         if not response.results:
             return Response(status_code=204)
         results = []
@@ -571,70 +537,31 @@ class DaprHttpApi:
             out["metadata"] = dict(response.metadata)
         return JSONResponse(out)
 
-    def _state(self, name: str) -> Any:
-        client = _lookup(self.runtime.state, name, 400, "ERR_STATE_STORE_NOT_FOUND")
-        return client.component
-
-    def _bulk_limit(self, count: int, what: str) -> None:
-        message = bulk.too_many(count, self.max_bulk_keys, what)
-        if message is not None:
-            raise ApiError(400, bulk.TOO_MANY, message)
-
     # --- pub/sub -------------------------------------------------------------------------
 
     async def publish(self, request: Request) -> Response:
         name = request.path_params["pubsub"]
-        pubsub = self._pubsub(name)
-        topic = _topic(request, name)
-        payload = await request.body()
-        metadata = _query_metadata(request)
-        content_type = request.headers.get("content-type") or "text/plain"
-        data, data_type = self._envelope(pubsub, topic, payload, content_type, metadata)
-        with _failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
-        ):
-            await pubsub.publish(PublishRequest(topic, data, data_type, metadata))
+        self.service.pubsub.pubsub(name)
+        await self.service.pubsub.publish(
+            name,
+            str(request.path_params["topic"]),
+            await request.body(),
+            request.headers.get("content-type") or "text/plain",
+            _query_metadata(request),
+        )
         return Response(status_code=204)
 
     async def bulk_publish(self, request: Request) -> Response:
         name = request.path_params["pubsub"]
-        pubsub = self._pubsub(name)
-        topic = _topic(request, name)
-        metadata = _query_metadata(request)
-        raw = _raw_payload(metadata)
-        body = _json(await request.body(), code="ERR_PUBSUB_EVENTS_SER")
+        self.service.pubsub.pubsub(name)
+        body = _json(await request.body(), code=EVENTS)
         if not isinstance(body, list):
-            raise _events_error(f"expected a JSON array of entries, got {_kind(body)}")
-        self._bulk_limit(len(body), "entries")
-        seen: set[str] = set()
-
-        def entry(i: int, raw_entry: object) -> BulkPublishEntry:
-            where = f"entry {i}"
-            if not isinstance(raw_entry, dict):
-                raise _events_error(f"{where}: expected an object, got {_kind(raw_entry)}")
-            entry_id = raw_entry.get("entryId")
-            if not isinstance(entry_id, str) or not entry_id or entry_id in seen:
-                raise _events_error(f"{where}: entryId is duplicated or not present for entry")
-            seen.add(entry_id)
-            content_type = raw_entry.get("contentType")
-            if not isinstance(content_type, str):
-                raise _events_error(f"{where}: 'contentType' must be a string")
-            try:
-                entry_metadata = {**metadata, **_string_map(raw_entry.get("metadata"), "metadata")}
-            except ApiError as exc:
-                raise _events_error(f"{where}: {exc.message}") from None
-            data = _event_bytes(raw_entry.get("event"), content_type, where)
-            if not raw:
-                data, content_type = self._envelope(
-                    pubsub, topic, data, content_type, entry_metadata
-                )
-            return BulkPublishEntry(entry_id, data, content_type, entry_metadata)
-
-        entries = await bulk.map_chunked(entry, body)
-        with _failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
-        ):
-            result = await pubsub.bulk_publish(BulkPublishRequest(topic, entries, metadata))
+            raise invalid(EVENTS, f"expected a JSON array of entries, got {_kind(body)}")
+        self.service.state.check_count(len(body), "entries")
+        entries = await bulk.map_chunked(_bulk_publish_entry, body)
+        result = await self.service.pubsub.bulk_publish(
+            name, str(request.path_params["topic"]), entries, _query_metadata(request)
+        )
         if result.failed:
             failed = [{"entryId": f.entry_id, "error": f.error} for f in result.failed]
             return JSONResponse(
@@ -642,43 +569,11 @@ class DaprHttpApi:
             )
         return Response(status_code=204)
 
-    def _pubsub(self, name: str) -> PubSub[Any]:
-        client = _lookup(self.runtime.pubsub, name, 404, "ERR_PUBSUB_NOT_FOUND")
-        return client.component
-
-    def _envelope(
-        self,
-        pubsub: PubSub[Any],
-        topic: str,
-        payload: bytes,
-        content_type: str,
-        metadata: Mapping[str, str],
-    ) -> tuple[bytes, str]:
-        """The bytes to publish: a CloudEvent around the payload, or the payload raw."""
-        if _raw_payload(metadata):
-            return payload, content_type
-        try:
-            ttl = parse_ttl(metadata)
-        except InvalidRequestError as exc:
-            raise ApiError(400, "ERR_PUBSUB_REQUEST_METADATA", exc.reason) from None
-        try:
-            data = cloudevents.envelope(
-                payload,
-                content_type,
-                topic=topic,
-                pubsub_name=pubsub.name,
-                source=self.runtime.app_id or "mechakit",
-                expire_after=None if PubSubFeature.MESSAGE_TTL in pubsub.features() else ttl,
-            )
-        except ValueError as exc:
-            raise ApiError(400, "ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)) from None
-        return data, cloudevents.CONTENT_TYPE
-
     # --- bindings ------------------------------------------------------------------------
 
     async def invoke_binding(self, request: Request) -> Response:
         name = request.path_params["name"]
-        binding = _lookup(self.runtime.binding, name, 400, "ERR_INVOKE_OUTPUT_BINDING")
+        binding = lookup(self.runtime.binding, name, "ERR_INVOKE_OUTPUT_BINDING")
         body = _object(_json(await request.body()), "request body")
         operation = body.get("operation")
         if not isinstance(operation, str) or not operation.strip():
@@ -692,7 +587,7 @@ class DaprHttpApi:
             if isinstance(data, str)
             else json.dumps(data, separators=(",", ":")).encode()
         )
-        with _failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
+        with failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
             result = await binding.invoke(InvokeRequest(operation, payload, metadata))
         headers = _metadata_headers(result.metadata)
         if not result.data:
@@ -705,11 +600,11 @@ class DaprHttpApi:
 
     async def get_secret(self, request: Request) -> Response:
         store = request.path_params["store"]
-        secrets = _lookup(self.runtime.secrets, store, 401, "ERR_SECRET_STORE_NOT_FOUND")
+        secrets = lookup(self.runtime.secrets, store, "ERR_SECRET_STORE_NOT_FOUND")
         name = request.path_params["name"]
         if not name:
             raise _malformed("the secret name is empty")
-        with _failure(
+        with failure(
             "ERR_SECRET_GET", f"failed getting secret with key {name} from secret store {store}"
         ):
             values = await secrets.get(name, metadata=_query_metadata(request))
@@ -717,8 +612,8 @@ class DaprHttpApi:
 
     async def get_bulk_secret(self, request: Request) -> Response:
         store = request.path_params["store"]
-        secrets = _lookup(self.runtime.secrets, store, 401, "ERR_SECRET_STORE_NOT_FOUND")
-        with _failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
+        secrets = lookup(self.runtime.secrets, store, "ERR_SECRET_STORE_NOT_FOUND")
+        with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
             values = await secrets.bulk_get(metadata=_query_metadata(request))
         return JSONResponse(values)
 
@@ -727,7 +622,7 @@ class DaprHttpApi:
     async def try_lock(self, request: Request) -> Response:
         name = request.path_params["store"]
         body = _object(_json(await request.body()), "request body")
-        locks = _lookup(self.runtime.lock, name, 400, "ERR_LOCK_STORE_NOT_FOUND")
+        locks = lookup(self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND")
         expiry = _proto_int(_field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds")
         try:
             lock = TryLockRequest(
@@ -737,14 +632,14 @@ class DaprHttpApi:
             )
         except InvalidRequestError as exc:
             raise _malformed(f"{exc.reason} in lock store {name}") from None
-        with _failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
+        with failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
             success = await locks.try_lock(lock)
         return JSONResponse({"success": success})
 
     async def unlock(self, request: Request) -> Response:
         name = request.path_params["store"]
         body = _object(_json(await request.body()), "request body")
-        locks = _lookup(self.runtime.lock, name, 400, "ERR_LOCK_STORE_NOT_FOUND")
+        locks = lookup(self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND")
         try:
             release = UnlockRequest(
                 _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
@@ -752,7 +647,7 @@ class DaprHttpApi:
             )
         except InvalidRequestError as exc:
             raise _malformed(f"{exc.reason} in lock store {name}") from None
-        with _failure("ERR_UNLOCK", "failed to release lock"):
+        with failure("ERR_UNLOCK", "failed to release lock"):
             status = await locks.unlock(release)
         return JSONResponse({"status": int(status)})
 
@@ -760,9 +655,9 @@ class DaprHttpApi:
 
     async def get_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
         keys = request.query_params.getlist("key")
-        with _failure(
+        with failure(
             "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
         ):
             items = await store.get(keys, metadata=_query_metadata(request))
@@ -777,7 +672,7 @@ class DaprHttpApi:
 
     async def subscribe_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
         delivery = self.delivery
         if delivery is None:
             raise ApiError(
@@ -791,7 +686,7 @@ class DaprHttpApi:
         async def send(update: ConfigurationUpdate) -> None:
             await delivery.send_configuration(name, update)
 
-        with _failure(
+        with failure(
             "ERR_CONFIGURATION_SUBSCRIBE",
             f"failed to subscribe {keys} from Configuration store {name}",
         ):
@@ -801,14 +696,14 @@ class DaprHttpApi:
 
     async def unsubscribe_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = _lookup(self.runtime.configuration, name, 400, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
         subscription_id = request.path_params["id"]
         what = f"failed to unsubscribe to configuration request {subscription_id}"
         watch = (name, subscription_id)
         if watch not in self._configuration_watches:
             return _unsubscribe_failed(
-                ApiError(
-                    404,
+                DaprError(
+                    ErrorKind.NOT_FOUND,
                     "ERR_CONFIGURATION_UNSUBSCRIBE",
                     f"{what}: no subscription {subscription_id!r} in configuration store {name}",
                 )
@@ -816,11 +711,11 @@ class DaprHttpApi:
         self._configuration_watches.discard(watch)
         try:
             with (
-                _failure("ERR_CONFIGURATION_UNSUBSCRIBE", what),
+                failure("ERR_CONFIGURATION_UNSUBSCRIBE", what),
                 contextlib.suppress(NotFoundError),
             ):
                 await store.unsubscribe(subscription_id)
-        except ApiError as exc:
+        except DaprError as exc:
             return _unsubscribe_failed(exc)
         return JSONResponse({"ok": True})
 
@@ -967,7 +862,10 @@ def _is_health_check(scope: Scope) -> bool:
 def _guarded(handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
         try:
-            return await handler(request)
+            try:
+                return await handler(request)
+            except DaprError as exc:
+                raise ApiError(http_status(exc), exc.code, exc.message) from exc
         except ApiError as exc:
             if exc.status >= 500:
                 log.warning("%s %s: %s", request.method, request.url.path, exc.message)
@@ -1002,56 +900,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, "ERR_BAD_REQUEST", str(exc.detail)).response()
 
 
-@contextlib.contextmanager
-def _failure(code: str, what: str) -> Iterator[None]:
-    """Turn a component's error into Dapr's answer for the endpoint whose ``code`` it is."""
-    try:
-        yield
-    except ApiError:
-        raise
-    except ETagError as exc:
-        status = 409 if exc.kind is ETagErrorKind.MISMATCH else 400
-        raise ApiError(status, code, f"{what}: {exc}") from exc
-    except PermissionDeniedError as exc:
-        raise ApiError(403, "ERR_PERMISSION_DENIED", f"{what}: {exc}") from exc
-    except (InvalidRequestError, NotSupportedError) as exc:
-        raise ApiError(400, code, f"{what}: {exc}") from exc
-    except NotFoundError as exc:
-        raise ApiError(404, code, f"{what}: {exc}") from exc
-    except BulkError as exc:
-        status = _bulk_status(exc.errors.values())
-        raise ApiError(status, code, f"{what}: {_bulk_message(exc)}") from exc
-    except Exception as exc:
-        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
-        raise ApiError(500, code, f"{what}: {exc}") from exc
-
-
-def _bulk_status(found: Iterable[Exception]) -> int:
-    errors = list(found)
-    etags = [e for e in errors if isinstance(e, ETagError)]
-    if etags:
-        mismatch = any(e.kind is ETagErrorKind.MISMATCH for e in etags)
-        return 409 if mismatch else 400
-    if errors and all(isinstance(e, InvalidRequestError | NotSupportedError) for e in errors):
-        return 400
-    return 500
-
-
-def _bulk_message(exc: BulkError) -> str:
-    return "; ".join(f"{key!r}: {error}" for key, error in exc.errors.items())
-
-
-def _lookup(get: Callable[[str], T], name: str, status: int, code: str) -> T:
-    try:
-        return get(name)
-    except (NotFoundError, ConfigurationError) as exc:
-        raise ApiError(status, code, exc.reason) from None
-
-
-def _unsubscribe_failed(error: ApiError) -> Response:
+def _unsubscribe_failed(error: DaprError) -> Response:
     """Dapr's unsubscribe failure body (``ok``, ``message``), with our ``errorCode``."""
     body = {"ok": False, "errorCode": error.code, "message": error.message}
-    return JSONResponse(body, error.status)
+    return JSONResponse(body, http_status(error))
 
 
 def _subscription_entry(subscription: AppSubscription) -> dict[str, Any]:
@@ -1072,12 +924,8 @@ def _subscription_entry(subscription: AppSubscription) -> dict[str, Any]:
 # --- request parsing ------------------------------------------------------------------------
 
 
-def _malformed(message: str) -> ApiError:
-    return ApiError(400, MALFORMED, message)
-
-
-def _events_error(message: str) -> ApiError:
-    return ApiError(400, "ERR_PUBSUB_EVENTS_SER", message)
+def _malformed(message: str) -> DaprError:
+    return invalid(MALFORMED, message)
 
 
 def _no_constant(word: str) -> Any:
@@ -1086,11 +934,11 @@ def _no_constant(word: str) -> Any:
 
 def _json(body: bytes, *, code: str = MALFORMED) -> Any:
     if not body.strip():
-        raise ApiError(400, code, "failed deserializing HTTP body: the body is empty")
+        raise invalid(code, "failed deserializing HTTP body: the body is empty")
     try:
         return json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, code, f"failed deserializing HTTP body: {exc}") from None
+        raise invalid(code, f"failed deserializing HTTP body: {exc}") from None
 
 
 def _kind(value: object) -> str:
@@ -1122,11 +970,9 @@ def _string_map(value: object, where: str) -> dict[str, str]:
 
 
 def _key(value: object, where: str) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         raise _malformed(f'{where}: "key" is a required field (a non-empty string)')
-    if _KEY_SEPARATOR in value:
-        raise _malformed(f"{where}: input key/keyPrefix {value!r} can't contain '||'")
-    return value
+    return check_key(value, where)
 
 
 def _etag(value: object, where: str) -> str | None:
@@ -1158,10 +1004,6 @@ def _item_options(item: Mapping[str, Any], where: str) -> StateOptions:
 def _set_request(item: object, where: str, query: Mapping[str, str]) -> SetRequest:
     item = _object(item, where)
     metadata = {**_string_map(item.get("metadata"), f"{where}.metadata"), **query}
-    try:
-        parse_ttl(metadata)
-    except InvalidRequestError as exc:
-        raise _malformed(f"{where}: {exc.reason}") from None
     return SetRequest(
         key=_key(item.get("key"), where),
         value=item.get("value"),
@@ -1189,8 +1031,7 @@ def _operation(raw: object, where: str, query: Mapping[str, str]) -> Transaction
         return _set_request(item, f"{where}.request", query)
     if kind == "delete":
         return _delete_request(item, f"{where}.request", query)
-    raise ApiError(
-        400,
+    raise invalid(
         "ERR_NOT_SUPPORTED_STATE_OPERATION",
         f"{where}: operation type {kind!r} not supported (use upsert or delete)",
     )
@@ -1205,23 +1046,23 @@ def _query_metadata(request: Request) -> dict[str, str]:
     return metadata
 
 
-def _topic(request: Request, pubsub: str) -> str:
-    topic = str(request.path_params["topic"])
-    if not topic.strip():
-        raise ApiError(404, "ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub}")
-    return topic
-
-
-def _raw_payload(metadata: Mapping[str, str]) -> bool:
-    value = metadata.get(RAW_PAYLOAD)
-    if value is None:
-        return False
+def _bulk_publish_entry(i: int, raw_entry: object) -> BulkPublishEntry:
+    """One entry of a bulk publish body; its ``event`` as the bytes it stands for."""
+    where = f"entry {i}"
+    if not isinstance(raw_entry, dict):
+        raise invalid(EVENTS, f"{where}: expected an object, got {_kind(raw_entry)}")
+    entry_id = raw_entry.get("entryId")
+    content_type = raw_entry.get("contentType")
+    if not isinstance(content_type, str):
+        raise invalid(EVENTS, f"{where}: 'contentType' must be a string")
     try:
-        return parse_bool(value)
-    except ValueError as exc:
-        raise ApiError(
-            400, "ERR_PUBSUB_REQUEST_METADATA", f"failed deserializing metadata. Error: {exc}"
-        ) from None
+        metadata = _string_map(raw_entry.get("metadata"), "metadata")
+    except DaprError as exc:
+        raise invalid(EVENTS, f"{where}: {exc.message}") from None
+    data = _event_bytes(raw_entry.get("event"), content_type, where)
+    return BulkPublishEntry(
+        entry_id if isinstance(entry_id, str) else "", data, content_type, metadata
+    )
 
 
 def _base_type(content_type: str) -> str:
@@ -1231,14 +1072,14 @@ def _base_type(content_type: str) -> str:
 def _event_bytes(event: object, content_type: str, where: str) -> bytes:
     """A bulk entry's ``event`` as bytes, checked against its ``contentType`` as Dapr does."""
     base = _base_type(content_type)
-    mismatch = _events_error(f"{where}: mismatch between contentType {content_type!r} and event")
+    mismatch = invalid(EVENTS, f"{where}: mismatch between contentType {content_type!r} and event")
     if base == "application/octet-stream":
         if not isinstance(event, str):
             raise mismatch
         try:
             return base64.b64decode(event, validate=True)
         except (binascii.Error, ValueError):
-            raise _events_error(f"{where}: binary event data must be base64") from None
+            raise invalid(EVENTS, f"{where}: binary event data must be base64") from None
     if base.startswith("text/") or base.endswith("/xml"):
         if not isinstance(event, str):
             raise mismatch

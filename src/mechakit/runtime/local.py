@@ -33,6 +33,7 @@ from .clients import (
 )
 from .host import CATEGORY_NOUNS, ComponentHost, HostedComponent
 from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
+from .service import DaprService
 
 ClientT = TypeVar("ClientT")
 
@@ -55,6 +56,7 @@ class Runtime:
         self._host: ComponentHost | None = None
         self._tracker = SubscriptionTracker()
         self._clients: dict[tuple[str, str], Any] = {}
+        self._service: DaprService | None = None
 
     async def start(self) -> Runtime:
         """Load the manifests and start every component; nothing stays running on failure."""
@@ -109,18 +111,26 @@ class Runtime:
         """Declarative subscriptions in scope (served by ``mechakit run``; listed here)."""
         return self.host.subscriptions
 
+    @property
+    def service(self) -> DaprService:
+        """The Dapr service layer the typed clients call (no cap on bulk requests here;
+        ``mechakit run`` gives its HTTP and gRPC APIs their own, with the cap)."""
+        if self._service is None:
+            self._service = DaprService(self)
+        return self._service
+
     # --- typed clients -------------------------------------------------------------
 
     def state(self, name: str) -> StateClient:
         store = self._component(name, "state", StateStore)
-        return self._client(name, "state", lambda: StateClient(store))
+        return self._client(name, "state", lambda: StateClient(store, self.service.state))
 
     def pubsub(self, name: str) -> PubSubClient:
         pubsub = self._component(name, "pubsub", PubSub)
         return self._client(
             name,
             "pubsub",
-            lambda: PubSubClient(pubsub, app_id=self.app_id, tracker=self._tracker),
+            lambda: PubSubClient(pubsub, self.service.pubsub, tracker=self._tracker),
         )
 
     def lock(self, name: str) -> LockClient:

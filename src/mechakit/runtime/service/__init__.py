@@ -1,0 +1,44 @@
+"""The Dapr service layer: one set of Dapr's request rules under every front door.
+
+The HTTP API, the gRPC API and the in-process clients parse their own wire format into the
+core request types and call a :class:`DaprService`; it looks the component up, applies
+Dapr's rules (keys, TTL, rawPayload, the CloudEvent envelope, bulk limits) and raises one
+error, :class:`DaprError`, with a Dapr error code and an :class:`ErrorKind` that each door
+turns into its own status. A rule fixed here is fixed for all three.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import DaprError, ErrorKind, as_component_error, http_status
+from .pubsub import PubSubService
+from .state import StateService
+
+if TYPE_CHECKING:
+    from mechakit.runtime.local import Runtime
+
+
+class DaprService:
+    """Every building block's service over one started runtime."""
+
+    def __init__(self, runtime: Runtime, *, max_bulk_keys: int = 0) -> None:
+        self.state = StateService(
+            lambda name: runtime.state(name).component, max_bulk_keys=max_bulk_keys
+        )
+        self.pubsub = PubSubService(
+            lambda name: runtime.pubsub(name).component,
+            source=runtime.app_id,
+            max_bulk_keys=max_bulk_keys,
+        )
+
+
+__all__ = [
+    "DaprError",
+    "DaprService",
+    "ErrorKind",
+    "PubSubService",
+    "StateService",
+    "as_component_error",
+    "http_status",
+]

@@ -1,0 +1,162 @@
+"""State: Dapr's rules for the state API, once for every door."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from mechakit.core.errors import InvalidRequestError
+from mechakit.core.state import (
+    BulkGetItem,
+    DeleteRequest,
+    GetRequest,
+    Query,
+    QueryableStore,
+    QueryResponse,
+    SetRequest,
+    StateItem,
+    StateStore,
+    TransactionalStore,
+    TransactionOperation,
+    parse_ttl,
+)
+from mechakit.runtime import bulk
+
+from .errors import DaprError, ErrorKind, failure, invalid, lookup
+
+MALFORMED = "ERR_MALFORMED_REQUEST"
+KEY_SEPARATOR = "||"
+"""Dapr joins app id and key with ``||``, so a key may not hold it."""
+
+
+def check_key(key: str, where: str = "key") -> str:
+    """A key Dapr accepts: not empty and without ``||``."""
+    if not key:
+        raise invalid(MALFORMED, f'{where}: "key" is a required field (a non-empty string)')
+    if KEY_SEPARATOR in key:
+        raise invalid(MALFORMED, f"{where}: input key/keyPrefix {key!r} can't contain '||'")
+    return key
+
+
+def check_write(request: SetRequest | DeleteRequest, where: str) -> None:
+    """The rules of a write that need no store: its key, and its TTL when it is a set."""
+    check_key(request.key, where)
+    if isinstance(request, SetRequest):
+        try:
+            parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise invalid(MALFORMED, f"{where}: {exc.reason}") from None
+
+
+class StateService:
+    """The state API over the stores that ``find`` looks up by name."""
+
+    def __init__(self, find: Callable[[str], StateStore[Any]], *, max_bulk_keys: int) -> None:
+        self._find = find
+        self.max_bulk_keys = max_bulk_keys
+
+    def store(self, name: str) -> StateStore[Any]:
+        return lookup(
+            self._find, name, "ERR_STATE_STORE_NOT_FOUND", f"state store {name} is not found"
+        )
+
+    def check_count(self, count: int, what: str) -> None:
+        bulk.check_count(count, self.max_bulk_keys, what)
+
+    async def get(self, name: str, request: GetRequest) -> StateItem | None:
+        store = self.store(name)
+        check_key(request.key)
+        with failure("ERR_STATE_GET", f"fail to get {request.key} from state store {name}"):
+            return await store.get(request)
+
+    async def bulk_get(self, name: str, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
+        store = self.store(name)
+        self.check_count(len(requests), "keys")
+        for i, request in enumerate(requests):
+            check_key(request.key, f"keys[{i}]")
+        if not requests:
+            return []
+        with failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
+            return await bulk.bulk_get(store, requests)
+
+    async def save(self, name: str, requests: Sequence[SetRequest], *, bulk: bool = False) -> None:
+        """Dapr's save: one item is a set, more a bulk set (``bulk``: a bulk set always, so
+        that failures come back per key in ``BulkError``)."""
+        store = self.store(name)
+        self.check_count(len(requests), "state items")
+        for i, request in enumerate(requests):
+            check_write(request, f"item {i}")
+        if not requests:
+            return
+        with failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
+            if len(requests) == 1 and not bulk:
+                await store.set(requests[0])
+            else:
+                await store.bulk_set(requests)
+
+    async def delete(self, name: str, request: DeleteRequest) -> None:
+        store = self.store(name)
+        check_key(request.key)
+        with failure("ERR_STATE_DELETE", f"failed deleting state with key {request.key}"):
+            await store.delete(request)
+
+    async def bulk_delete(self, name: str, requests: Sequence[DeleteRequest]) -> None:
+        store = self.store(name)
+        self.check_count(len(requests), "state items")
+        for i, request in enumerate(requests):
+            check_write(request, f"item {i}")
+        if not requests:
+            return
+        with failure("ERR_STATE_DELETE", f"failed deleting state in state store {name}"):
+            await store.bulk_delete(requests)
+
+    def transactional(self, name: str) -> TransactionalStore[Any]:
+        store = self.store(name)
+        if not isinstance(store, TransactionalStore):
+            raise DaprError(
+                ErrorKind.UNSUPPORTED,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {name} doesn't support transactions",
+            )
+        return store
+
+    async def transact(
+        self,
+        name: str,
+        operations: Sequence[TransactionOperation],
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        store = self.transactional(name)
+        self.check_count(len(operations), "operations")
+        for i, operation in enumerate(operations):
+            if not isinstance(operation, SetRequest | DeleteRequest):
+                raise invalid(
+                    "ERR_NOT_SUPPORTED_STATE_OPERATION",
+                    f"operations[{i}]: {operation!r} is not a SetRequest or DeleteRequest",
+                )
+            check_write(operation, f"operations[{i}]")
+        if not operations:
+            return
+        with failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
+            await store.transact(operations, dict(metadata or {}))
+
+    def queryable(self, name: str) -> QueryableStore[Any]:
+        store = self.store(name)
+        if not isinstance(store, QueryableStore):
+            raise DaprError(
+                ErrorKind.UNSUPPORTED,
+                "ERR_STATE_STORE_NOT_SUPPORTED",
+                f"state store {name} does not support querying",
+            )
+        return store
+
+    async def query(
+        self, name: str, query: Query | Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> QueryResponse:
+        store = self.queryable(name)
+        what = f"state store {name} query failed"
+        if not isinstance(query, Query):
+            with failure("ERR_STATE_QUERY", what):
+                query = Query.from_dict(query, metadata)
+        with failure("ERR_STATE_QUERY", what):
+            return await store.query(query)
