@@ -24,9 +24,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.mechakit-installed
-# Reinstall only when the project's dependency list changed.
-want=$(sha256sum pyproject.toml examples/third-party-component/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+# Reinstall when the project's dependency list changed, or when something '.[dev]' brings is
+# missing: a plain 'pip install -e .' installs only the light core, without the sidecar extra.
+want=$( { sha256sum pyproject.toml examples/third-party-component/pyproject.toml 2>/dev/null || true; } \
+  | sha256sum | cut -c1-16)
+installed() {
+  .venv/bin/python - >/dev/null 2>&1 <<'EOF'
+import importlib.util, sys
+modules = ("mechakit", "grpc", "uvicorn", "starlette", "httpx", "dapr", "pytest", "hypothesis")
+sys.exit(any(importlib.util.find_spec(name) is None for name in modules))
+EOF
+}
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! installed; then
   echo "setup: installing mechakit and test dependencies into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -4,7 +4,9 @@ serve the Dapr HTTP API for an app (``run``) and write default components (``ini
 One module per command (:mod:`.validate`, :mod:`.components`, :mod:`.conformance`,
 :mod:`.run`, :mod:`.init`), each with an ``add`` function registering its parser and handler
 in :func:`build_parser`. Each command imports what it needs when it runs, so ``mechakit
-components list`` imports no backend SDK.
+components list`` imports no backend SDK, and only ``mechakit run`` needs the packages of the
+``sidecar`` extra (grpcio, uvicorn, starlette, httpx, dapr): without them it says what to
+install instead of failing with a traceback.
 """
 
 from __future__ import annotations

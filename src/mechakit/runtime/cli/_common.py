@@ -1,13 +1,17 @@
-"""Helpers shared by the ``mechakit`` commands: tables, driver classes."""
+"""Helpers shared by the ``mechakit`` commands: tables, driver classes, missing extras."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mechakit.core.registry import ComponentSpec
+
+DISTRIBUTIONS = {"grpc": "grpcio", "pytest_asyncio": "pytest-asyncio"}
+"""Top-level module → the distribution that installs it, where their names differ."""
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
@@ -22,3 +26,24 @@ def driver_class(spec: ComponentSpec) -> Any:
     """The driver class, imported without checking its SDK (drivers import it lazily)."""
     module_name, _, attr = spec.target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """The distributions of those top-level modules that cannot be imported (none imported)."""
+    missing = []
+    for module in modules:
+        try:
+            found = find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(DISTRIBUTIONS.get(module, module))
+    return missing
+
+
+def extra_hint(command: str, extra: str, missing: Sequence[str]) -> str:
+    """One line saying what to install for ``mechakit <command>``."""
+    return (
+        f"error: mechakit {command} needs the {extra} extra: pip install 'mechakit[{extra}]' "
+        f"(not installed: {', '.join(missing)})"
+    )

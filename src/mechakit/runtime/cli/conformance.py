@@ -8,6 +8,8 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+from ._common import extra_hint, missing_modules
+
 SUITES = {
     "state": "TestState",
     "pubsub": "TestPubSub",
@@ -17,6 +19,10 @@ SUITES = {
     "configuration": "TestConfiguration",
 }
 """Component category → its test class in ``mechakit/conformance/all_suites.py``."""
+
+NEEDS = ("pytest", "pytest_asyncio", "httpx")
+"""What the ``conformance`` extra installs: pytest runs the suite, and its plug-in
+(``mechakit.conformance.plugin``) imports the Vault provisioner, which imports httpx."""
 
 
 def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,6 +45,10 @@ def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _conformance(namespace: argparse.Namespace, passthrough: list[str]) -> int:
+    missing = missing_modules(NEEDS)
+    if missing:
+        print(extra_hint("conformance", "conformance", missing), file=sys.stderr)
+        return 1
     from mechakit.core.errors import ManifestError
     from mechakit.runtime.manifest import load_manifests
 

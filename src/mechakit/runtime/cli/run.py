@@ -1,4 +1,5 @@
-"""``mechakit run``: the options of the Dapr sidecar; the sidecar itself is in :mod:`._serve`."""
+"""``mechakit run``: the options of the Dapr sidecar, and a clear message when the packages
+it needs (the ``sidecar`` extra) are not installed. The sidecar itself is in :mod:`._serve`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import asyncio
 import logging
 import sys
 
+from ._common import extra_hint, missing_modules
 from ._serve import DEFAULT_GRPC_PORT, serve
+
+SIDECAR = ("starlette", "uvicorn", "grpc", "dapr", "httpx")
+"""Top-level modules of what the ``sidecar`` extra installs (``google.protobuf`` and
+``google.rpc`` come with dapr and grpcio)."""
+
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -141,6 +148,10 @@ def _seconds(text: str) -> float:
 
 
 def _run(namespace: argparse.Namespace, command: list[str]) -> int:
+    missing = missing_modules(SIDECAR)
+    if missing:
+        print(extra_hint("run", "sidecar", missing), file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=LOG_LEVELS[namespace.log_level],
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -149,4 +160,10 @@ def _run(namespace: argparse.Namespace, command: list[str]) -> int:
     if namespace.dapr_http_max_request_size <= 0:
         print("error: --dapr-http-max-request-size must be > 0", file=sys.stderr)
         return 2
-    return asyncio.run(serve(namespace, command))
+    try:
+        return asyncio.run(serve(namespace, command))
+    except ModuleNotFoundError as exc:  # installed but incomplete, e.g. no google.rpc
+        if (exc.name or "").partition(".")[0] not in (*SIDECAR, "google"):
+            raise
+        print(extra_hint("run", "sidecar", [exc.name or "?"]), file=sys.stderr)
+        return 1
