@@ -180,3 +180,18 @@ def test_the_same_type_in_two_versions_from_two_plugins_is_not_a_conflict() -> N
     )
     assert registry.resolve("state.foo", "v2").plugin == "two"
     assert registry.resolve("state.foo").plugin == "one"
+
+
+def test_the_cli_says_it_in_one_line_not_a_traceback(
+    install: Install, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mechakit.core import registry
+    from mechakit.runtime.cli import main
+
+    monkeypatch.setattr(registry, "_default", None)  # built anew, over these distributions
+    install("pkg-a", "1.0", ["state.foo"])
+    install("pkg-b", "2.0", ["state.foo"])
+    assert main(["components", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: state.foo: component type 'state.foo' v1 is registered by both")
+    assert "Traceback" not in err

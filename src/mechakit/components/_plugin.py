@@ -159,5 +159,7 @@ def mechakit_components() -> list[ComponentSpec]:
             "bindings.http",
             f"{_PKG}.bindings.http:HTTPBinding",
             description="An output binding that sends HTTP requests.",
+            requires=("httpx",),
+            install_hint="pip install 'mechakit[http]'",
         ),
     ]

@@ -29,6 +29,17 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+def _findable(module: str) -> bool:
+    """``find_spec`` without its exception for a dotted name whose parent is missing
+    (``google.cloud.pubsub`` without ``google``)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except ImportError:
+        return False
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """What a plug-in says about one component: enough to list it without importing it."""
@@ -55,9 +66,7 @@ class ComponentSpec:
 
     def installed(self) -> bool:
         """Whether every module in ``requires`` can be imported (checked without importing)."""
-        from importlib.util import find_spec
-
-        return all(find_spec(module) is not None for module in self.requires)
+        return all(_findable(module) for module in self.requires)
 
     def load(self) -> builtins.type[Component[Any]]:
         """Import the driver class; a missing SDK becomes an error that says what to install."""

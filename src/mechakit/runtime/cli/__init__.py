@@ -15,6 +15,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from mechakit.core.errors import MechakitError
+
 from . import components, conformance, init, run, validate
 
 Handler = Callable[[argparse.Namespace, list[str]], int]
@@ -35,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(namespace, passthrough)
     except BrokenPipeError:
         return 0
+    except MechakitError as exc:  # e.g. two plug-ins registering one type: a line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
