@@ -34,17 +34,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mechakit.conformance.backends import free_port
+from mechakit.runtime.app_channels import AppStatus, GrpcAppChannel, HttpAppChannel, http_answer
 from mechakit.runtime.clients import TopicEvent
-from mechakit.runtime.delivery import (
-    AppStatus,
-    Delivery,
-    GrpcAppChannel,
-    HttpAppChannel,
-    RouteRule,
-    RouteSyntaxError,
-    http_answer,
-)
+from mechakit.runtime.delivery import Delivery
 from mechakit.runtime.local import Runtime
+from mechakit.runtime.routing import RouteRule, RouteSyntaxError
 
 WriteFiles = Callable[..., Path]
 WAIT = 10.0

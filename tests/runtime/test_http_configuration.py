@@ -30,7 +30,8 @@ from starlette.routing import Route
 
 from mechakit.components.configuration.in_memory import InMemoryConfigurationStore
 from mechakit.conformance.backends import free_port
-from mechakit.runtime.delivery import Delivery, GrpcAppChannel, HttpAppChannel
+from mechakit.runtime.app_channels import GrpcAppChannel, HttpAppChannel
+from mechakit.runtime.delivery import Delivery
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.local import Runtime
 

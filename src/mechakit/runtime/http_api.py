@@ -79,7 +79,8 @@ from .service.pubsub import EVENTS
 from .service.state import check_key
 
 if TYPE_CHECKING:
-    from .delivery import AppSubscription, Delivery
+    from .delivery import Delivery
+    from .routing import AppSubscription
 
 log = logging.getLogger("mechakit.http")
 

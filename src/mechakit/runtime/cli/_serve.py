@@ -121,7 +121,8 @@ async def _serve_started(
         return 1
     delivery = None
     if namespace.app_port is not None:
-        from mechakit.runtime.delivery import Delivery, app_channel
+        from mechakit.runtime.app_channels import app_channel
+        from mechakit.runtime.delivery import Delivery
 
         delivery = Delivery(runtime, app_channel(namespace.app_port, namespace.app_protocol))
     app = create_app(

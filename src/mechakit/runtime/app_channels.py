@@ -1,0 +1,460 @@
+"""How the runtime reaches the app: HTTP or gRPC, its port, and what its answers mean.
+
+An :class:`AppChannel` delivers pub/sub events, input-binding events and configuration
+updates, and reads the app's subscriptions and input bindings; the app's answer to an event
+is an :class:`AppAnswer` (SUCCESS, RETRY or DROP, as Dapr reads HTTP statuses and gRPC
+replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+
+from mechakit.core import cloudevents
+from mechakit.core.bindings import BindingEvent
+from mechakit.core.errors import ComponentError, ConnectionFailedError
+
+from .routing import AppSubscription, RouteRule, RouteSyntaxError
+
+if TYPE_CHECKING:
+    pass
+log = logging.getLogger("mechakit.delivery")
+
+DEFAULT_CALL_TIMEOUT = 60.0
+"""How long one delivery may take before it counts as failed (and is retried)."""
+_WAIT_LOG_EVERY = 5.0
+
+
+class AppStatus(enum.Enum):
+    """The app's answer to one pub/sub event."""
+
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    DROP = "DROP"
+
+
+@dataclass(frozen=True)
+class AppAnswer:
+    status: AppStatus
+    detail: str
+    """How the app answered, for logs: ``HTTP 500``, ``connection refused`` ..."""
+
+
+class AppRetryError(ConnectionFailedError):
+    """The app asked for a redelivery (RETRY), or could not be reached or failed."""
+
+
+class AppChannel(ABC):
+    """How the runtime reaches the app: its port and protocol."""
+
+    protocol: ClassVar[str]
+
+    def __init__(
+        self, port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def wait_ready(self, limit: float) -> None:
+        """Return once the app accepts connections; ``TimeoutError`` after ``limit`` seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_log = started + _WAIT_LOG_EVERY
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                now = loop.time()
+                if now - started >= limit:
+                    raise TimeoutError(
+                        f"the app did not listen on {self.address} within {limit:g}s"
+                    ) from None
+                if now >= next_log:
+                    log.info(
+                        "waiting for the app to listen on %s (%s), %.0fs so far",
+                        self.address,
+                        self.protocol,
+                        now - started,
+                    )
+                    next_log = now + _WAIT_LOG_EVERY
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            log.info(
+                "app is listening on %s (%s) after %.1fs",
+                self.address,
+                self.protocol,
+                loop.time() - started,
+            )
+            return
+
+    @abstractmethod
+    async def subscriptions(self) -> list[AppSubscription]:
+        """The subscriptions the app asks for (none when it does not say)."""
+
+    @abstractmethod
+    async def listens_to_binding(self, name: str, route: str) -> bool:
+        """Whether the app takes the events of input binding ``name``."""
+
+    @abstractmethod
+    async def send_event(
+        self, event: Mapping[str, Any], path: str, subscription: AppSubscription
+    ) -> AppAnswer:
+        """Deliver one CloudEvent; failures to reach the app are a RETRY answer."""
+
+    @abstractmethod
+    async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
+        """Deliver one input-binding event; raises when the app did not take it."""
+
+    @abstractmethod
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        """Call the app's ``method`` (``/configuration/<store>/<key>``) with a JSON ``body``;
+        raises when the app did not take it."""
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpAppChannel(AppChannel):
+    """The app over HTTP: ``GET /dapr/subscribe``, ``POST <route>``, ``POST /<binding>``."""
+
+    protocol = "http"
+
+    def __init__(
+        self, port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        super().__init__(port, host=host, timeout=timeout)
+        self._client = httpx.AsyncClient(
+            base_url=f"http://{host}:{port}",
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            headers={"user-agent": "mechakit"},
+            trust_env=False,
+        )
+
+    async def subscriptions(self) -> list[AppSubscription]:
+        try:
+            response = await self._client.get("/dapr/subscribe")
+        except httpx.HTTPError as exc:
+            log.warning(
+                "GET /dapr/subscribe on the app failed: %s; no programmatic subscriptions", exc
+            )
+            return []
+        if response.status_code == 404:
+            log.info("the app has no GET /dapr/subscribe (404): no programmatic subscriptions")
+            return []
+        if not response.is_success:
+            log.warning(
+                "GET /dapr/subscribe on the app answered HTTP %d; no programmatic subscriptions",
+                response.status_code,
+            )
+            return []
+        try:
+            entries = response.json() if response.content.strip() else []
+        except ValueError:
+            log.warning("GET /dapr/subscribe on the app did not answer JSON; ignored")
+            return []
+        if not isinstance(entries, list):
+            log.warning(
+                "GET /dapr/subscribe on the app answered %s, not a list; ignored",
+                type(entries).__name__,
+            )
+            return []
+        found: list[AppSubscription] = []
+        for position, entry in enumerate(entries):
+            try:
+                found.append(AppSubscription.from_json(entry))
+            except ValueError as exc:
+                log.error("GET /dapr/subscribe entry %d ignored: %s", position, exc)
+        return found
+
+    async def listens_to_binding(self, name: str, route: str) -> bool:
+        try:
+            response = await self._client.options(route)
+        except httpx.HTTPError as exc:
+            log.warning(
+                "OPTIONS %s on the app failed (%s); delivering binding %r anyway", route, exc, name
+            )
+            return True
+        return response.status_code != 404
+
+    async def send_event(
+        self, event: Mapping[str, Any], path: str, subscription: AppSubscription
+    ) -> AppAnswer:
+        where = f"POST {path}"
+        try:
+            response = await self._client.post(
+                path,
+                content=json.dumps(event, separators=(",", ":")).encode(),
+                headers={"content-type": cloudevents.CONTENT_TYPE},
+            )
+        except httpx.TimeoutException:
+            return AppAnswer(AppStatus.RETRY, f"{where}: no answer within {self.timeout:g}s")
+        except httpx.HTTPError as exc:
+            return AppAnswer(AppStatus.RETRY, f"{where}: {type(exc).__name__}: {exc}")
+        return http_answer(response.status_code, response.content, where)
+
+    async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
+        headers = {"content-type": "application/json"}
+        for key, value in event.metadata.items():
+            if _HEADER_NAME.fullmatch(key) and value.isascii() and "\n" not in value:
+                headers[key] = value
+        try:
+            response = await self._client.post(route, content=event.data, headers=headers)
+        except httpx.HTTPError as exc:
+            raise AppRetryError(
+                f"POST {route} on the app failed: {type(exc).__name__}: {exc}",
+                component=f"binding {name!r}",
+            ) from None
+        if not response.is_success:
+            raise ComponentError(
+                f"POST {route} on the app answered HTTP {response.status_code}",
+                component=f"binding {name!r}",
+            )
+
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        try:
+            response = await self._client.post(
+                method, content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise ConnectionFailedError(
+                f"POST {method} on the app failed: {type(exc).__name__}: {exc}"
+            ) from None
+        if not response.is_success:
+            raise ComponentError(f"POST {method} on the app answered HTTP {response.status_code}")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def http_answer(status_code: int, body: bytes, where: str = "") -> AppAnswer:
+    """Dapr's reading of an HTTP answer to an event.
+
+    2xx: the body's ``status`` (case-insensitive; empty, missing or not JSON is SUCCESS,
+    an unknown word RETRY); 404: DROP; anything else: RETRY.
+    """
+    prefix = f"{where}: " if where else ""
+    if status_code == 404:
+        return AppAnswer(AppStatus.DROP, f"{prefix}HTTP 404")
+    if not 200 <= status_code < 300:
+        return AppAnswer(AppStatus.RETRY, f"{prefix}HTTP {status_code}")
+    try:
+        answer = json.loads(body) if body.strip() else {}
+    except ValueError:
+        answer = {}
+    status = answer.get("status") if isinstance(answer, dict) else None
+    word = status.strip().upper() if isinstance(status, str) else ""
+    if not word:
+        return AppAnswer(AppStatus.SUCCESS, f"{prefix}HTTP {status_code}")
+    try:
+        return AppAnswer(AppStatus(word), f"{prefix}HTTP {status_code} {word}")
+    except ValueError:
+        return AppAnswer(
+            AppStatus.RETRY, f"{prefix}HTTP {status_code} with unknown status {status!r}"
+        )
+
+
+class GrpcAppChannel(AppChannel):
+    """The app over gRPC: Dapr's ``AppCallback`` service (the protos of the ``dapr`` package)."""
+
+    protocol = "grpc"
+
+    def __init__(
+        self, port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> None:
+        super().__init__(port, host=host, timeout=timeout)
+        import grpc
+        from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(self.address)
+        stub = appcallback_pb2_grpc.AppCallbackStub
+        self._stub = stub(self._channel)  # type: ignore[no-untyped-call]
+        self._bindings: set[str] | None = None
+
+    async def wait_ready(self, limit: float) -> None:
+        await super().wait_ready(limit)
+        await asyncio.wait_for(self._channel.channel_ready(), limit)
+
+    async def subscriptions(self) -> list[AppSubscription]:
+        from google.protobuf import empty_pb2  # type: ignore[import-untyped,unused-ignore]
+
+        try:
+            answer = await self._stub.ListTopicSubscriptions(
+                empty_pb2.Empty(), timeout=self.timeout
+            )
+        except self._grpc.aio.AioRpcError as exc:
+            if exc.code() == self._grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the app does not implement ListTopicSubscriptions: no subscriptions")
+            else:
+                log.warning("ListTopicSubscriptions on the app failed: %s", exc.details())
+            return []
+        found: list[AppSubscription] = []
+        for entry in answer.subscriptions:
+            try:
+                rules = tuple(
+                    RouteRule.parse(r.match, r.path) for r in entry.routes.rules if r.match
+                )
+            except RouteSyntaxError as exc:
+                log.error("the app's subscription to topic %r is ignored: %s", entry.topic, exc)
+                continue
+            found.append(
+                AppSubscription(
+                    pubsub_name=entry.pubsub_name,
+                    topic=entry.topic,
+                    rules=rules,
+                    default_route=entry.routes.default or (None if rules else ""),
+                    dead_letter_topic=entry.dead_letter_topic or None,
+                    metadata=dict(entry.metadata),
+                )
+            )
+        return found
+
+    async def listens_to_binding(self, name: str, route: str) -> bool:
+        if self._bindings is None:
+            from google.protobuf import empty_pb2  # type: ignore[import-untyped,unused-ignore]
+
+            try:
+                answer = await self._stub.ListInputBindings(empty_pb2.Empty(), timeout=self.timeout)
+                self._bindings = set(answer.bindings)
+            except self._grpc.aio.AioRpcError as exc:
+                if exc.code() != self._grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("ListInputBindings on the app failed: %s", exc.details())
+                self._bindings = set()
+        return name in self._bindings
+
+    async def send_event(
+        self, event: Mapping[str, Any], path: str, subscription: AppSubscription
+    ) -> AppAnswer:
+        from dapr.proto.runtime.v1 import appcallback_pb2
+        from google.protobuf import struct_pb2  # type: ignore[import-untyped,unused-ignore]
+
+        extensions = struct_pb2.Struct()
+        extensions.update(
+            {k: v for k, v in event.items() if k not in _CORE_ATTRIBUTES and _json_safe(v)}
+        )
+        request = appcallback_pb2.TopicEventRequest(
+            id=str(event.get("id", "")),
+            source=str(event.get("source", "")),
+            type=str(event.get("type", "")),
+            spec_version=str(event.get("specversion", "")),
+            data_content_type=str(event.get("datacontenttype", "")),
+            data=cloudevents.event_data(event),
+            topic=subscription.topic,
+            pubsub_name=subscription.pubsub_name,
+            path=path,
+            extensions=extensions,
+        )
+        where = f"OnTopicEvent {path or '(default)'}"
+        try:
+            answer = await self._stub.OnTopicEvent(request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as exc:
+            detail = f"{where}: {exc.code().name} {exc.details() or ''}".rstrip()
+            if exc.code() == self._grpc.StatusCode.UNIMPLEMENTED:
+                return AppAnswer(AppStatus.DROP, detail)
+            return AppAnswer(AppStatus.RETRY, detail)
+        statuses = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+        if answer.status == statuses.SUCCESS:
+            return AppAnswer(AppStatus.SUCCESS, f"{where}: SUCCESS")
+        if answer.status == statuses.DROP:
+            return AppAnswer(AppStatus.DROP, f"{where}: DROP")
+        return AppAnswer(AppStatus.RETRY, f"{where}: {statuses.Name(answer.status)}")
+
+    async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
+        from dapr.proto.runtime.v1 import appcallback_pb2
+
+        request = appcallback_pb2.BindingEventRequest(
+            name=name, data=event.data, metadata=dict(event.metadata)
+        )
+        try:
+            await self._stub.OnBindingEvent(request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as exc:
+            detail = f"{exc.code().name} {exc.details() or ''}".rstrip()
+            raise ComponentError(
+                f"OnBindingEvent on the app failed: {detail}",
+                component=f"binding {name!r}",
+            ) from None
+
+    async def send_configuration(self, method: str, body: bytes) -> None:
+        from dapr.proto.common.v1 import common_pb2
+        from google.protobuf import any_pb2  # type: ignore[import-untyped,unused-ignore]
+
+        request = common_pb2.InvokeRequest(
+            method=method,
+            data=any_pb2.Any(value=body),
+            content_type="application/json",
+            http_extension=common_pb2.HTTPExtension(verb=common_pb2.HTTPExtension.Verb.POST),
+        )
+        try:
+            await self._stub.OnInvoke(request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as exc:
+            detail = f"{exc.code().name} {exc.details() or ''}".rstrip()
+            raise ComponentError(f"OnInvoke {method} on the app failed: {detail}") from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+_CORE_ATTRIBUTES = frozenset(
+    {
+        "id",
+        "source",
+        "type",
+        "specversion",
+        "datacontenttype",
+        "data",
+        "data_base64",
+        "topic",
+        "pubsubname",
+    }
+)
+
+
+def _json_safe(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def app_channel(port: int, protocol: str, *, host: str = "127.0.0.1") -> AppChannel:
+    """The channel for ``--app-protocol``: ``http`` or ``grpc``."""
+    if protocol == "grpc":
+        return GrpcAppChannel(port, host=host)
+    if protocol == "http":
+        return HttpAppChannel(port, host=host)
+    raise ValueError(f"app protocol {protocol!r} is not supported (http, grpc)")
+
+
+__all__ = [
+    "AppAnswer",
+    "AppChannel",
+    "AppRetryError",
+    "AppStatus",
+    "GrpcAppChannel",
+    "HttpAppChannel",
+    "app_channel",
+    "http_answer",
+]
