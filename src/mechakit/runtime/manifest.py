@@ -1,8 +1,7 @@
 """Dapr resource YAML: ``Component``, ``Subscription`` and ``Configuration`` documents.
 
-Files are read with PyYAML's safe loader only, refusing aliases (a billion-laughs document
-would expand before any check), duplicate keys (the last would silently win) and deep nesting.
-Every problem is one :class:`ManifestError` that names the file and line, the resource
+Files are read by :mod:`mechakit.runtime.manifest_yaml` (the safe loader, refusing aliases,
+duplicate keys and deep nesting, with the line of every value). Every problem is one :class:`ManifestError` that names the file and line, the resource
 (``Component 'statestore'``, or ``document 2`` when it has no name), the field path
 (``spec.metadata[1].secretKeyRef``) and what was expected, so the message alone says what
 to fix. Metadata values are never echoed in errors: they may be secrets.
@@ -10,9 +9,7 @@ to fix. Metadata values are never echoed in errors: they may be secrets.
 
 from __future__ import annotations
 
-import datetime as dt
 import difflib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +17,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
-import yaml
-
 from mechakit.core.errors import ManifestError
-from mechakit.core.metadata import parse_bool, parse_duration
+from mechakit.core.metadata import parse_duration
+
+from .manifest_yaml import (
+    Document,
+    FieldPath,
+    documents,
+    kind_of,
+    scalar_text,
+    value_text,
+)
 
 API_GROUP = "dapr.io"
 COMPONENT_API_VERSIONS = ("dapr.io/v1alpha1",)
@@ -262,14 +266,12 @@ def _load_file(path: Path, into: Manifests) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read the file: {exc}", file=file) from None
     into.files.append(file)
-    for index, (line, data, lines) in enumerate(_documents(text, file), start=1):
+    for index, (line, data, lines) in enumerate(documents(text, file), start=1):
         if data is None:
             continue
-        doc = _Document(file, index, line, lines)
+        doc = Document(file, index, line, lines)
         if not isinstance(data, dict):
-            raise doc.error(
-                (), f"expected a mapping with apiVersion and kind, got {_kind_of(data)}"
-            )
+            raise doc.error((), f"expected a mapping with apiVersion and kind, got {kind_of(data)}")
         kind = data.get("kind")
         if kind == "Component":
             into.components.append(_component(doc, data))
@@ -289,294 +291,10 @@ def _load_file(path: Path, into: Manifests) -> None:
             )
 
 
-LineIndex: TypeAlias = dict[tuple[str | int, ...], int]
-
-
-MAX_NESTING = 64
-"""Deeper YAML is refused: the composer recurses, so a hostile file would crash it instead."""
-
-
-class _Refused(yaml.YAMLError):
-    """YAML that parses but a manifest must not contain; ``line`` is 1-based."""
-
-    def __init__(self, reason: str, line: int) -> None:
-        super().__init__(reason)
-        self.reason, self.line = reason, line
-
-
-class _ManifestLoader(yaml.SafeLoader):
-    """The safe loader, refusing aliases, duplicate keys and deep nesting while composing.
-
-    Checks run on the node graph before anything is constructed, so nothing is expanded.
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self._path: list[str | int | None] = []
-
-    def compose_node(self, parent: yaml.Node | None, index: yaml.Node | int | None) -> Any:
-        if isinstance(index, yaml.ScalarNode):
-            self._path.append(str(index.value))
-        else:
-            self._path.append(index if isinstance(index, int) else None)
-        try:
-            if self.check_event(yaml.AliasEvent):
-                event, line, column = self._next()
-                name = getattr(event, "anchor", None) or ""
-                raise _Refused(
-                    f"{self._where()}: YAML alias '*{name}' (column {column}): aliases are not "
-                    "allowed in manifests; write the value out in full",
-                    line,
-                )
-            if len(self._path) > MAX_NESTING:
-                _, line, column = self._next()
-                raise _Refused(f"nested deeper than {MAX_NESTING} levels (column {column})", line)
-            return super().compose_node(parent, index)  # type: ignore[arg-type]
-        finally:
-            self._path.pop()
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
-        keys: dict[tuple[str, str], int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            line = key_node.start_mark.line + 1
-            identity = (key_node.tag, key_node.value)
-            if identity in keys:
-                where = self._where(str(key_node.value))
-                lines = (
-                    f"twice on line {line}"
-                    if keys[identity] == line
-                    else f"on lines {keys[identity]} and {line}"
-                )
-                raise _Refused(
-                    f"{where}: duplicate key {key_node.value!r} {lines}; keep one "
-                    "(YAML would silently use the last)",
-                    line,
-                )
-            keys[identity] = line
-        return node
-
-    def _next(self) -> tuple[yaml.Event, int, int]:
-        """The next event and the 1-based line and column where it starts."""
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-        mark = event.start_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-        return event, line, column
-
-    def _where(self, key: str | None = None) -> str:
-        path = tuple(part for part in self._path if part is not None)
-        return format_path((*path, key) if key is not None else path) or "document"
-
-
-def _documents(text: str, file: str) -> list[tuple[int, Any, LineIndex]]:
-    """Each document's first line, its data (safe loader), and the line of every field."""
-    loader = _ManifestLoader(text)
-    documents: list[tuple[int, Any, LineIndex]] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            lines: LineIndex = {}
-            _index_lines(node, (), lines, depth=0)
-            documents.append((node.start_mark.line + 1, loader.construct_document(node), lines))
-    except _Refused as exc:
-        raise ManifestError(exc.reason, file=f"{file}:{exc.line}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark is not None else file
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        detail = f"{context}: {problem}" if context else problem
-        column = f" (column {mark.column + 1})" if mark is not None else ""
-        raise ManifestError(f"invalid YAML{column}: {detail}", file=where) from None
-    finally:
-        loader.dispose()
-    return documents
-
-
-def _index_lines(
-    node: yaml.Node, path: tuple[str | int, ...], lines: LineIndex, depth: int
-) -> None:
-    if depth > 32:
-        return
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                child = (*path, str(key_node.value))
-                lines[child] = key_node.start_mark.line + 1
-                _index_lines(value_node, child, lines, depth + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for position, item in enumerate(node.value):
-            lines[(*path, position)] = item.start_mark.line + 1
-            _index_lines(item, (*path, position), lines, depth + 1)
-
-
-FieldPath: TypeAlias = tuple[str | int, ...]
-
-
-def format_path(path: FieldPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
-
-
-class _Document:
-    """One YAML document being read: turns a field path and a complaint into a ManifestError."""
-
-    def __init__(self, file: str, index: int, line: int, lines: LineIndex) -> None:
-        self.file, self.index, self.line, self.lines = file, index, line, lines
-        self.resource = f"document {index}"
-
-    def name_from(self, data: Mapping[str, Any], kind: str | None = None) -> None:
-        meta = data.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-        if isinstance(name, str) and name.strip():
-            self.resource = f"{kind} {name!r}" if kind else repr(name)
-
-    def line_of(self, path: FieldPath) -> int:
-        for end in range(len(path), 0, -1):
-            if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return self.line
-
-    def error(self, path: FieldPath, expected: str) -> ManifestError:
-        where = format_path(path)
-        return ManifestError(
-            f"{where}: {expected}" if where else expected,
-            file=f"{self.file}:{self.line_of(path)}",
-            component=self.resource,
-            field=where or None,
-        )
-
-    # typed readers -------------------------------------------------------------------
-
-    def mapping(
-        self, data: Mapping[str, Any], path: FieldPath, *, required: bool
-    ) -> dict[str, Any]:
-        value = _get(data, path[-1])
-        if value is None:
-            if required:
-                raise self.error(path, "required, a mapping")
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {_kind_of(value)}")
-        return value
-
-    def string(
-        self, data: Mapping[str, Any], path: FieldPath, *, required: bool, example: str = ""
-    ) -> str | None:
-        value = _get(data, path[-1])
-        hint = f" (e.g. {example})" if example else ""
-        if value is None or (isinstance(value, str) and not value.strip()):
-            if required:
-                raise self.error(path, f"required, a non-empty string{hint}")
-            return None
-        if not isinstance(value, str):
-            raise self.error(path, f"expected a string{hint}, got {_kind_of(value)} {value!r}")
-        return value.strip()
-
-    def boolean(self, data: Mapping[str, Any], path: FieldPath) -> bool:
-        value = _get(data, path[-1])
-        if value is None:
-            return False
-        try:
-            return parse_bool(value)
-        except ValueError:
-            raise self.error(path, f"expected true or false, got {value!r}") from None
-
-    def integer(self, data: Mapping[str, Any], path: FieldPath) -> int | None:
-        value = _get(data, path[-1])
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.error(path, f"expected a whole number >= 0, got {value!r}")
-        return value
-
-    def strings(self, data: Mapping[str, Any], path: FieldPath) -> tuple[str, ...]:
-        value = _get(data, path[-1])
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise self.error(path, f"expected a list of strings, got {_kind_of(value)}")
-        for position, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                raise self.error((*path, position), f"expected a non-empty string, got {item!r}")
-        return tuple(item.strip() for item in value)
-
-    def api_version(self, data: Mapping[str, Any], kind: str, allowed: Sequence[str]) -> str:
-        version = self.string(data, ("apiVersion",), required=True, example=allowed[-1])
-        assert version is not None
-        if version not in allowed:
-            raise self.error(
-                ("apiVersion",),
-                f"unsupported apiVersion {version!r} for kind {kind} "
-                f"(supported: {', '.join(allowed)})",
-            )
-        return version
-
-    def metadata_name(self, data: Mapping[str, Any]) -> tuple[str, str | None]:
-        meta = self.mapping(data, ("metadata",), required=True)
-        name = self.string(meta, ("metadata", "name"), required=True)
-        namespace = self.string(meta, ("metadata", "namespace"), required=False)
-        assert name is not None
-        return name, namespace
-
-
-def _get(data: Mapping[str, Any], key: str | int) -> Any:
-    return data.get(key) if isinstance(key, str) else None
-
-
-def _kind_of(value: object) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return f"a {type(value).__name__}"
-
-
-def _scalar_text(value: object) -> str | None:
-    """YAML scalars as Dapr reads them: numbers and booleans become their text."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return None
-
-
-def _value_text(value: object) -> str | None:
-    """A metadata value as Dapr passes it: scalars as text, mappings and lists as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        try:
-            return json.dumps(value, separators=(",", ":"), default=_date_text)
-        except (TypeError, ValueError):
-            return None
-    return _scalar_text(value)
-
-
-def _date_text(value: object) -> str:
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 # --- kinds --------------------------------------------------------------------------------
 
 
-def _component(doc: _Document, data: dict[str, Any]) -> ComponentManifest:
+def _component(doc: Document, data: dict[str, Any]) -> ComponentManifest:
     doc.name_from(data, "Component")
     doc.api_version(data, "Component", COMPONENT_API_VERSIONS)
     name, namespace = doc.metadata_name(data)
@@ -617,20 +335,20 @@ _SOURCES = ("value", "secretKeyRef", "envRef")
 
 
 def _metadata_items(
-    doc: _Document, spec: Mapping[str, Any], component: str
+    doc: Document, spec: Mapping[str, Any], component: str
 ) -> tuple[MetadataItem, ...]:
     raw = spec.get("metadata")
     base: FieldPath = ("spec", "metadata")
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise doc.error(base, f"expected a list of {{name, value}} items, got {_kind_of(raw)}")
+        raise doc.error(base, f"expected a list of {{name, value}} items, got {kind_of(raw)}")
     items: list[MetadataItem] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(raw):
         path = (*base, index)
         if not isinstance(entry, dict):
-            raise doc.error(path, f"expected a mapping with name and value, got {_kind_of(entry)}")
+            raise doc.error(path, f"expected a mapping with name and value, got {kind_of(entry)}")
         name = doc.string(entry, (*path, "name"), required=True)
         assert name is not None
         if name.lower() in seen:
@@ -660,12 +378,12 @@ def _metadata_items(
         env: str | None = None
         if sources[0] == "value":
             raw_value = entry["value"]
-            value = _value_text(raw_value)
+            value = value_text(raw_value)
             if value is None:
                 raise doc.error(
                     (*path, "value"),
                     f"metadata {name!r}: expected a string, number, boolean, or a mapping "
-                    f"or list of those, got {_kind_of(raw_value)}",
+                    f"or list of those, got {kind_of(raw_value)}",
                 )
         elif sources[0] == "secretKeyRef":
             ref_data = doc.mapping(entry, (*path, "secretKeyRef"), required=True)
@@ -690,7 +408,7 @@ def _metadata_items(
     return tuple(items)
 
 
-def _subscription(doc: _Document, data: dict[str, Any]) -> SubscriptionManifest:
+def _subscription(doc: Document, data: dict[str, Any]) -> SubscriptionManifest:
     doc.name_from(data, "Subscription")
     api_version = doc.api_version(data, "Subscription", SUBSCRIPTION_API_VERSIONS)
     name, _ = doc.metadata_name(data)
@@ -715,13 +433,13 @@ def _subscription(doc: _Document, data: dict[str, Any]) -> SubscriptionManifest:
         if not isinstance(raw_rules, list):
             raise doc.error(
                 ("spec", "routes", "rules"),
-                f"expected a list of {{match, path}}, got {_kind_of(raw_rules)}",
+                f"expected a list of {{match, path}}, got {kind_of(raw_rules)}",
             )
         for index, rule in enumerate(raw_rules):
             path: FieldPath = ("spec", "routes", "rules", index)
             if not isinstance(rule, dict):
                 raise doc.error(
-                    path, f"expected a mapping with match and path, got {_kind_of(rule)}"
+                    path, f"expected a mapping with match and path, got {kind_of(rule)}"
                 )
             match = doc.string(
                 rule, (*path, "match"), required=True, example='event.type == "order"'
@@ -756,20 +474,20 @@ def _subscription(doc: _Document, data: dict[str, Any]) -> SubscriptionManifest:
     )
 
 
-def _string_map(doc: _Document, data: Mapping[str, Any], path: FieldPath) -> dict[str, str]:
+def _string_map(doc: Document, data: Mapping[str, Any], path: FieldPath) -> dict[str, str]:
     raw = doc.mapping(data, path, required=False)
     out: dict[str, str] = {}
     for key, value in raw.items():
-        text = _scalar_text(value)
+        text = scalar_text(value)
         if text is None:
             raise doc.error(
-                (*path, str(key)), f"expected a string, number or boolean, got {_kind_of(value)}"
+                (*path, str(key)), f"expected a string, number or boolean, got {kind_of(value)}"
             )
         out[str(key)] = text
     return out
 
 
-def _configuration(doc: _Document, data: dict[str, Any]) -> ConfigurationManifest:
+def _configuration(doc: Document, data: dict[str, Any]) -> ConfigurationManifest:
     doc.name_from(data, "Configuration")
     doc.api_version(data, "Configuration", CONFIGURATION_API_VERSIONS)
     name, _ = doc.metadata_name(data)
@@ -778,12 +496,12 @@ def _configuration(doc: _Document, data: dict[str, Any]) -> ConfigurationManifes
     raw_scopes = secrets.get("scopes") or []
     base: FieldPath = ("spec", "secrets", "scopes")
     if not isinstance(raw_scopes, list):
-        raise doc.error(base, f"expected a list of secret scopes, got {_kind_of(raw_scopes)}")
+        raise doc.error(base, f"expected a list of secret scopes, got {kind_of(raw_scopes)}")
     scopes: list[SecretScope] = []
     for index, raw in enumerate(raw_scopes):
         path = (*base, index)
         if not isinstance(raw, dict):
-            raise doc.error(path, f"expected a mapping with storeName, got {_kind_of(raw)}")
+            raise doc.error(path, f"expected a mapping with storeName, got {kind_of(raw)}")
         store = doc.string(raw, (*path, "storeName"), required=True, example="vault")
         assert store is not None
         access = doc.string(raw, (*path, "defaultAccess"), required=False) or "allow"
