@@ -8,6 +8,7 @@ skipped with the reason, which pytest prints (``-rs``).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -130,26 +131,78 @@ class Backend(ABC):
         raise BackendUnavailable(f"no testcontainers recipe for {self.name}")
 
 
-_BACKENDS: dict[str, Backend] = {}
+BUILTIN_BACKENDS: dict[str, str] = {
+    "redis": "mechakit.conformance.backends_redis:RedisBackend",
+    "redis-cluster": "mechakit.conformance.backends_redis:RedisClusterBackend",
+    "postgresql": "mechakit.conformance.backends_postgres:PostgresBackend",
+    "moto": "mechakit.conformance.backends_aws:MotoBackend",
+    "vault": "mechakit.conformance.backends_vault:VaultBackend",
+    "http-echo": "mechakit.conformance.backends_http:HTTPEchoBackend",
+}
+"""Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
+
+_REGISTERED: dict[str, Backend] = {}
+_RESOLVED: dict[str, Backend] = {}
 
 
 def register_backend(backend: Backend) -> Backend:
-    """Make a backend known by its name (matrix ``backend:`` field)."""
-    _BACKENDS[backend.name] = backend
+    """Make a backend known by its name at run time (a matrix can also name a factory)."""
+    _REGISTERED[backend.name] = backend
     return backend
 
 
-def known_backends() -> dict[str, Backend]:
-    return dict(_BACKENDS)
+def known_backends() -> list[str]:
+    """The short names a matrix ``backend:`` field may use (besides ``module:factory``)."""
+    return sorted({*BUILTIN_BACKENDS, *_REGISTERED})
+
+
+class UnknownBackendError(LookupError):
+    """A matrix names a backend that is neither known nor an importable ``module:factory``."""
+
+
+def check_backend(name: str) -> None:
+    """Raise ``UnknownBackendError`` unless ``name`` is known or an importable factory
+    (a short name is not imported yet)."""
+    if name not in BUILTIN_BACKENDS and name not in _REGISTERED:
+        resolve_backend(name)
+
+
+def resolve_backend(name: str) -> Backend:
+    """The backend a matrix names: a short name, or ``package.module:factory`` where
+    ``factory()`` returns a :class:`Backend` (a Backend subclass is such a factory)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in _RESOLVED:
+        path = BUILTIN_BACKENDS.get(name, name)
+        if ":" not in path:
+            raise UnknownBackendError(
+                f"unknown backend {name!r}: use one of {', '.join(known_backends())} "
+                "or name a factory as 'package.module:factory'"
+            )
+        module_name, _, attribute = path.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownBackendError(f"backend {name!r}: cannot load {path}: {exc}") from None
+        try:
+            backend = factory()
+        except Exception as exc:
+            raise UnknownBackendError(f"backend {name!r}: {path}() failed: {exc}") from exc
+        if not isinstance(backend, Backend):
+            raise UnknownBackendError(
+                f"backend {name!r}: {path}() returned {type(backend).__name__}, not a Backend"
+            )
+        _RESOLVED[name] = backend
+    return _RESOLVED[name]
 
 
 def provision(name: str, environ: Mapping[str, str] | None = None) -> BackendInfo:
-    """Environment → local binary → testcontainers; ``BackendUnavailable`` lists every reason."""
-    backend = _BACKENDS.get(name)
-    if backend is None:
-        raise BackendUnavailable(
-            f"unknown backend {name!r} (known: {', '.join(sorted(_BACKENDS)) or 'none'})"
-        )
+    """Environment → local binary → testcontainers; ``BackendUnavailable`` lists every reason.
+
+    ``name`` is a short name or ``module:factory`` (:func:`resolve_backend`); one that names
+    nothing is an ``UnknownBackendError``, never a skip.
+    """
+    backend = resolve_backend(name)
     info = backend.from_environment(os.environ if environ is None else environ)
     if info is not None:
         return info

@@ -33,7 +33,6 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    register_backend,
 )
 
 MOTO_IMAGE = "motoserver/moto:latest"
@@ -212,6 +211,3 @@ def _values(endpoint: str) -> dict[str, str]:
         "bucket": CONFORMANCE.bucket,
         "parameterPrefix": CONFORMANCE.parameter_prefix,
     }
-
-
-register_backend(MotoBackend())

@@ -19,7 +19,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .backends import Backend, BackendInfo, register_backend
+from .backends import Backend, BackendInfo
 
 
 class EchoServer:
@@ -92,6 +92,3 @@ class HTTPEchoBackend(Backend):
     def start_local(self, workdir: Path) -> BackendInfo:
         server = EchoServer().start()
         return BackendInfo({"url": server.url}, source="in-process echo server", stop=server.stop)
-
-
-register_backend(HTTPEchoBackend())

@@ -33,7 +33,6 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    register_backend,
 )
 
 POSTGRES_IMAGE = "postgres:16-alpine"
@@ -212,6 +211,3 @@ def _values(host: str, port: str, user: str, dbname: str, password: str = "") ->
         "user": user,
         "dbname": dbname,
     }
-
-
-register_backend(PostgresBackend())

@@ -27,7 +27,6 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    register_backend,
 )
 
 REDIS_IMAGE = "redis:7-alpine"
@@ -190,7 +189,3 @@ def _cluster_values(seeds: list[tuple[str, int]]) -> dict[str, str]:
 def _values(host: str, port: str) -> dict[str, str]:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return {"host": host, "port": port, "address": address, "url": f"redis://{address}"}
-
-
-register_backend(RedisBackend())
-register_backend(RedisClusterBackend())

@@ -34,7 +34,6 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    register_backend,
 )
 
 OPENBAO_IMAGE = "openbao/openbao:latest"
@@ -191,6 +190,3 @@ def _values(address: str, token: str) -> dict[str, str]:
         "kv1Mount": KV1_MOUNT,
         "prefix": PREFIX,
     }
-
-
-register_backend(VaultBackend())
