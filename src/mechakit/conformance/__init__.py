@@ -2,16 +2,15 @@
 
 Third-party authors: ``mechakit conformance my-component.yaml`` runs every suite of the
 component's type against it. See docs/authoring.md.
+
+``@requires(StateFeature.ETAG)`` runs a test only for targets expected to declare every
+named feature, ``@without(StateFeature.TTL)`` only for those declaring none of them (it
+checks absence). Names as strings are accepted; one that is not a feature is an error when
+the decorator runs, and one of another building block when the suite is collected.
 """
 
 from __future__ import annotations
 
-import pytest
+from .requirements import UnknownFeatureError, requires, without
 
-requires = pytest.mark.requires_features
-"""``@requires("ETAG")``: the test runs only for targets declaring every named feature."""
-
-without = pytest.mark.without_features
-"""``@without("TTL")``: the test runs only for targets declaring none of the named features."""
-
-__all__ = ["requires", "without"]
+__all__ = ["UnknownFeatureError", "requires", "without"]

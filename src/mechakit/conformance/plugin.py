@@ -18,14 +18,9 @@ import pytest_asyncio
 from mechakit.core.component import Component, ComponentMetadata
 from mechakit.core.registry import default_registry
 
-from . import (  # noqa: F401 - importing registers each backend
-    backends_aws,
-    backends_http,
-    backends_postgres,
-    backends_redis,
-    backends_vault,
-)
 from .backends import BackendInfo, BackendUnavailable, provision
+from .options import declared_option
+from .requirements import REQUIRES_MARK, WITHOUT_MARK, check_gates, gate_features
 from .targets import Target, load_matrix
 
 APP_ID = "conformance-app"
@@ -45,6 +40,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the suites against the component in this Dapr Component YAML file",
     )
     group.addoption(
+        "--mechakit-features",
+        default=None,
+        help="with --mechakit-component: the features the driver must declare, "
+        "comma-separated ('' or 'none' for none); overrides the file's "
+        "conformance.mechakit.io/features annotation",
+    )
+    group.addoption(
         "--mechakit-only",
         default=None,
         help="comma-separated target names (or type prefixes) to run, e.g. state.sqlite",
@@ -54,10 +56,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "requires_features(*names): run only for targets declaring all these features"
+        "markers",
+        f"{REQUIRES_MARK}(*features): run only for targets expected to declare all these "
+        "features (use mechakit.conformance.requires)",
     )
     config.addinivalue_line(
-        "markers", "without_features(*names): run only for targets declaring none of these features"
+        "markers",
+        f"{WITHOUT_MARK}(*features): run only for targets expected to declare none of these "
+        "features (use mechakit.conformance.without)",
     )
     config.addinivalue_line("markers", "fault: kills or restarts a backend (slow)")
 
@@ -71,7 +77,8 @@ def _targets(config: pytest.Config) -> list[Target]:
     if component_file:
         from .component_file import target_from_component_file
 
-        targets = [target_from_component_file(Path(component_file))]
+        features = config.getoption("--mechakit-features")
+        targets = [target_from_component_file(Path(component_file), features)]
     else:
         matrix = config.getoption("--mechakit-targets") or config.getini("mechakit_targets")
         if matrix:
@@ -89,9 +96,11 @@ def _targets(config: pytest.Config) -> list[Target]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    category = getattr(metafunc.cls, "category", None)
+    if category is not None:
+        check_gates(category, metafunc.definition.nodeid, metafunc.definition.iter_markers())
     if "conformance_target" not in metafunc.fixturenames:
         return
-    category = getattr(metafunc.cls, "category", None)
     targets = [t for t in _targets(metafunc.config) if t.category == category]
     metafunc.parametrize("conformance_target", targets, ids=[t.name for t in targets])
 
@@ -159,28 +168,90 @@ def conformance_context(
 
 @pytest.fixture
 def expected_features(conformance_target: Target) -> frozenset[str]:
-    """The matrix's features for the target, or the driver's declared ones when none are given."""
-    if conformance_target.features is not None:
-        return conformance_target.features
-    cls = default_registry().resolve(conformance_target.type, conformance_target.version).load()
+    """The features the target's driver must declare, as the matrix or the author states them.
+
+    Never the driver's own declaration: a test comparing that with itself could not fail.
+    When nobody stated them (a component file without the annotation) the test is skipped.
+    """
+    if conformance_target.features is None:
+        pytest.skip(
+            f"{conformance_target.name}: the expected features are not stated, so the "
+            "declaration is not checked; add the annotation conformance.mechakit.io/features "
+            '(e.g. "ETAG, TTL", or "" for none) to the component file, '
+            "or pass --mechakit-features"
+        )
+    return conformance_target.features
+
+
+def declared_features(component_type: str, version: str) -> frozenset[str]:
+    """What the driver class declares, without initialising it."""
+    cls = default_registry().resolve(component_type, version).load()
     features = getattr(cls(), "features", None)
     return frozenset(str(f) for f in (features() if callable(features) else ()))
+
+
+def _gating_features(target: Target) -> frozenset[str]:
+    """The features gates go by: the stated ones, or the declared ones when none are stated
+    (so every claim is tested, and every undeclared feature checked for absence)."""
+    if target.features is not None:
+        return target.features
+    return declared_features(target.type, target.version)
 
 
 @pytest.fixture(autouse=True)
 def _feature_gate(request: pytest.FixtureRequest) -> None:
     if "conformance_target" not in request.fixturenames:
         return
-    expected: frozenset[str] = request.getfixturevalue("expected_features")
     target: Target = request.getfixturevalue("conformance_target")
-    for marker in request.node.iter_markers("requires_features"):
-        missing = [str(f) for f in marker.args if str(f) not in expected]
-        if missing:
-            pytest.skip(f"{target.name} does not declare {', '.join(missing)}")
-    for marker in request.node.iter_markers("without_features"):
-        present = [str(f) for f in marker.args if str(f) in expected]
-        if present:
-            pytest.skip(f"{target.name} declares {', '.join(present)}")
+    features = _gating_features(target)
+    marks = list(request.node.iter_markers())
+    missing = [f for f in gate_features(marks, REQUIRES_MARK) if f not in features]
+    if missing:
+        pytest.skip(f"{target.name} does not declare {', '.join(missing)}")
+    present = [f for f in gate_features(marks, WITHOUT_MARK) if f in features]
+    if present:
+        pytest.skip(f"{target.name} declares {', '.join(present)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A failing gated test says which feature it checks, and what the failure means."""
+    try:
+        return (yield)
+    except (Exception, pytest.fail.Exception) as exc:
+        for note in _feature_notes(item):
+            exc.add_note(note)
+        raise
+
+
+def _feature_notes(item: pytest.Item) -> list[str]:
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    target = funcargs.get("conformance_target")
+    if not isinstance(target, Target):
+        return []
+    marks = list(item.iter_markers())
+    notes = []
+    claims = "is expected to support" if target.features is not None else "declares"
+    for feature in gate_features(marks, REQUIRES_MARK):
+        notes.append(
+            f"feature {feature}: {target.name} {claims} {feature} and this test checks what "
+            f"{feature} promises; implement it, or stop declaring {feature}"
+        )
+    for feature in gate_features(marks, WITHOUT_MARK):
+        notes.append(
+            f"feature {feature}: {target.name} does not declare {feature}, and this test "
+            f"checks that {feature} is really absent; the driver behaves as if it implements "
+            f"{feature}: declare {feature} (and pass its tests), or stop doing it"
+        )
+    features = getattr(funcargs.get("component"), "features", None)
+    if "expected_features" in funcargs and callable(features):
+        declared = {str(f) for f in features()}
+        expected = set(funcargs["expected_features"])
+        for feature in sorted(declared - expected):
+            notes.append(f"feature {feature}: {target.name} declares {feature}, not expected")
+        for feature in sorted(expected - declared):
+            notes.append(f"feature {feature}: {target.name} is expected to declare {feature}")
+    return notes
 
 
 @pytest_asyncio.fixture
@@ -223,9 +294,15 @@ async def component(component_factory: ComponentFactory) -> Any:
     return await component_factory()
 
 
-def option(target: Target, name: str, default: Any = None) -> Any:
-    """A suite option of the target (``options:`` in the matrix), or ``default``."""
-    return target.options.get(name, default)
+_DECLARED_DEFAULT: Any = object()
+
+
+def option(target: Target, name: str, default: Any = _DECLARED_DEFAULT) -> Any:
+    """A suite option of the target (``options:`` in the matrix), or ``default`` (by default
+    the declared one). ``UnknownOptionError`` when the suite never declared ``name``."""
+    declared = declared_option(target.category, name)
+    fallback = declared.default if default is _DECLARED_DEFAULT else default
+    return target.options.get(name, fallback)
 
 
 def env_flag(name: str) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from mechakit.conformance.plugin import option
 from mechakit.conformance.targets import Target
 from mechakit.core.bindings import (
     BindingEvent,
@@ -46,7 +47,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _option(target: Target, name: str, default: Any = None) -> Any:
-    return target.options.get(name, default)
+    return option(target, name, default)
 
 
 def _output(component: object) -> OutputBinding[Any]:

@@ -41,6 +41,7 @@ from mechakit.core.pubsub import (
     Message,
     PublishRequest,
     PubSub,
+    PubSubFeature,
     SubscribeRequest,
 )
 
@@ -343,7 +344,7 @@ class PubSubSuite:
 
     # --- MESSAGE_TTL ------------------------------------------------------------------
 
-    @requires("MESSAGE_TTL")
+    @requires(PubSubFeature.MESSAGE_TTL)
     async def test_message_expired_before_delivery_never_arrives(
         self, component: PubSub[Any], pubsub_options: PubSubOptions
     ) -> None:
@@ -364,7 +365,7 @@ class PubSubSuite:
         await self._quiet(pubsub_options)
         assert b"short-lived" not in [m.data for m in inbox.calls]
 
-    @requires("MESSAGE_TTL")
+    @requires(PubSubFeature.MESSAGE_TTL)
     async def test_invalid_ttl_is_rejected(self, component: PubSub[Any]) -> None:
         with pytest.raises(InvalidRequestError, match="ttlInSeconds"):
             await component.publish(

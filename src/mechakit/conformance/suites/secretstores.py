@@ -22,11 +22,16 @@ import pytest
 from mechakit.conformance import requires, without
 from mechakit.conformance.targets import Target
 from mechakit.core.errors import SecretNotFoundError
-from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
+from mechakit.core.secretstores import (
+    BulkGetSecretRequest,
+    GetSecretRequest,
+    SecretStore,
+    SecretStoreFeature,
+)
 
 pytestmark = pytest.mark.asyncio
 
-MULTIPLE_KEYS = "MULTIPLE_KEY_VALUES_PER_SECRET"
+MULTIPLE_KEYS = SecretStoreFeature.MULTIPLE_KEY_VALUES_PER_SECRET
 
 
 def expected_secrets(target: Target) -> dict[str, dict[str, str]]:
