@@ -29,6 +29,7 @@ import pytest
 
 from mechakit.conformance import requires, without
 from mechakit.conformance.plugin import ComponentFactory, option
+from mechakit.conformance.suites.state_absence import StateAbsenceChecks
 from mechakit.conformance.targets import Target
 from mechakit.core.errors import (
     BulkError,
@@ -44,6 +45,7 @@ from mechakit.core.state import (
     GetRequest,
     QueryableStore,
     SetRequest,
+    StateFeature,
     StateItem,
     StateOptions,
     StateSettings,
@@ -134,7 +136,7 @@ def expire_time_of(item: StateItem) -> datetime:
     return datetime.fromisoformat(item.metadata[TTL_EXPIRE_TIME].replace("Z", "+00:00"))
 
 
-class StateSuite:
+class StateSuite(StateAbsenceChecks):
     """Mix into a test class (``class TestState(StateSuite): pass``) to run the suite."""
 
     category = "state"
@@ -230,7 +232,7 @@ class StateSuite:
 
     # --- ETags ----------------------------------------------------------------------
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_get_returns_an_etag_that_every_write_changes(self, component: Store) -> None:
         key = new_key()
         await component.set(SetRequest(key, 1))
@@ -241,7 +243,7 @@ class StateSuite:
         assert second
         assert second != first
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_set_with_the_current_etag_succeeds_and_changes_it(
         self, component: Store
     ) -> None:
@@ -253,7 +255,7 @@ class StateSuite:
         assert item.value == "v2"
         assert item.etag != etag
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_stale_etag_is_a_mismatch_and_nothing_changes(self, component: Store) -> None:
         key = new_key()
         etag = await stale_etag(component, key)
@@ -264,7 +266,7 @@ class StateSuite:
         after = await must_get(component, key)
         assert (after.value, after.etag) == (current.value, current.etag)
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_malformed_etag_is_invalid_and_nothing_changes(
         self, component: Store, conformance_target: Target
     ) -> None:
@@ -278,7 +280,7 @@ class StateSuite:
         assert caught_delete.value.kind is ETagErrorKind.INVALID
         assert await value_of(component, key) == "kept"
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_set_with_an_etag_on_a_missing_key_is_a_mismatch(self, component: Store) -> None:
         key = new_key()
         etag = await etag_of_deleted_key(component, key)
@@ -287,7 +289,7 @@ class StateSuite:
         assert caught.value.kind is ETagErrorKind.MISMATCH
         assert await component.get(GetRequest(key)) is None
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_delete_with_the_current_etag_removes_the_key(self, component: Store) -> None:
         key = new_key()
         await component.set(SetRequest(key, "v"))
@@ -295,7 +297,7 @@ class StateSuite:
         await component.delete(DeleteRequest(key, etag=etag))
         assert await component.get(GetRequest(key)) is None
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_delete_with_a_stale_etag_is_a_mismatch_and_keeps_the_key(
         self, component: Store
     ) -> None:
@@ -306,7 +308,7 @@ class StateSuite:
         assert caught.value.kind is ETagErrorKind.MISMATCH
         assert await value_of(component, key) == "second"
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_delete_with_an_etag_on_a_missing_key_is_a_mismatch(
         self, component: Store
     ) -> None:
@@ -316,7 +318,7 @@ class StateSuite:
             await component.delete(DeleteRequest(key, etag=etag))
         assert caught.value.kind is ETagErrorKind.MISMATCH
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_bulk_set_with_one_stale_etag_fails_only_that_key(self, component: Store) -> None:
         stale_key, good = new_key("stale"), [new_key("good0"), new_key("good1")]
         etag = await stale_etag(component, stale_key)
@@ -343,7 +345,7 @@ class StateSuite:
         assert isinstance(caught.value.errors[bad], InvalidRequestError)
         assert await component.get(GetRequest(good)) is None
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     async def test_bulk_set_with_one_invalid_ttl_writes_nothing(self, component: Store) -> None:
         good, bad = new_key("good"), new_key("bad")
         with pytest.raises(BulkError) as caught:
@@ -353,7 +355,7 @@ class StateSuite:
         assert set(caught.value.errors) == {bad}
         assert await component.get(GetRequest(good)) is None
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_bulk_delete_with_one_stale_etag_fails_only_that_key(
         self, component: Store
     ) -> None:
@@ -366,7 +368,7 @@ class StateSuite:
         assert await value_of(component, stale_key) == "second"
         assert await component.get(GetRequest(good)) is None
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_first_write_without_etag_fails_when_the_key_exists(
         self, component: Store
     ) -> None:
@@ -377,7 +379,7 @@ class StateSuite:
         assert caught.value.kind is ETagErrorKind.MISMATCH
         assert await value_of(component, key) == "first"
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_first_write_with_etag_is_a_compare_and_set(self, component: Store) -> None:
         key = new_key()
         etag = await stale_etag(component, key)
@@ -388,7 +390,7 @@ class StateSuite:
         await component.set(SetRequest(key, "won", etag=current, options=FIRST_WRITE))
         assert await value_of(component, key) == "won"
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_first_write_applies_to_its_own_request_only(self, component: Store) -> None:
         key = new_key()
         await component.set(SetRequest(key, "first", options=FIRST_WRITE))
@@ -398,7 +400,7 @@ class StateSuite:
         await component.set(SetRequest(key, "again", options=FIRST_WRITE))
         assert await value_of(component, key) == "again"
 
-    @requires("ETAG")
+    @requires(StateFeature.ETAG)
     async def test_concurrent_etag_increments_lose_no_update(
         self, component: Store, conformance_target: Target
     ) -> None:
@@ -420,7 +422,7 @@ class StateSuite:
 
     # --- transactions ---------------------------------------------------------------
 
-    @requires("TRANSACTIONAL")
+    @requires(StateFeature.TRANSACTIONAL)
     async def test_transaction_applies_operations_on_one_key_in_order(
         self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
@@ -438,7 +440,7 @@ class StateSuite:
         assert await value_of(component, kept) == 3
         assert await component.get(GetRequest(removed)) is None
 
-    @requires("TRANSACTIONAL")
+    @requires(StateFeature.TRANSACTIONAL)
     async def test_transaction_deleting_a_missing_key_succeeds(
         self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
@@ -446,7 +448,7 @@ class StateSuite:
         await component.transact([DeleteRequest(missing), SetRequest(key, "v")])
         assert await value_of(component, key) == "v"
 
-    @requires("TRANSACTIONAL", "ETAG")
+    @requires(StateFeature.TRANSACTIONAL, StateFeature.ETAG)
     async def test_transaction_with_current_etags_succeeds(
         self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
@@ -465,7 +467,7 @@ class StateSuite:
         assert await value_of(component, updated) == 2
         assert await component.get(GetRequest(removed)) is None
 
-    @requires("TRANSACTIONAL", "ETAG")
+    @requires(StateFeature.TRANSACTIONAL, StateFeature.ETAG)
     async def test_failed_etag_check_leaves_every_key_untouched(
         self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
@@ -489,7 +491,7 @@ class StateSuite:
         assert await value_of(component, stale_key) == "second"
         assert await component.get(GetRequest(created)) is None
 
-    @requires("TRANSACTIONAL", "ETAG")
+    @requires(StateFeature.TRANSACTIONAL, StateFeature.ETAG)
     async def test_failed_first_write_in_a_transaction_leaves_every_key_untouched(
         self, component: TransactionalStore[Any], conformance_target: Target
     ) -> None:
@@ -505,7 +507,7 @@ class StateSuite:
 
     # --- TTL ------------------------------------------------------------------------
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     @pytest.mark.parametrize("ttl", ["0", "-5", "1.5", "soon"])
     async def test_invalid_ttl_is_rejected_and_nothing_is_written(
         self, component: Store, ttl: str
@@ -515,7 +517,7 @@ class StateSuite:
             await component.set(SetRequest(key, "v", metadata={"ttlInSeconds": ttl}))
         assert await component.get(GetRequest(key)) is None
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     async def test_get_returns_the_expire_time_of_a_ttl(self, component: Store) -> None:
         key, ttl = new_key(), 60
         start = datetime.now(UTC)
@@ -529,7 +531,7 @@ class StateSuite:
             <= end + timedelta(seconds=ttl) + slack
         )
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     async def test_item_with_a_ttl_is_gone_after_it_expires(self, component: Store) -> None:
         key = new_key()
         await component.set(SetRequest(key, "short-lived", metadata={"ttlInSeconds": "1"}))
@@ -544,7 +546,7 @@ class StateSuite:
             await component.set(SetRequest(key, "reborn", options=FIRST_WRITE))
             assert await value_of(component, key) == "reborn"
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     async def test_ttl_of_minus_one_removes_an_existing_ttl(self, component: Store) -> None:
         key = new_key()
         await component.set(SetRequest(key, "v", metadata={"ttlInSeconds": "1"}))
@@ -553,7 +555,7 @@ class StateSuite:
         await asyncio.sleep(1.5)
         assert await value_of(component, key) == "kept"
 
-    @requires("TTL")
+    @requires(StateFeature.TTL)
     async def test_bulk_set_applies_each_items_ttl(self, component: Store) -> None:
         with_ttl, without_ttl = new_key("ttl"), new_key("no-ttl")
         await component.bulk_set(
@@ -562,13 +564,13 @@ class StateSuite:
         expire_time_of(await must_get(component, with_ttl))
         assert TTL_EXPIRE_TIME not in (await must_get(component, without_ttl)).metadata
 
-    @requires("TTL", "TRANSACTIONAL")
+    @requires(StateFeature.TTL, StateFeature.TRANSACTIONAL)
     async def test_transaction_applies_ttl(self, component: TransactionalStore[Any]) -> None:
         key = new_key()
         await component.transact([SetRequest(key, "v", metadata={"ttlInSeconds": "60"})])
         expire_time_of(await must_get(component, key))
 
-    @without("TTL")
+    @without(StateFeature.TTL)
     async def test_without_ttl_a_ttl_is_ignored_or_refused(self, component: Store) -> None:
         key = new_key()
         try:
