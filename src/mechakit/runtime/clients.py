@@ -30,15 +30,12 @@ from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
     ConfigurationStore,
-    GetConfigurationRequest,
-    SubscribeConfigurationRequest,
 )
 from mechakit.core.errors import (
     ComponentError,
     InvalidRequestError,
     NotFoundError,
     NotSupportedError,
-    PermissionDeniedError,
 )
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
 from mechakit.core.pubsub import (
@@ -49,7 +46,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
     SubscribeRequest,
 )
-from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
+from mechakit.core.secretstores import GetSecretRequest, SecretStore
 from mechakit.core.state import (
     TTL_METADATA,
     BulkGetItem,
@@ -68,7 +65,11 @@ from mechakit.core.state import (
 )
 
 from .service import DaprError, as_component_error
+from .service.bindings import BindingsService
+from .service.configuration import ConfigurationService
+from .service.lock import LockService
 from .service.pubsub import PubSubService
+from .service.secrets import SecretsService
 from .service.state import StateService
 
 log = logging.getLogger("mechakit.runtime")
@@ -491,9 +492,10 @@ class LockLostError(ComponentError):
 class LockClient(_Client):
     """``async with locks.hold("order-1", owner="worker-a", expiry_seconds=10): ...``."""
 
-    def __init__(self, store: LockStore[Any]) -> None:
+    def __init__(self, store: LockStore[Any], service: LockService) -> None:
         super().__init__(store)
         self._store = store
+        self._service = service
 
     @property
     def component(self) -> LockStore[Any]:
@@ -503,20 +505,20 @@ class LockClient(_Client):
         self, resource_id: str | TryLockRequest, owner: str = "", expiry_seconds: int = 0
     ) -> bool:
         """True when acquired; False when anyone holds it (the same owner included)."""
-        request = (
-            resource_id
-            if isinstance(resource_id, TryLockRequest)
-            else TryLockRequest(resource_id, owner, expiry_seconds)
-        )
-        return await self._store.try_lock(request)
+        if isinstance(resource_id, TryLockRequest):
+            given = resource_id
+            resource_id, owner, expiry_seconds = (
+                given.resource_id,
+                given.owner,
+                given.expiry_seconds,
+            )
+        return await _served(self._service.try_lock(self.name, resource_id, owner, expiry_seconds))
 
     async def unlock(self, resource_id: str | UnlockRequest, owner: str = "") -> UnlockStatus:
-        request = (
-            resource_id
-            if isinstance(resource_id, UnlockRequest)
-            else UnlockRequest(resource_id, owner)
-        )
-        return await self._store.unlock(request)
+        if isinstance(resource_id, UnlockRequest):
+            given_release = resource_id
+            resource_id, owner = given_release.resource_id, given_release.owner
+        return await _served(self._service.unlock(self.name, resource_id, owner))
 
     @contextlib.asynccontextmanager
     async def hold(
@@ -570,10 +572,10 @@ class LockClient(_Client):
 class SecretsClient(_Client):
     """Secrets, filtered by the Configuration's secret scopes: ``await secrets.get("db")``."""
 
-    def __init__(self, store: SecretStore[Any], *, allows: Callable[[str], bool]) -> None:
+    def __init__(self, store: SecretStore[Any], service: SecretsService) -> None:
         super().__init__(store)
         self._store = store
-        self._allows = allows
+        self._service = service
 
     @property
     def component(self) -> SecretStore[Any]:
@@ -588,23 +590,13 @@ class SecretsClient(_Client):
             if isinstance(name, GetSecretRequest)
             else GetSecretRequest(name=name, metadata=dict(metadata or {}))
         )
-        if not self._allows(request.name):
-            raise PermissionDeniedError(
-                f"access to secret {request.name!r} is denied by the secret scopes of the "
-                "Configuration",
-                component=self._store.label,
-                key=request.name,
-            )
-        return await self._store.get_secret(request)
+        return await _served(self._service.get(self.name, request))
 
     async def bulk_get(
         self, *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, dict[str, str]]:
         """Every secret the app may read: name → (key → value)."""
-        found = await self._store.bulk_get_secret(
-            BulkGetSecretRequest(metadata=dict(metadata or {}))
-        )
-        return {name: values for name, values in found.items() if self._allows(name)}
+        return await _served(self._service.bulk_get(self.name, metadata))
 
 
 # --- bindings ---------------------------------------------------------------------------
@@ -613,9 +605,12 @@ class SecretsClient(_Client):
 class BindingClient(_Client):
     """``await binding.invoke("create", b"...", {"fileName": "a.txt"})``."""
 
-    def __init__(self, binding: Component[Any], *, tracker: SubscriptionTracker) -> None:
+    def __init__(
+        self, binding: Component[Any], service: BindingsService, *, tracker: SubscriptionTracker
+    ) -> None:
         super().__init__(binding)
         self._binding = binding
+        self._service = service
         self._tracker = tracker
 
     @property
@@ -641,7 +636,7 @@ class BindingClient(_Client):
             request = InvokeRequest(
                 operation=operation, data=payload, metadata=dict(metadata or {})
             )
-        return await self._output().invoke(request)
+        return await _served(self._service.invoke(self.name, request))
 
     async def read(self, handler: InputHandler) -> Subscription:
         """Deliver input events to ``handler`` until cancelled (or the runtime closes)."""
@@ -680,9 +675,16 @@ class _ConfigurationWatch(Subscription):
 class ConfigurationClient(_Client):
     """``items = await config.get(["flag"])``; ``sub_id = await config.subscribe([], handler)``."""
 
-    def __init__(self, store: ConfigurationStore[Any], *, tracker: SubscriptionTracker) -> None:
+    def __init__(
+        self,
+        store: ConfigurationStore[Any],
+        service: ConfigurationService,
+        *,
+        tracker: SubscriptionTracker,
+    ) -> None:
         super().__init__(store)
         self._store = store
+        self._service = service
         self._tracker = tracker
         self._watches: dict[str, _ConfigurationWatch] = {}
 
@@ -695,9 +697,7 @@ class ConfigurationClient(_Client):
     ) -> dict[str, ConfigurationItem]:
         """The items that exist among ``keys`` (no keys: every item)."""
         keys = [keys] if isinstance(keys, str) else list(keys)
-        return await self._store.get(
-            GetConfigurationRequest(keys=keys, metadata=dict(metadata or {}))
-        )
+        return await _served(self._service.get(self.name, keys, metadata))
 
     async def subscribe(
         self,
@@ -708,9 +708,7 @@ class ConfigurationClient(_Client):
     ) -> str:
         """Watch ``keys`` (empty: every key); returns the id ``unsubscribe`` takes."""
         keys = [keys] if isinstance(keys, str) else list(keys)
-        subscription_id = await self._store.subscribe(
-            SubscribeConfigurationRequest(keys=keys, metadata=dict(metadata or {})), handler
-        )
+        subscription_id = await _served(self._service.subscribe(self.name, keys, handler, metadata))
         watch = _ConfigurationWatch(self._store, subscription_id)
         self._watches[subscription_id] = watch
         self._tracker.add(watch)
@@ -721,7 +719,7 @@ class ConfigurationClient(_Client):
         if watch is not None:
             self._tracker.discard(watch)
             watch._active = False
-        await self._store.unsubscribe(subscription_id)
+        await _served(self._service.unsubscribe(self.name, subscription_id, missing_ok=False))
 
 
 __all__ = [

@@ -61,12 +61,11 @@ from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationItem, ConfigurationUpdate
 from mechakit.core.errors import (
     InvalidRequestError,
-    NotFoundError,
 )
-from mechakit.core.lock import TryLockRequest, UnlockRequest
 from mechakit.core.pubsub import (
     BulkPublishEntry,
 )
+from mechakit.core.secretstores import GetSecretRequest
 from mechakit.core.state import (
     BulkGetItem,
     Concurrency,
@@ -82,7 +81,6 @@ from mechakit.core.state import (
 from . import bulk
 from .local import Runtime
 from .service import DaprError, DaprService, ErrorKind
-from .service.errors import failure, lookup
 
 log = logging.getLogger("mechakit.grpc")
 
@@ -381,18 +379,8 @@ class DaprGrpcApi:
     async def InvokeBinding(
         self, request: binding_pb2.InvokeBindingRequest, context: Context
     ) -> binding_pb2.InvokeBindingResponse:
-        name = request.name
-        binding = lookup(
-            self.runtime.binding,
-            name,
-            "ERR_INVOKE_OUTPUT_BINDING",
-            f"error invoking output binding {name}",
-        )
-        if not request.operation.strip():
-            raise _invalid("ERR_MALFORMED_REQUEST", "operation must be non-empty, e.g. create")
         invoke = InvokeRequest(request.operation, request.data, dict(request.metadata))
-        with failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
-            result = await binding.invoke(invoke)
+        result = await self.service.bindings.invoke(request.name, invoke)
         return binding_pb2.InvokeBindingResponse(
             data=result.data or b"", metadata=dict(result.metadata)
         )
@@ -403,35 +391,17 @@ class DaprGrpcApi:
     async def GetSecret(
         self, request: secret_pb2.GetSecretRequest, context: Context
     ) -> secret_pb2.GetSecretResponse:
-        store = request.store_name
-        secrets = self._secrets(store)
-        if not request.key:
-            raise _invalid("ERR_MALFORMED_REQUEST", "the secret name (key) is empty")
-        with failure(
-            "ERR_SECRET_GET",
-            f"failed getting secret with key {request.key} from secret store {store}",
-        ):
-            values = await secrets.get(request.key, metadata=dict(request.metadata))
+        secret = GetSecretRequest(request.key, dict(request.metadata))
+        values = await self.service.secrets.get(request.store_name, secret)
         return secret_pb2.GetSecretResponse(data=values)
 
     @_unary
     async def GetBulkSecret(
         self, request: secret_pb2.GetBulkSecretRequest, context: Context
     ) -> secret_pb2.GetBulkSecretResponse:
-        store = request.store_name
-        secrets = self._secrets(store)
-        with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
-            found = await secrets.bulk_get(metadata=dict(request.metadata))
+        found = await self.service.secrets.bulk_get(request.store_name, dict(request.metadata))
         return secret_pb2.GetBulkSecretResponse(
             data={name: secret_pb2.SecretResponse(secrets=values) for name, values in found.items()}
-        )
-
-    def _secrets(self, store: str) -> Any:
-        return lookup(
-            self.runtime.secrets,
-            store,
-            "ERR_SECRET_STORE_NOT_FOUND",
-            f"failed finding secret store with key {store}",
         )
 
     # --- locks ---------------------------------------------------------------------------
@@ -440,36 +410,19 @@ class DaprGrpcApi:
     async def TryLockAlpha1(
         self, request: lock_pb2.TryLockRequest, context: Context
     ) -> lock_pb2.TryLockResponse:
-        name = request.store_name
-        locks = self._locks(name)
-        try:
-            lock = TryLockRequest(
-                request.resource_id, request.lock_owner, request.expiry_in_seconds
-            )
-        except InvalidRequestError as exc:
-            raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
-        with failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
-            success = await locks.try_lock(lock)
+        success = await self.service.lock.try_lock(
+            request.store_name, request.resource_id, request.lock_owner, request.expiry_in_seconds
+        )
         return lock_pb2.TryLockResponse(success=success)
 
     @_unary
     async def UnlockAlpha1(
         self, request: lock_pb2.UnlockRequest, context: Context
     ) -> lock_pb2.UnlockResponse:
-        name = request.store_name
-        locks = self._locks(name)
-        try:
-            release = UnlockRequest(request.resource_id, request.lock_owner)
-        except InvalidRequestError as exc:
-            raise _invalid("ERR_MALFORMED_REQUEST", f"{exc.reason} in lock store {name}") from None
-        with failure("ERR_UNLOCK", "failed to release lock"):
-            status = await locks.unlock(release)
-        return lock_pb2.UnlockResponse(status=int(status))  # type: ignore[arg-type]
-
-    def _locks(self, name: str) -> Any:
-        return lookup(
-            self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND", f"lock store {name} not found"
+        status = await self.service.lock.unlock(
+            request.store_name, request.resource_id, request.lock_owner
         )
+        return lock_pb2.UnlockResponse(status=int(status))  # type: ignore[arg-type]
 
     # --- configuration -------------------------------------------------------------------
 
@@ -477,13 +430,9 @@ class DaprGrpcApi:
     async def GetConfiguration(
         self, request: configuration_pb2.GetConfigurationRequest, context: Context
     ) -> configuration_pb2.GetConfigurationResponse:
-        name = request.store_name
-        config = self._configuration(name)
-        keys = list(request.keys)
-        with failure(
-            "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
-        ):
-            items = await config.get(keys, metadata=dict(request.metadata))
+        items = await self.service.configuration.get(
+            request.store_name, list(request.keys), dict(request.metadata)
+        )
         return configuration_pb2.GetConfigurationResponse(items=_configuration_items(items))
 
     GetConfigurationAlpha1 = GetConfiguration
@@ -494,18 +443,15 @@ class DaprGrpcApi:
     ) -> AsyncIterator[configuration_pb2.SubscribeConfigurationResponse]:
         """The first message carries only the subscription id; then one per change."""
         name = request.store_name
-        config = self._configuration(name)
-        keys = list(request.keys)
         updates: asyncio.Queue[ConfigurationUpdate | None] = asyncio.Queue()
 
         async def handler(update: ConfigurationUpdate) -> None:
             updates.put_nowait(update)
 
-        with failure(
-            "ERR_CONFIGURATION_SUBSCRIBE",
-            f"failed to subscribe {keys} from Configuration store {name}",
-        ):
-            subscription_id = await config.subscribe(keys, handler, metadata=dict(request.metadata))
+        configuration = self.service.configuration
+        subscription_id = await configuration.subscribe(
+            name, list(request.keys), handler, dict(request.metadata)
+        )
         watch = (name, subscription_id)
         self._watches[watch] = updates
         try:
@@ -517,7 +463,7 @@ class DaprGrpcApi:
         finally:
             if self._watches.pop(watch, None) is not None:
                 with contextlib.suppress(Exception):
-                    await config.unsubscribe(subscription_id)
+                    await configuration.unsubscribe(name, subscription_id, missing_ok=True)
 
     SubscribeConfigurationAlpha1 = SubscribeConfiguration
 
@@ -527,7 +473,7 @@ class DaprGrpcApi:
     ) -> configuration_pb2.UnsubscribeConfigurationResponse:
         """Stop a subscription and end its stream; an unknown id is ``ok=False``."""
         name = request.store_name
-        config = self._configuration(name)
+        self.service.configuration.store(name)
         updates = self._watches.pop((name, request.id), None)
         if updates is None:
             return configuration_pb2.UnsubscribeConfigurationResponse(
@@ -535,27 +481,12 @@ class DaprGrpcApi:
                 message=f"no subscription {request.id!r} in configuration store {name}",
             )
         try:
-            with (
-                failure(
-                    "ERR_CONFIGURATION_UNSUBSCRIBE",
-                    f"failed to unsubscribe to configuration request {request.id}",
-                ),
-                contextlib.suppress(NotFoundError),
-            ):
-                await config.unsubscribe(request.id)
+            await self.service.configuration.unsubscribe(name, request.id, missing_ok=True)
         finally:
             updates.put_nowait(None)
         return configuration_pb2.UnsubscribeConfigurationResponse(ok=True)
 
     UnsubscribeConfigurationAlpha1 = UnsubscribeConfiguration
-
-    def _configuration(self, name: str) -> Any:
-        return lookup(
-            self.runtime.configuration,
-            name,
-            "ERR_CONFIGURATION_STORE_NOT_FOUND",
-            f"configuration store {name} not found",
-        )
 
     # --- metadata ------------------------------------------------------------------------
 

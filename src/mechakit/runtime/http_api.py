@@ -55,12 +55,11 @@ from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
     ConfigurationError,
     InvalidRequestError,
-    NotFoundError,
 )
-from mechakit.core.lock import TryLockRequest, UnlockRequest
 from mechakit.core.pubsub import (
     BulkPublishEntry,
 )
+from mechakit.core.secretstores import GetSecretRequest
 from mechakit.core.state import (
     BulkGetItem,
     DeleteRequest,
@@ -74,7 +73,7 @@ from . import bulk
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .local import Runtime
 from .service import DaprError, DaprService, ErrorKind, http_status
-from .service.errors import failure, invalid, lookup
+from .service.errors import invalid
 from .service.pubsub import EVENTS
 from .service.state import check_key
 
@@ -574,10 +573,10 @@ class DaprHttpApi:
 
     async def invoke_binding(self, request: Request) -> Response:
         name = request.path_params["name"]
-        binding = lookup(self.runtime.binding, name, "ERR_INVOKE_OUTPUT_BINDING")
+        self.service.bindings.binding(name)
         body = _object(_json(await request.body()), "request body")
         operation = body.get("operation")
-        if not isinstance(operation, str) or not operation.strip():
+        if not isinstance(operation, str):
             raise _malformed("'operation' must be a non-empty string, e.g. create")
         metadata = _string_map(body.get("metadata"), "metadata")
         data = body.get("data")
@@ -588,8 +587,9 @@ class DaprHttpApi:
             if isinstance(data, str)
             else json.dumps(data, separators=(",", ":")).encode()
         )
-        with failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
-            result = await binding.invoke(InvokeRequest(operation, payload, metadata))
+        result = await self.service.bindings.invoke(
+            name, InvokeRequest(operation, payload, metadata)
+        )
         headers = _metadata_headers(result.metadata)
         if not result.data:
             return Response(status_code=204, headers=headers)
@@ -600,68 +600,48 @@ class DaprHttpApi:
     # --- secrets -------------------------------------------------------------------------
 
     async def get_secret(self, request: Request) -> Response:
-        store = request.path_params["store"]
-        secrets = lookup(self.runtime.secrets, store, "ERR_SECRET_STORE_NOT_FOUND")
-        name = request.path_params["name"]
-        if not name:
-            raise _malformed("the secret name is empty")
-        with failure(
-            "ERR_SECRET_GET", f"failed getting secret with key {name} from secret store {store}"
-        ):
-            values = await secrets.get(name, metadata=_query_metadata(request))
-        return JSONResponse(values)
+        secret = GetSecretRequest(request.path_params["name"], _query_metadata(request))
+        return JSONResponse(await self.service.secrets.get(request.path_params["store"], secret))
 
     async def get_bulk_secret(self, request: Request) -> Response:
-        store = request.path_params["store"]
-        secrets = lookup(self.runtime.secrets, store, "ERR_SECRET_STORE_NOT_FOUND")
-        with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {store}"):
-            values = await secrets.bulk_get(metadata=_query_metadata(request))
-        return JSONResponse(values)
+        found = await self.service.secrets.bulk_get(
+            request.path_params["store"], _query_metadata(request)
+        )
+        return JSONResponse(found)
 
     # --- locks ---------------------------------------------------------------------------
 
     async def try_lock(self, request: Request) -> Response:
         name = request.path_params["store"]
+        self.service.lock.store(name)
         body = _object(_json(await request.body()), "request body")
-        locks = lookup(self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND")
-        expiry = _proto_int(_field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds")
-        try:
-            lock = TryLockRequest(
-                _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
-                _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
-                expiry,
-            )
-        except InvalidRequestError as exc:
-            raise _malformed(f"{exc.reason} in lock store {name}") from None
-        with failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
-            success = await locks.try_lock(lock)
+        success = await self.service.lock.try_lock(
+            name,
+            _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
+            _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
+            _proto_int(_field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds"),
+        )
         return JSONResponse({"success": success})
 
     async def unlock(self, request: Request) -> Response:
         name = request.path_params["store"]
+        self.service.lock.store(name)
         body = _object(_json(await request.body()), "request body")
-        locks = lookup(self.runtime.lock, name, "ERR_LOCK_STORE_NOT_FOUND")
-        try:
-            release = UnlockRequest(
-                _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
-                _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
-            )
-        except InvalidRequestError as exc:
-            raise _malformed(f"{exc.reason} in lock store {name}") from None
-        with failure("ERR_UNLOCK", "failed to release lock"):
-            status = await locks.unlock(release)
+        status = await self.service.lock.unlock(
+            name,
+            _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
+            _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
+        )
         return JSONResponse({"status": int(status)})
 
     # --- configuration -------------------------------------------------------------------
 
     async def get_configuration(self, request: Request) -> Response:
-        name = request.path_params["store"]
-        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
-        keys = request.query_params.getlist("key")
-        with failure(
-            "ERR_CONFIGURATION_GET", f"failed to get {keys} from Configuration store {name}"
-        ):
-            items = await store.get(keys, metadata=_query_metadata(request))
+        items = await self.service.configuration.get(
+            request.path_params["store"],
+            request.query_params.getlist("key"),
+            _query_metadata(request),
+        )
         if not items:
             return Response(status_code=204)
         return JSONResponse(
@@ -673,49 +653,39 @@ class DaprHttpApi:
 
     async def subscribe_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
+        self.service.configuration.store(name)
         delivery = self.delivery
         if delivery is None:
-            raise ApiError(
-                400,
+            raise invalid(
                 "ERR_APP_CHANNEL_NIL",
                 "app channel is not initialized. cannot subscribe to configuration updates "
                 "(start mechakit run with --app-port)",
             )
-        keys = request.query_params.getlist("key")
 
         async def send(update: ConfigurationUpdate) -> None:
             await delivery.send_configuration(name, update)
 
-        with failure(
-            "ERR_CONFIGURATION_SUBSCRIBE",
-            f"failed to subscribe {keys} from Configuration store {name}",
-        ):
-            subscription_id = await store.subscribe(keys, send, metadata=_query_metadata(request))
+        subscription_id = await self.service.configuration.subscribe(
+            name, request.query_params.getlist("key"), send, _query_metadata(request)
+        )
         self._configuration_watches.add((name, subscription_id))
         return JSONResponse({"id": subscription_id})
 
     async def unsubscribe_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        store = lookup(self.runtime.configuration, name, "ERR_CONFIGURATION_STORE_NOT_FOUND")
         subscription_id = request.path_params["id"]
-        what = f"failed to unsubscribe to configuration request {subscription_id}"
         watch = (name, subscription_id)
-        if watch not in self._configuration_watches:
-            return _unsubscribe_failed(
-                DaprError(
+        self.service.configuration.store(name)
+        try:
+            if watch not in self._configuration_watches:
+                raise DaprError(
                     ErrorKind.NOT_FOUND,
                     "ERR_CONFIGURATION_UNSUBSCRIBE",
-                    f"{what}: no subscription {subscription_id!r} in configuration store {name}",
+                    f"failed to unsubscribe to configuration request {subscription_id}: "
+                    f"no subscription {subscription_id!r} in configuration store {name}",
                 )
-            )
-        self._configuration_watches.discard(watch)
-        try:
-            with (
-                failure("ERR_CONFIGURATION_UNSUBSCRIBE", what),
-                contextlib.suppress(NotFoundError),
-            ):
-                await store.unsubscribe(subscription_id)
+            self._configuration_watches.discard(watch)
+            await self.service.configuration.unsubscribe(name, subscription_id, missing_ok=True)
         except DaprError as exc:
             return _unsubscribe_failed(exc)
         return JSONResponse({"ok": True})

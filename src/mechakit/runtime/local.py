@@ -135,25 +135,28 @@ class Runtime:
 
     def lock(self, name: str) -> LockClient:
         store = self._component(name, "lock", LockStore)
-        return self._client(name, "lock", lambda: LockClient(store))
+        return self._client(name, "lock", lambda: LockClient(store, self.service.lock))
 
     def secrets(self, name: str) -> SecretsClient:
         store = self._component(name, "secretstores", SecretStore)
-        host = self.host
         return self._client(
-            name,
-            "secretstores",
-            lambda: SecretsClient(store, allows=lambda secret: host.allows_secret(name, secret)),
+            name, "secretstores", lambda: SecretsClient(store, self.service.secrets)
         )
 
     def binding(self, name: str) -> BindingClient:
         binding = self._component(name, "bindings", OutputBinding, InputBinding)
-        return self._client(name, "bindings", lambda: BindingClient(binding, tracker=self._tracker))
+        return self._client(
+            name,
+            "bindings",
+            lambda: BindingClient(binding, self.service.bindings, tracker=self._tracker),
+        )
 
     def configuration(self, name: str) -> ConfigurationClient:
         store = self._component(name, "configuration", ConfigurationStore)
         return self._client(
-            name, "configuration", lambda: ConfigurationClient(store, tracker=self._tracker)
+            name,
+            "configuration",
+            lambda: ConfigurationClient(store, self.service.configuration, tracker=self._tracker),
         )
 
     def _component(self, name: str, category: str, *contracts: type[Any]) -> Any:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .bindings import BindingsService
+from .configuration import ConfigurationService
 from .errors import DaprError, ErrorKind, as_component_error, http_status
+from .lock import LockService
 from .pubsub import PubSubService
+from .secrets import SecretsService
 from .state import StateService
 
 if TYPE_CHECKING:
@@ -31,13 +35,26 @@ class DaprService:
             source=runtime.app_id,
             max_bulk_keys=max_bulk_keys,
         )
+        self.bindings = BindingsService(lambda name: runtime.binding(name).component)
+        self.secrets = SecretsService(
+            lambda name: runtime.secrets(name).component,
+            lambda store, secret: runtime.host.allows_secret(store, secret),
+        )
+        self.lock = LockService(lambda name: runtime.lock(name).component)
+        self.configuration = ConfigurationService(
+            lambda name: runtime.configuration(name).component
+        )
 
 
 __all__ = [
+    "BindingsService",
+    "ConfigurationService",
     "DaprError",
     "DaprService",
     "ErrorKind",
+    "LockService",
     "PubSubService",
+    "SecretsService",
     "StateService",
     "as_component_error",
     "http_status",

@@ -1,0 +1,57 @@
+"""Secrets: the Configuration's secret scopes, once for every door."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mechakit.core.errors import PermissionDeniedError
+from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
+
+from .errors import failure, invalid, lookup
+from .state import MALFORMED
+
+
+class SecretsService:
+    """Secrets of the stores ``find`` looks up, filtered by ``allows(store, secret)``."""
+
+    def __init__(
+        self, find: Callable[[str], SecretStore[Any]], allows: Callable[[str, str], bool]
+    ) -> None:
+        self._find = find
+        self._allows = allows
+
+    def store(self, name: str) -> SecretStore[Any]:
+        return lookup(
+            self._find,
+            name,
+            "ERR_SECRET_STORE_NOT_FOUND",
+            f"failed finding secret store with key {name}",
+        )
+
+    async def get(self, name: str, request: GetSecretRequest) -> dict[str, str]:
+        """The secret's keys and values; DENIED outside the scopes, NOT_FOUND when missing."""
+        store = self.store(name)
+        if not request.name:
+            raise invalid(MALFORMED, "the secret name (key) is empty")
+        with failure(
+            "ERR_SECRET_GET",
+            f"failed getting secret with key {request.name} from secret store {name}",
+        ):
+            if not self._allows(name, request.name):
+                raise PermissionDeniedError(
+                    f"access to secret {request.name!r} is denied by the secret scopes of the "
+                    "Configuration",
+                    component=store.label,
+                    key=request.name,
+                )
+            return await store.get_secret(request)
+
+    async def bulk_get(
+        self, name: str, metadata: Mapping[str, str] | None = None
+    ) -> dict[str, dict[str, str]]:
+        """Every secret the app may read: name → (key → value)."""
+        store = self.store(name)
+        with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {name}"):
+            found = await store.bulk_get_secret(BulkGetSecretRequest(metadata=dict(metadata or {})))
+        return {secret: values for secret, values in found.items() if self._allows(name, secret)}
