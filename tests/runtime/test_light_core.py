@@ -312,7 +312,7 @@ def test_the_conformance_extra_runs_the_suite_without_the_sidecar(
     """What a third-party driver's CI installs: ``mechakit[conformance]``."""
     bin_dir, wheel = light_venv
     pip("--python", bin_dir / "python", "install", f"{wheel}[conformance]")
-    assert not distributions(bin_dir, tmp_path) & (SIDECAR_DISTRIBUTIONS - {"httpx"})
+    assert not distributions(bin_dir, tmp_path) & SIDECAR_DISTRIBUTIONS
     file = write_components(tmp_path / "components") / "lock.yaml"
     result = in_venv(
         bin_dir, tmp_path, "mechakit", "conformance", str(file), "--only", "unlock", "--", "-q"
