@@ -98,7 +98,7 @@ def test_a_declaration_the_author_does_not_expect_fails_the_features_test(
     installed: dict[str, str], tmp_path: Path
 ) -> None:
     code, output, failed = conformance(
-        installed, tmp_path, "state.lying-etag", None, "--", "--mechakit-features", "none"
+        installed, tmp_path, "state.lying-etag", None, "--features", "none"
     )
     assert code == 1, output
     assert failed == {"test_features_are_exactly_the_expected_ones"}, output
