@@ -14,15 +14,12 @@ from collections.abc import Iterable, Mapping
 
 import pytest
 
-from mechakit.core.pubsub import PubSubFeature
-from mechakit.core.registry import CATEGORIES
-from mechakit.core.secretstores import SecretStoreFeature
-from mechakit.core.state import StateFeature
+from mechakit.core.building_blocks import BUILDING_BLOCKS, CATEGORIES
 
 FEATURE_ENUMS: Mapping[str, type[enum.StrEnum]] = {
-    "state": StateFeature,
-    "pubsub": PubSubFeature,
-    "secretstores": SecretStoreFeature,
+    category: block.features
+    for category, block in BUILDING_BLOCKS.items()
+    if block.features is not None
 }
 """Building block → its Feature enum; the other categories declare no features."""
 

@@ -11,18 +11,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mechakit.core.building_blocks import BUILDING_BLOCKS
 from mechakit.core.errors import ConfigurationError
 
 from .component_file import target_from_component_file
 
-TEST_CLASSES = {
-    "state": "TestState",
-    "pubsub": "TestPubSub",
-    "bindings": "TestBindings",
-    "secretstores": "TestSecretStore",
-    "lock": "TestLock",
-    "configuration": "TestConfiguration",
-}
+TEST_CLASSES = {category: block.suite for category, block in BUILDING_BLOCKS.items()}
 """Component category → its test class in ``mechakit/conformance/all_suites.py``."""
 
 

@@ -18,12 +18,12 @@ from typing import Any, cast
 
 import pluggy
 
+from .building_blocks import CATEGORIES
 from .component import Component
 from .errors import ComponentNotFoundError, ConfigurationError, MissingDependencyError
 
 PROJECT = "mechakit"
 ENTRY_POINT_GROUP = "mechakit.components"
-CATEGORIES = ("state", "pubsub", "bindings", "secretstores", "lock", "configuration")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

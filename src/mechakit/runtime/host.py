@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from mechakit.core.building_blocks import BUILDING_BLOCKS
 from mechakit.core.component import Component, ComponentMetadata
 from mechakit.core.errors import (
     ComponentError,
@@ -45,14 +46,7 @@ log = logging.getLogger("mechakit.host")
 DEFAULT_INIT_TIMEOUT = timedelta(seconds=5)
 """Dapr's default ``spec.initTimeout``; also bounds each component's ``close``."""
 
-CATEGORY_NOUNS = {
-    "state": "state store",
-    "pubsub": "pub/sub component",
-    "bindings": "binding",
-    "secretstores": "secret store",
-    "lock": "lock store",
-    "configuration": "configuration store",
-}
+CATEGORY_NOUNS = {category: block.noun for category, block in BUILDING_BLOCKS.items()}
 
 
 @dataclass(frozen=True)

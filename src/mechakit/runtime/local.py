@@ -12,15 +12,10 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from mechakit.core.bindings import InputBinding, OutputBinding
+from mechakit.core.building_blocks import BUILDING_BLOCKS
 from mechakit.core.component import Component
-from mechakit.core.configuration import ConfigurationStore
 from mechakit.core.errors import ConfigurationError
-from mechakit.core.lock import LockStore
-from mechakit.core.pubsub import PubSub
 from mechakit.core.registry import Registry
-from mechakit.core.secretstores import SecretStore
-from mechakit.core.state import StateStore
 
 from .clients import (
     BindingClient,
@@ -31,7 +26,7 @@ from .clients import (
     StateClient,
     SubscriptionTracker,
 )
-from .host import CATEGORY_NOUNS, ComponentHost, HostedComponent
+from .host import ComponentHost, HostedComponent
 from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
 from .service import DaprService
 
@@ -122,11 +117,11 @@ class Runtime:
     # --- typed clients -------------------------------------------------------------
 
     def state(self, name: str) -> StateClient:
-        store = self._component(name, "state", StateStore)
+        store = self._component(name, "state")
         return self._client(name, "state", lambda: StateClient(store, self.service.state))
 
     def pubsub(self, name: str) -> PubSubClient:
-        pubsub = self._component(name, "pubsub", PubSub)
+        pubsub = self._component(name, "pubsub")
         return self._client(
             name,
             "pubsub",
@@ -134,17 +129,17 @@ class Runtime:
         )
 
     def lock(self, name: str) -> LockClient:
-        store = self._component(name, "lock", LockStore)
+        store = self._component(name, "lock")
         return self._client(name, "lock", lambda: LockClient(store, self.service.lock))
 
     def secrets(self, name: str) -> SecretsClient:
-        store = self._component(name, "secretstores", SecretStore)
+        store = self._component(name, "secretstores")
         return self._client(
             name, "secretstores", lambda: SecretsClient(store, self.service.secrets)
         )
 
     def binding(self, name: str) -> BindingClient:
-        binding = self._component(name, "bindings", OutputBinding, InputBinding)
+        binding = self._component(name, "bindings")
         return self._client(
             name,
             "bindings",
@@ -152,21 +147,22 @@ class Runtime:
         )
 
     def configuration(self, name: str) -> ConfigurationClient:
-        store = self._component(name, "configuration", ConfigurationStore)
+        store = self._component(name, "configuration")
         return self._client(
             name,
             "configuration",
             lambda: ConfigurationClient(store, self.service.configuration, tracker=self._tracker),
         )
 
-    def _component(self, name: str, category: str, *contracts: type[Any]) -> Any:
+    def _component(self, name: str, category: str) -> Any:
         hosted = self.host.get(name, category)
         instance: Component[Any] = hosted.instance
-        if not isinstance(instance, contracts):
-            contract = " or ".join(c.__name__ for c in contracts)
+        block = BUILDING_BLOCKS[category]
+        if not isinstance(instance, block.contracts):
+            contract = " or ".join(c.__name__ for c in block.contracts)
             raise ConfigurationError(
                 f"{hosted.spec.target} does not implement {contract}, so it cannot be used "
-                f"as a {CATEGORY_NOUNS[category]}",
+                f"as a {block.noun}",
                 component=instance.label,
             )
         return instance

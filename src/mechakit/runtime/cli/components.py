@@ -45,7 +45,8 @@ def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _components_list(namespace: argparse.Namespace, _: list[str]) -> int:
-    from mechakit.core.registry import CATEGORIES, default_registry
+    from mechakit.core.building_blocks import CATEGORIES
+    from mechakit.core.registry import default_registry
 
     wanted: str | None = namespace.type
     specs = default_registry().specs()
