@@ -13,7 +13,7 @@ import pytest
 
 import mechakit
 from mechakit.runtime.http_api import create_app
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 

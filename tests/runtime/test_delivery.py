@@ -37,7 +37,7 @@ from mechakit.conformance.backends import free_port
 from mechakit.runtime.app_channels import AppStatus, GrpcAppChannel, HttpAppChannel, http_answer
 from mechakit.runtime.clients import TopicEvent
 from mechakit.runtime.delivery import Delivery
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 from mechakit.runtime.routing import RouteRule, RouteSyntaxError
 
 WriteFiles = Callable[..., Path]

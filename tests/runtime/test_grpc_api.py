@@ -36,7 +36,7 @@ from mechakit.components.configuration.in_memory import InMemoryConfigurationSto
 from mechakit.conformance.backends import free_port
 from mechakit.runtime.clients import TopicEvent
 from mechakit.runtime.grpc_api import GrpcServer, start_server
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 WAIT = 5.0

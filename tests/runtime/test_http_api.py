@@ -19,7 +19,7 @@ from starlette.routing import Route
 import mechakit
 from mechakit.runtime.clients import TopicEvent
 from mechakit.runtime.http_api import DaprHttpApi, create_app
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 WAIT = 5.0

@@ -33,7 +33,7 @@ from mechakit.conformance.backends import free_port
 from mechakit.runtime.app_channels import GrpcAppChannel, HttpAppChannel
 from mechakit.runtime.delivery import Delivery
 from mechakit.runtime.http_api import create_app
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 WAIT = 10.0

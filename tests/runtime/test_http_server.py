@@ -30,7 +30,7 @@ from mechakit.core.state import SetRequest
 from mechakit.runtime.grpc_api import start_server
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.http_server import create_server, listen
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 Serve = Callable[..., contextlib.AbstractAsyncContextManager[str]]

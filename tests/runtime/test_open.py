@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from mechakit.core.errors import (
 from mechakit.core.lock import UnlockStatus
 from mechakit.core.state import DeleteRequest, GetRequest, SetRequest
 from mechakit.runtime.clients import LockLostError, LockNotAcquiredError, TopicEvent
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]
 WAIT = 5.0
@@ -381,3 +383,15 @@ async def test_a_failed_start_leaves_nothing_running(
             pytest.fail("must not start")
     with pytest.raises(ConfigurationError, match="not started"):
         runtime.state("s")
+
+
+def test_the_application_api_is_public_at_the_top_and_imported_on_first_use() -> None:
+    code = (
+        "import sys, mechakit\n"
+        "assert [m for m in sys.modules if m.startswith('mechakit.')] == [], sys.modules\n"
+        "missing = [n for n in mechakit.__all__ if getattr(mechakit, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "from mechakit import Runtime, StateClient, ETagError\n"
+        "assert Runtime.__module__ == 'mechakit.runtime.in_process'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -21,7 +21,7 @@ from mechakit.core.errors import ETagError, ETagErrorKind, InvalidRequestError
 from mechakit.core.pubsub import Message, SubscribeRequest
 from mechakit.runtime.grpc_api import start_server
 from mechakit.runtime.http_api import create_app
-from mechakit.runtime.local import Runtime
+from mechakit.runtime.in_process import Runtime
 
 STORE, BUS = "statestore", "bus"
 

@@ -51,7 +51,7 @@ from .manifest import MetadataItem
 from .routing import AppSubscription, RouteSyntaxError, route_path
 
 if TYPE_CHECKING:
-    from .local import Runtime
+    from .in_process import Runtime
 
 log = logging.getLogger("mechakit.delivery")
 

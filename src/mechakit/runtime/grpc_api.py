@@ -79,7 +79,7 @@ from mechakit.core.state import (
 )
 
 from . import bulk
-from .local import Runtime
+from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind
 
 log = logging.getLogger("mechakit.grpc")

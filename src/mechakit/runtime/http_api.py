@@ -71,7 +71,7 @@ from mechakit.core.state import (
 
 from . import bulk
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
-from .local import Runtime
+from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind, http_status
 from .service.errors import invalid
 from .service.pubsub import EVENTS

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mechakit.runtime.app_process import AppProcess
     from mechakit.runtime.grpc_api import GrpcServer
-    from mechakit.runtime.local import Runtime
+    from mechakit.runtime.in_process import Runtime
     from mechakit.runtime.manifest import Manifests
 
 DEFAULT_GRPC_PORT = 50001
@@ -29,7 +29,7 @@ DEFAULT_GRPC_PORT = 50001
 
 async def serve(namespace: argparse.Namespace, command: list[str]) -> int:
     from mechakit.core.errors import MechakitError
-    from mechakit.runtime.local import Runtime
+    from mechakit.runtime.in_process import Runtime
 
     log = logging.getLogger("mechakit.run")
     try:

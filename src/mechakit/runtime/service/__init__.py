@@ -20,7 +20,7 @@ from .secrets import SecretsService
 from .state import StateService
 
 if TYPE_CHECKING:
-    from mechakit.runtime.local import Runtime
+    from mechakit.runtime.in_process import Runtime
 
 
 class DaprService:
