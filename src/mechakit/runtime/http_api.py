@@ -28,8 +28,6 @@ Everything else, including Dapr's 401 for an unknown secret store, follows Dapr.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hmac
 import json
@@ -38,7 +36,6 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,33 +46,25 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mechakit import __version__
-from mechakit.core import cloudevents
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
     ConfigurationError,
     InvalidRequestError,
 )
-from mechakit.core.pubsub import (
-    BulkPublishEntry,
-)
 from mechakit.core.secretstores import GetSecretRequest
 from mechakit.core.state import (
-    BulkGetItem,
     DeleteRequest,
     GetRequest,
-    SetRequest,
-    StateOptions,
-    TransactionOperation,
 )
 
 from . import bulk
+from . import http_codec as codec
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind, http_status
 from .service.errors import invalid
 from .service.pubsub import EVENTS
-from .service.state import check_key
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -439,13 +428,13 @@ class DaprHttpApi:
     async def save_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.store(name)
-        items = _json(await request.body())
+        items = codec.json_body(await request.body())
         if not isinstance(items, list):
-            raise _malformed(f"expected a JSON array of state items, got {_kind(items)}")
+            raise codec.malformed(f"expected a JSON array of state items, got {codec.kind(items)}")
         self.service.state.check_count(len(items), "state items")
-        query = _query_metadata(request)
+        query = codec.query_metadata(request)
         requests = await bulk.map_chunked(
-            lambda i, item: _set_request(item, f"item {i}", query), items
+            lambda i, item: codec.set_request(item, f"item {i}", query), items
         )
         await self.service.state.save(name, requests)
         return Response(status_code=204)
@@ -453,47 +442,54 @@ class DaprHttpApi:
     async def get_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.store(name)
-        options = _state_options(None, request.query_params.get("consistency"), "query")
+        options = codec.state_options(None, request.query_params.get("consistency"), "query")
         get = GetRequest(
-            request.path_params["key"], _query_metadata(request), consistency=options.consistency
+            request.path_params["key"],
+            codec.query_metadata(request),
+            consistency=options.consistency,
         )
         item = await self.service.state.get(name, get)
         if item is None:
             return Response(status_code=204)
-        headers = _metadata_headers(item.metadata)
+        headers = codec.metadata_headers(item.metadata)
         if item.etag is not None:
-            headers["ETag"] = _header_value(item.etag)
-        body, content_type = _state_body(item.value)
+            headers["ETag"] = codec.header_value(item.etag)
+        body, content_type = codec.state_body(item.value)
         return Response(body, 200, headers=headers, media_type=content_type)
 
     async def get_bulk_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.store(name)
-        body = _object(_json(await request.body()), "request body")
+        body = codec.json_object(codec.json_body(await request.body()), "request body")
         keys = body.get("keys") or []
         if not isinstance(keys, list):
-            raise _malformed(f"'keys' must be an array of strings, got {_kind(keys)}")
+            raise codec.malformed(f"'keys' must be an array of strings, got {codec.kind(keys)}")
         parallelism = body.get("parallelism")
-        if parallelism is not None and not _is_int(parallelism):
-            raise _malformed(f"'parallelism' must be a whole number, got {_kind(parallelism)}")
+        if parallelism is not None and not codec.is_int(parallelism):
+            raise codec.malformed(
+                f"'parallelism' must be a whole number, got {codec.kind(parallelism)}"
+            )
         self.service.state.check_count(len(keys), "keys")
-        metadata = {**_string_map(body.get("metadata"), "metadata"), **_query_metadata(request)}
+        metadata = {
+            **codec.string_map(body.get("metadata"), "metadata"),
+            **codec.query_metadata(request),
+        }
         requests = await bulk.map_chunked(
-            lambda i, k: GetRequest(_key(k, f"keys[{i}]"), metadata), keys
+            lambda i, k: GetRequest(codec.key(k, f"keys[{i}]"), metadata), keys
         )
         found = await self.service.state.bulk_get(name, requests)
-        results = await bulk.map_chunked(lambda _, item: _bulk_entry(item), found)
+        results = await bulk.map_chunked(lambda _, item: codec.bulk_entry(item), found)
         return Response(await bulk.json_array(results), media_type="application/json")
 
     async def delete_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.store(name)
         query = request.query_params
-        options = _state_options(query.get("concurrency"), query.get("consistency"), "query")
+        options = codec.state_options(query.get("concurrency"), query.get("consistency"), "query")
         delete = DeleteRequest(
             request.path_params["key"],
             etag=request.headers.get("if-match"),
-            metadata=_query_metadata(request),
+            metadata=codec.query_metadata(request),
             options=options,
         )
         await self.service.state.delete(name, delete)
@@ -502,15 +498,17 @@ class DaprHttpApi:
     async def transact_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.transactional(name)
-        body = _object(_json(await request.body()), "request body")
-        query = _query_metadata(request)
-        metadata = {**_string_map(body.get("metadata"), "metadata"), **query}
+        body = codec.json_object(codec.json_body(await request.body()), "request body")
+        query = codec.query_metadata(request)
+        metadata = {**codec.string_map(body.get("metadata"), "metadata"), **query}
         raw_operations = body.get("operations") or []
         if not isinstance(raw_operations, list):
-            raise _malformed(f"'operations' must be an array, got {_kind(raw_operations)}")
+            raise codec.malformed(
+                f"'operations' must be an array, got {codec.kind(raw_operations)}"
+            )
         self.service.state.check_count(len(raw_operations), "operations")
         operations = await bulk.map_chunked(
-            lambda i, raw: _operation(raw, f"operations[{i}]", query), raw_operations
+            lambda i, raw: codec.operation(raw, f"operations[{i}]", query), raw_operations
         )
         await self.service.state.transact(name, operations, metadata)
         return Response(status_code=204)
@@ -518,13 +516,13 @@ class DaprHttpApi:
     async def query_state(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.state.queryable(name)
-        body = _object(_json(await request.body()), "query")
-        response = await self.service.state.query(name, body, _query_metadata(request))
+        body = codec.json_object(codec.json_body(await request.body()), "query")
+        response = await self.service.state.query(name, body, codec.query_metadata(request))
         if not response.results:
             return Response(status_code=204)
         results = []
         for item in response.results:
-            entry: dict[str, Any] = {"key": item.key, "data": _state_data(item.value)}
+            entry: dict[str, Any] = {"key": item.key, "data": codec.state_data(item.value)}
             if item.etag is not None:
                 entry["etag"] = item.etag
             if item.error:
@@ -547,20 +545,20 @@ class DaprHttpApi:
             str(request.path_params["topic"]),
             await request.body(),
             request.headers.get("content-type") or "text/plain",
-            _query_metadata(request),
+            codec.query_metadata(request),
         )
         return Response(status_code=204)
 
     async def bulk_publish(self, request: Request) -> Response:
         name = request.path_params["pubsub"]
         self.service.pubsub.pubsub(name)
-        body = _json(await request.body(), code=EVENTS)
+        body = codec.json_body(await request.body(), code=EVENTS)
         if not isinstance(body, list):
-            raise invalid(EVENTS, f"expected a JSON array of entries, got {_kind(body)}")
+            raise invalid(EVENTS, f"expected a JSON array of entries, got {codec.kind(body)}")
         self.service.state.check_count(len(body), "entries")
-        entries = await bulk.map_chunked(_bulk_publish_entry, body)
+        entries = await bulk.map_chunked(codec.bulk_publish_entry, body)
         result = await self.service.pubsub.bulk_publish(
-            name, str(request.path_params["topic"]), entries, _query_metadata(request)
+            name, str(request.path_params["topic"]), entries, codec.query_metadata(request)
         )
         if result.failed:
             failed = [{"entryId": f.entry_id, "error": f.error} for f in result.failed]
@@ -574,11 +572,11 @@ class DaprHttpApi:
     async def invoke_binding(self, request: Request) -> Response:
         name = request.path_params["name"]
         self.service.bindings.binding(name)
-        body = _object(_json(await request.body()), "request body")
+        body = codec.json_object(codec.json_body(await request.body()), "request body")
         operation = body.get("operation")
         if not isinstance(operation, str):
-            raise _malformed("'operation' must be a non-empty string, e.g. create")
-        metadata = _string_map(body.get("metadata"), "metadata")
+            raise codec.malformed("'operation' must be a non-empty string, e.g. create")
+        metadata = codec.string_map(body.get("metadata"), "metadata")
         data = body.get("data")
         payload = (
             b""
@@ -590,7 +588,7 @@ class DaprHttpApi:
         result = await self.service.bindings.invoke(
             name, InvokeRequest(operation, payload, metadata)
         )
-        headers = _metadata_headers(result.metadata)
+        headers = codec.metadata_headers(result.metadata)
         if not result.data:
             return Response(status_code=204, headers=headers)
         return Response(
@@ -600,12 +598,12 @@ class DaprHttpApi:
     # --- secrets -------------------------------------------------------------------------
 
     async def get_secret(self, request: Request) -> Response:
-        secret = GetSecretRequest(request.path_params["name"], _query_metadata(request))
+        secret = GetSecretRequest(request.path_params["name"], codec.query_metadata(request))
         return JSONResponse(await self.service.secrets.get(request.path_params["store"], secret))
 
     async def get_bulk_secret(self, request: Request) -> Response:
         found = await self.service.secrets.bulk_get(
-            request.path_params["store"], _query_metadata(request)
+            request.path_params["store"], codec.query_metadata(request)
         )
         return JSONResponse(found)
 
@@ -614,23 +612,25 @@ class DaprHttpApi:
     async def try_lock(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.lock.store(name)
-        body = _object(_json(await request.body()), "request body")
+        body = codec.json_object(codec.json_body(await request.body()), "request body")
         success = await self.service.lock.try_lock(
             name,
-            _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
-            _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
-            _proto_int(_field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds"),
+            codec.proto_str(codec.field(body, "resourceId", "resource_id"), "resourceId"),
+            codec.proto_str(codec.field(body, "lockOwner", "lock_owner"), "lockOwner"),
+            codec.proto_int(
+                codec.field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds"
+            ),
         )
         return JSONResponse({"success": success})
 
     async def unlock(self, request: Request) -> Response:
         name = request.path_params["store"]
         self.service.lock.store(name)
-        body = _object(_json(await request.body()), "request body")
+        body = codec.json_object(codec.json_body(await request.body()), "request body")
         status = await self.service.lock.unlock(
             name,
-            _proto_str(_field(body, "resourceId", "resource_id"), "resourceId"),
-            _proto_str(_field(body, "lockOwner", "lock_owner"), "lockOwner"),
+            codec.proto_str(codec.field(body, "resourceId", "resource_id"), "resourceId"),
+            codec.proto_str(codec.field(body, "lockOwner", "lock_owner"), "lockOwner"),
         )
         return JSONResponse({"status": int(status)})
 
@@ -640,7 +640,7 @@ class DaprHttpApi:
         items = await self.service.configuration.get(
             request.path_params["store"],
             request.query_params.getlist("key"),
-            _query_metadata(request),
+            codec.query_metadata(request),
         )
         if not items:
             return Response(status_code=204)
@@ -666,7 +666,7 @@ class DaprHttpApi:
             await delivery.send_configuration(name, update)
 
         subscription_id = await self.service.configuration.subscribe(
-            name, request.query_params.getlist("key"), send, _query_metadata(request)
+            name, request.query_params.getlist("key"), send, codec.query_metadata(request)
         )
         self._configuration_watches.add((name, subscription_id))
         return JSONResponse({"id": subscription_id})
@@ -739,7 +739,7 @@ class DaprHttpApi:
         try:
             value = body.decode()
         except UnicodeDecodeError:
-            raise _malformed("the metadata value must be UTF-8 text") from None
+            raise codec.malformed("the metadata value must be UTF-8 text") from None
         self.extended_metadata[request.path_params["key"]] = value
         return Response(status_code=204)
 
@@ -889,250 +889,6 @@ def _subscription_entry(subscription: AppSubscription) -> dict[str, Any]:
         "rules": rules,
         "deadLetterTopic": subscription.dead_letter_topic or "",
         "type": subscription.type,
-    }
-
-
-# --- request parsing ------------------------------------------------------------------------
-
-
-def _malformed(message: str) -> DaprError:
-    return invalid(MALFORMED, message)
-
-
-def _no_constant(word: str) -> Any:
-    raise ValueError(f"{word} is not valid JSON")
-
-
-def _json(body: bytes, *, code: str = MALFORMED) -> Any:
-    if not body.strip():
-        raise invalid(code, "failed deserializing HTTP body: the body is empty")
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise invalid(code, f"failed deserializing HTTP body: {exc}") from None
-
-
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    return names.get(type(value), "a number")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _object(value: object, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _malformed(f"{what}: expected a JSON object, got {_kind(value)}")
-    return value
-
-
-def _string_map(value: object, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _malformed(f"{where}: expected an object of strings, got {_kind(value)}")
-    bad = next((k for k, v in value.items() if not isinstance(v, str)), None)
-    if bad is not None:
-        raise _malformed(f"{where}.{bad}: expected a string, got {_kind(value[bad])}")
-    return dict(value)
-
-
-def _key(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise _malformed(f'{where}: "key" is a required field (a non-empty string)')
-    return check_key(value, where)
-
-
-def _etag(value: object, where: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise _malformed(f"{where}.etag: expected a string, got {_kind(value)}")
-
-
-def _state_options(concurrency: object, consistency: object, where: str) -> StateOptions:
-    for name, value in (("concurrency", concurrency), ("consistency", consistency)):
-        if value is not None and not isinstance(value, str):
-            raise _malformed(f"{where}.{name}: expected a string, got {_kind(value)}")
-    try:
-        return StateOptions.parse(concurrency=concurrency, consistency=consistency)
-    except InvalidRequestError as exc:
-        raise _malformed(f"{where}: {exc.reason}") from None
-
-
-def _item_options(item: Mapping[str, Any], where: str) -> StateOptions:
-    options = item.get("options")
-    if options is None:
-        return StateOptions()
-    options = _object(options, f"{where}.options")
-    return _state_options(
-        options.get("concurrency"), options.get("consistency"), f"{where}.options"
-    )
-
-
-def _set_request(item: object, where: str, query: Mapping[str, str]) -> SetRequest:
-    item = _object(item, where)
-    metadata = {**_string_map(item.get("metadata"), f"{where}.metadata"), **query}
-    return SetRequest(
-        key=_key(item.get("key"), where),
-        value=item.get("value"),
-        etag=_etag(item.get("etag"), where),
-        metadata=metadata,
-        options=_item_options(item, where),
-    )
-
-
-def _delete_request(item: object, where: str, query: Mapping[str, str]) -> DeleteRequest:
-    item = _object(item, where)
-    return DeleteRequest(
-        key=_key(item.get("key"), where),
-        etag=_etag(item.get("etag"), where),
-        metadata={**_string_map(item.get("metadata"), f"{where}.metadata"), **query},
-        options=_item_options(item, where),
-    )
-
-
-def _operation(raw: object, where: str, query: Mapping[str, str]) -> TransactionOperation:
-    operation = _object(raw, where)
-    kind = operation.get("operation")
-    item = operation.get("request")
-    if kind == "upsert":
-        return _set_request(item, f"{where}.request", query)
-    if kind == "delete":
-        return _delete_request(item, f"{where}.request", query)
-    raise invalid(
-        "ERR_NOT_SUPPORTED_STATE_OPERATION",
-        f"{where}: operation type {kind!r} not supported (use upsert or delete)",
-    )
-
-
-def _query_metadata(request: Request) -> dict[str, str]:
-    """``?metadata.ttlInSeconds=10`` → ``{"ttlInSeconds": "10"}`` (first value wins, as in Dapr)."""
-    metadata: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX):
-            metadata.setdefault(key[len(METADATA_PREFIX) :], value)
-    return metadata
-
-
-def _bulk_publish_entry(i: int, raw_entry: object) -> BulkPublishEntry:
-    """One entry of a bulk publish body; its ``event`` as the bytes it stands for."""
-    where = f"entry {i}"
-    if not isinstance(raw_entry, dict):
-        raise invalid(EVENTS, f"{where}: expected an object, got {_kind(raw_entry)}")
-    entry_id = raw_entry.get("entryId")
-    content_type = raw_entry.get("contentType")
-    if not isinstance(content_type, str):
-        raise invalid(EVENTS, f"{where}: 'contentType' must be a string")
-    try:
-        metadata = _string_map(raw_entry.get("metadata"), "metadata")
-    except DaprError as exc:
-        raise invalid(EVENTS, f"{where}: {exc.message}") from None
-    data = _event_bytes(raw_entry.get("event"), content_type, where)
-    return BulkPublishEntry(
-        entry_id if isinstance(entry_id, str) else "", data, content_type, metadata
-    )
-
-
-def _base_type(content_type: str) -> str:
-    return content_type.split(";")[0].strip().lower()
-
-
-def _event_bytes(event: object, content_type: str, where: str) -> bytes:
-    """A bulk entry's ``event`` as bytes, checked against its ``contentType`` as Dapr does."""
-    base = _base_type(content_type)
-    mismatch = invalid(EVENTS, f"{where}: mismatch between contentType {content_type!r} and event")
-    if base == "application/octet-stream":
-        if not isinstance(event, str):
-            raise mismatch
-        try:
-            return base64.b64decode(event, validate=True)
-        except (binascii.Error, ValueError):
-            raise invalid(EVENTS, f"{where}: binary event data must be base64") from None
-    if base.startswith("text/") or base.endswith("/xml"):
-        if not isinstance(event, str):
-            raise mismatch
-        return event.encode()
-    if cloudevents.is_json_content(base):
-        return json.dumps(event, separators=(",", ":")).encode()
-    raise mismatch
-
-
-def _field(body: Mapping[str, Any], name: str, proto_name: str) -> Any:
-    """A field by its JSON name or its proto name, as protojson accepts both."""
-    return body.get(name, body.get(proto_name))
-
-
-def _proto_str(value: object, name: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _malformed(f"{name}: expected a string, got {_kind(value)}")
-    return value
-
-
-def _proto_int(value: object, name: str) -> int:
-    """An int32 as protojson reads it: a whole number, or a string holding one."""
-    if value is None:
-        return 0
-    number: object = value
-    if isinstance(value, str) and re.fullmatch(r"-?\d{1,10}", value.strip()):
-        number = int(value.strip())
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    if not _is_int(number) or not -(2**31) <= number < 2**31:  # type: ignore[operator]
-        raise _malformed(f"{name}: expected a 32-bit whole number, got {value!r}")
-    assert isinstance(number, int)
-    return number
-
-
-# --- responses ------------------------------------------------------------------------------
-
-
-def _state_body(value: Any) -> tuple[bytes, str]:
-    if isinstance(value, bytes):
-        return value, "application/octet-stream"
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(), "application/json"
-
-
-def _bulk_entry(item: BulkGetItem) -> dict[str, Any]:
-    entry: dict[str, Any] = {"key": item.key}
-    if item.error:
-        entry["error"] = item.error
-    elif item.found:
-        entry["data"] = _state_data(item.value)
-        if item.etag is not None:
-            entry["etag"] = item.etag
-        if item.metadata:
-            entry["metadata"] = dict(item.metadata)
-    return entry
-
-
-def _state_data(value: Any) -> Any:
-    """A value inside a JSON answer: bytes that are JSON as JSON, other bytes as base64."""
-    if not isinstance(value, bytes):
-        return value
-    try:
-        return json.loads(value, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        return base64.b64encode(value).decode()
-
-
-_UNSAFE_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
-_HEADER_NAME_CHARS = "!#$&'*+-.^_`|~"
-
-
-def _header_value(value: str) -> str:
-    """Header-safe text: control and non-Latin-1 characters make the value percent-encoded."""
-    return quote(value, safe="") if _UNSAFE_HEADER_VALUE.search(value) else value
-
-
-def _metadata_headers(metadata: Mapping[str, str]) -> dict[str, str]:
-    return {
-        METADATA_PREFIX + quote(str(k), safe=_HEADER_NAME_CHARS): _header_value(str(v))
-        for k, v in metadata.items()
     }
 
 
