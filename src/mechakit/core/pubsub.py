@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .component import Component, FeaturesMixin, SettingsT, Subscription
 from .errors import InvalidRequestError
@@ -128,3 +129,77 @@ class BulkPublisher(PubSub[SettingsT]):
 
     @abstractmethod
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse: ...
+
+
+# --- the driver kit: what a broker implements so that mechakit.core.delivery delivers -----
+
+
+@dataclass(eq=False)
+class Delivery:
+    """A message taken from the broker, held until the delivery engine settles it."""
+
+    message: Message
+    receipt: Any = None
+    """The broker's handle to settle it with (stream entry id, SQS receipt handle…)."""
+    expires_at: float | None = None
+    """``time.time()`` after which it is acked without reaching a handler (``ttlInSeconds``)."""
+    ordering_key: str | None = None
+    """Deliveries with one key are handled one at a time, in the order received; once one
+    of them is not acked, the later ones already received are released, not handled."""
+    key: str = ""
+    """Identifies it while unsettled (default: ``message.id``); a second delivery with the
+    key of an unsettled one is ignored, so a redelivery never runs beside the first."""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.message.id
+
+
+class Transport(ABC):
+    """One receive source of a broker (a stream, a queue), as the delivery engine sees it.
+
+    The broker's own redelivery mechanism (pending entries, visibility timeouts, a local
+    queue) stays in here; the engine decides *what* happens to each delivery and calls one
+    of ``ack``, ``retry_later`` or ``release`` for it (``dead_letter`` then ``ack`` for one
+    that is given up). Every method may raise: the engine logs the error and carries on.
+    """
+
+    source: str = "the broker"
+    """What the engine's log lines name after the component, e.g. ``topic 'orders'``."""
+
+    @abstractmethod
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        """Waits a while (a long poll) for up to ``max_count`` deliveries; may return none.
+
+        The engine calls it only when it has room, so what is returned counts against the
+        subscription's prefetch. Cancelled when the engine stops: whatever it already took
+        from the broker must then be given back or left where the broker redelivers it.
+        ``Message.delivery_count`` is the broker's count; a transport without one counts.
+        """
+
+    @abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Settles for good: the handler succeeded, dropped it, or it expired or was
+        dead-lettered. Acks that come in while one call runs arrive together in the next.
+        Raise ``BulkError`` keyed by ``Delivery.key`` when only some of them failed."""
+
+    @abstractmethod
+    async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        """The handler failed: deliver it again, counted as a new delivery, in about
+        ``delay`` seconds (a broker that redelivers on a clock of its own may round)."""
+
+    @abstractmethod
+    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
+        """Publishes a copy of the message (data, content type, metadata) to ``topic``.
+
+        The engine acks the delivery afterwards; when this raises it is retried later."""
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Gives back deliveries that reached no handler (stopping, no route, an earlier
+        message of their ordering key failed), not counted as failures where the broker
+        allows. Default: nothing, the broker redelivers them after its own timeout."""
+        return None
+
+    async def close(self) -> None:
+        """The engine has stopped and settled what it could; release what is still held."""
+        return None

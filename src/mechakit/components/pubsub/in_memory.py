@@ -24,7 +24,7 @@ import itertools
 import time
 import types
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Annotated
@@ -32,6 +32,7 @@ from typing import Annotated
 from pydantic import Field
 
 from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
 from mechakit.core.errors import ComponentError, InvalidRequestError
 from mechakit.core.metadata import Duration, Settings, setting
 from mechakit.core.pubsub import (
@@ -39,12 +40,13 @@ from mechakit.core.pubsub import (
     BulkPublishFailure,
     BulkPublishRequest,
     BulkPublishResponse,
-    DropMessage,
+    Delivery,
     Handler,
     Message,
     PublishRequest,
     PubSubFeature,
     SubscribeRequest,
+    Transport,
     validate_topic,
 )
 from mechakit.core.state import TTL_METADATA, parse_ttl
@@ -111,7 +113,8 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
     def __init__(self) -> None:
         super().__init__()
         self._settings: InMemoryPubSubSettings | None = None
-        self._subscriptions: dict[str, list[_TopicSubscription]] = {}
+        self._subscriptions: dict[str, list[_TopicQueue]] = {}
+        self._engines: dict[_TopicQueue, DeliveryEngine] = {}
         self._backlogs: dict[str, collections.deque[_Envelope]] = {}
         self._sequence = itertools.count()
         self._closed = False
@@ -126,12 +129,13 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
         Bound it with ``asyncio.wait_for`` to cancel handlers that do not finish in time.
         """
         self._closed = True
-        subscriptions = [s for subs in self._subscriptions.values() for s in subs]
+        engines = list(self._engines.values())
         caller = asyncio.current_task()
         try:
-            await asyncio.gather(*(s.stop(caller) for s in subscriptions))
+            await asyncio.gather(*(e.stop(caller=caller) for e in engines))
         finally:
             self._subscriptions.clear()
+            self._engines.clear()
             self._backlogs.clear()
 
     async def ping(self) -> None:
@@ -167,21 +171,27 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
         settings = self._open_settings()
-        subscription = _TopicSubscription(
-            self,
-            settings,
-            request.topic,
-            handler,
-            request.dead_letter_topic or settings.dead_letter_topic,
+        queue = _TopicQueue(self, request.topic)
+        policy = DeliveryPolicy(
+            concurrency=settings.concurrency,
+            max_deliveries=settings.max_deliveries,
+            redelivery_delay=settings.redelivery_interval.total_seconds(),
+            max_redelivery_delay=settings.max_redelivery_interval.total_seconds(),
         )
+        engine = DeliveryEngine(queue, policy, label=self.label, log=self.log)
         subscribers = self._subscriptions.setdefault(request.topic, [])
         if not subscribers:
             for envelope in self._backlogs.pop(request.topic, ()):
-                subscription.enqueue(envelope)
-        subscribers.append(subscription)
-        return subscription
+                queue.enqueue(envelope)
+        subscribers.append(queue)
+        self._engines[queue] = engine
+        return engine.subscribe(
+            request.topic,
+            handler,
+            dead_letter_topic=request.dead_letter_topic or settings.dead_letter_topic,
+        )
 
-    # --- broker internals, used by _TopicSubscription ----------------------------------
+    # --- broker internals, used by _TopicQueue --------------------------------------------
 
     def _open_settings(self) -> InMemoryPubSubSettings:
         if self._settings is None or self._closed:
@@ -203,7 +213,7 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
             content_type=request.content_type,
             id=str(uuid.uuid4()),
         )
-        expires_at = time.monotonic() + ttl if ttl is not None and ttl > 0 else None
+        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
         return _Envelope(next(self._sequence), message, expires_at)
 
     def _route(self, topic: str, envelope: _Envelope) -> None:
@@ -245,44 +255,21 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
         if not backlog:
             del self._backlogs[topic]
 
-    def _detach(self, subscription: _TopicSubscription) -> bool:
-        """Stops routing to ``subscription``; True when it was the topic's last subscriber."""
-        subscribers = self._subscriptions.get(subscription.topic, [])
+    def _detach(self, queue: _TopicQueue) -> bool:
+        """Stops routing to ``queue``; True when it was the topic's last subscriber."""
+        self._engines.pop(queue, None)
+        subscribers = self._subscriptions.get(queue.topic, [])
         with contextlib.suppress(ValueError):
-            subscribers.remove(subscription)
+            subscribers.remove(queue)
         if subscribers:
             return False
-        self._subscriptions.pop(subscription.topic, None)
+        self._subscriptions.pop(queue.topic, None)
         return True
 
-    def _exhausted(
-        self, subscription: _TopicSubscription, envelope: _Envelope, error: Exception
-    ) -> None:
-        message = envelope.message
-        target = subscription.dead_letter_topic
-        if target and target != message.topic:
-            self.log.warning(
-                "%s: message %s on topic %r failed %d deliveries (last error: %r); "
-                "moved to dead-letter topic %r",
-                self.label,
-                message.id,
-                message.topic,
-                message.delivery_count,
-                error,
-                target,
-            )
-            dead = replace(message, topic=target, delivery_count=1)
-            self._route(target, _Envelope(next(self._sequence), dead, None))
-            return
-        self.log.error(
-            "%s: message %s on topic %r failed %d deliveries and was dropped "
-            "(no dead-letter topic): %r",
-            self.label,
-            message.id,
-            message.topic,
-            message.delivery_count,
-            error,
-        )
+    def _dead_letter(self, message: Message, topic: str) -> None:
+        """Routes a copy of ``message`` to ``topic``: same id, a first delivery, no expiry."""
+        dead = replace(message, topic=topic, delivery_count=1)
+        self._route(topic, _Envelope(next(self._sequence), dead, None))
 
 
 @dataclass(frozen=True)
@@ -290,7 +277,7 @@ class _Envelope:
     sequence: int
     message: Message
     expires_at: float | None
-    """``time.monotonic()`` after which the message must not reach a handler."""
+    """``time.time()`` after which the message must not reach a handler."""
 
     def redelivery(self) -> _Envelope:
         return replace(
@@ -298,74 +285,58 @@ class _Envelope:
         )
 
 
-class _TopicSubscription(Subscription):
-    """One handler on one topic: its own queue, a slot per concurrent call, its retries."""
+class _TopicQueue(Transport):
+    """One subscription's own queue of what the broker routes to it, and its redeliveries."""
 
-    def __init__(
-        self,
-        broker: InMemoryPubSub,
-        settings: InMemoryPubSubSettings,
-        topic: str,
-        handler: Handler,
-        dead_letter_topic: str,
-    ) -> None:
+    def __init__(self, broker: InMemoryPubSub, topic: str) -> None:
         self.topic = topic
-        self.dead_letter_topic = dead_letter_topic
+        self.source = f"topic {topic!r}"
         self._broker = broker
-        self._settings = settings
-        self._handler = handler
         self._queue: asyncio.Queue[_Envelope] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._running: set[asyncio.Task[None]] = set()
         self._retrying: dict[asyncio.Task[None], _Envelope] = {}
-        self._interrupted: list[_Envelope] = []
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"pubsub:{topic}")
-
-    @property
-    def active(self) -> bool:
-        return not self._stopping and not self._dispatcher.done()
 
     def enqueue(self, envelope: _Envelope) -> None:
         self._queue.put_nowait(envelope)
 
-    async def cancel(self) -> None:
-        """Stops taking messages, lets running handlers finish, hands back what is unacked."""
-        await self.stop(asyncio.current_task())
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        envelopes = [await self._queue.get()]
+        while len(envelopes) < max_count and not self._queue.empty():
+            envelopes.append(self._queue.get_nowait())
+        return [Delivery(e.message, receipt=e, expires_at=e.expires_at) for e in envelopes]
 
-    async def stop(self, caller: asyncio.Task[object] | None) -> None:
-        """``cancel``, called from ``caller``: a handler may cancel its own subscription."""
-        if self._stopping:
-            if caller in self._running:
-                return
-            await self._stopped.wait()
-            return
-        self._stopping = True
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to do: a received message is in no queue any more."""
+
+    async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        retry = delivery.receipt.redelivery()
+        task = asyncio.create_task(self._enqueue_later(retry, delay))
+        self._retrying[task] = retry
+        task.add_done_callback(lambda done: self._retrying.pop(done, None))
+
+    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
+        self._broker._dead_letter(delivery.message, topic)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._queue.put_nowait(delivery.receipt)
+
+    async def close(self) -> None:
+        """Hands what is unacked back to the topic's backlog when no subscriber is left."""
         last = self._broker._detach(self)
-        try:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
-            running = [t for t in self._running if t is not caller]
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-        finally:
-            unacked = self._collect_unacked()
-            if unacked and last:
-                self._broker._keep(self.topic, unacked)
-            elif unacked:
-                self._broker.log.debug(
-                    "%s: subscription to %r cancelled with %d unacked message(s); "
-                    "other subscribers hold their own copies",
-                    self._broker.label,
-                    self.topic,
-                    len(unacked),
-                )
-            self._stopped.set()
+        unacked = self._collect_unacked()
+        if unacked and last:
+            self._broker._keep(self.topic, unacked)
+        elif unacked:
+            self._broker.log.debug(
+                "%s: subscription to %r cancelled with %d unacked message(s); "
+                "other subscribers hold their own copies",
+                self._broker.label,
+                self.topic,
+                len(unacked),
+            )
 
     def _collect_unacked(self) -> list[_Envelope]:
-        unacked = list(self._interrupted)
+        unacked: list[_Envelope] = []
         for task, envelope in list(self._retrying.items()):
             if not task.done():
                 task.cancel()
@@ -375,68 +346,6 @@ class _TopicSubscription(Subscription):
             unacked.append(self._queue.get_nowait())
         return sorted(unacked, key=lambda e: e.sequence)
 
-    async def _dispatch(self) -> None:
-        while True:
-            await self._slots.acquire()
-            envelope = await self._queue.get()
-            if envelope.expires_at is not None and time.monotonic() >= envelope.expires_at:
-                self._broker.log.info(
-                    "%s: message %s on topic %r expired (%s) before delivery; dropped",
-                    self._broker.label,
-                    envelope.message.id,
-                    self.topic,
-                    TTL_METADATA,
-                )
-                self._slots.release()
-                continue
-            task = asyncio.create_task(self._deliver(envelope))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _deliver(self, envelope: _Envelope) -> None:
-        message = envelope.message
-        try:
-            await self._handler(message)
-        except DropMessage as exc:
-            self._broker.log.info(
-                "%s: message %s on topic %r dropped by its handler%s",
-                self._broker.label,
-                message.id,
-                self.topic,
-                f": {exc}" if str(exc) else "",
-            )
-        except asyncio.CancelledError:
-            self._interrupted.append(envelope)
-            raise
-        except Exception as exc:
-            self._failed(envelope, exc)
-        finally:
-            self._slots.release()
-
-    def _failed(self, envelope: _Envelope, error: Exception) -> None:
-        message = envelope.message
-        if message.delivery_count >= self._settings.max_deliveries:
-            self._broker._exhausted(self, envelope, error)
-            return
-        base = self._settings.redelivery_interval.total_seconds()
-        cap = self._settings.max_redelivery_interval.total_seconds()
-        delay = min(base * 2 ** (message.delivery_count - 1), cap)
-        self._broker.log.warning(
-            "%s: handler failed on message %s of topic %r (delivery %d of %d): %r; "
-            "redelivering in %.3gs",
-            self._broker.label,
-            message.id,
-            self.topic,
-            message.delivery_count,
-            self._settings.max_deliveries,
-            error,
-            delay,
-        )
-        retry = envelope.redelivery()
-        task = asyncio.create_task(self._redeliver_later(retry, delay))
-        self._retrying[task] = retry
-        task.add_done_callback(lambda done: self._retrying.pop(done, None))
-
-    async def _redeliver_later(self, envelope: _Envelope, delay: float) -> None:
+    async def _enqueue_later(self, envelope: _Envelope, delay: float) -> None:
         await asyncio.sleep(delay)
         self._queue.put_nowait(envelope)
