@@ -32,9 +32,6 @@ import contextlib
 import hmac
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
@@ -58,9 +55,10 @@ from mechakit.core.state import (
     GetRequest,
 )
 
-from . import bulk
+from . import bulk, http_routes
 from . import http_codec as codec
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
+from .http_routes import API_TOKEN_HEADER, Endpoint, Handler
 from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind, http_status
 from .service.errors import invalid
@@ -75,7 +73,6 @@ log = logging.getLogger("mechakit.http")
 DEFAULT_MAX_REQUEST_SIZE = 4 * 1024 * 1024
 """Dapr's default ``--dapr-http-max-request-size`` (4 MB)."""
 
-API_TOKEN_HEADER = "dapr-api-token"
 METADATA_PREFIX = "metadata."
 RAW_PAYLOAD = "rawPayload"
 _HEALTH_PATHS = ("v1.0/healthz", "v1.0/healthz/outbound")
@@ -83,7 +80,6 @@ _HEALTH_PATHS = ("v1.0/healthz", "v1.0/healthz/outbound")
 MALFORMED = "ERR_MALFORMED_REQUEST"
 
 T = TypeVar("T")
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class ApiError(Exception):
@@ -95,19 +91,6 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         return JSONResponse({"errorCode": self.code, "message": self.message}, self.status)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One route: what Starlette serves and what ``/v1.0/openapi.json`` documents."""
-
-    methods: tuple[str, ...]
-    path: str
-    handler: Handler
-    summary: str
-    responses: Mapping[int, str] = field(default_factory=dict)
-    body: str | None = None
-    """A description of the request body, or None when it has none."""
 
 
 def create_app(
@@ -166,7 +149,7 @@ class DaprHttpApi:
         self.extended_metadata: dict[str, str] = {}
         self._configuration_watches: set[tuple[str, str]] = set()
         """(store, subscription id) of the configuration subscriptions made here."""
-        self.endpoints = self._endpoints()
+        self.endpoints = http_routes.endpoints(self)
         routes = [
             Route(e.path, _guarded(e.handler), methods=list(e.methods)) for e in self.endpoints
         ]
@@ -179,249 +162,6 @@ class DaprHttpApi:
             middleware=[token, guard],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         )
-
-    # --- routes --------------------------------------------------------------------------
-
-    def _endpoints(self) -> list[Endpoint]:
-        state_item = (
-            "JSON array of {key, value, etag?, metadata?, options?: {concurrency, consistency}}"
-        )
-        missing = {400: "malformed request or unknown state store"}
-        return [
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/state/{store}/bulk",
-                self.get_bulk_state,
-                "Get many keys",
-                {200: "array of {key, data?, etag?, metadata?, error?}", **missing},
-                "JSON object {keys: [string], parallelism?, metadata?}",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/state/{store}/transaction",
-                self.transact_state,
-                "Apply upserts and deletes atomically",
-                {
-                    204: "applied",
-                    409: "ETag mismatch",
-                    **missing,
-                    500: "the transaction failed",
-                },
-                "JSON object {operations: [{operation: upsert|delete, request}], metadata?}",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0-alpha1/state/{store}/query",
-                self.query_state,
-                "Query state (stores with QUERY_API)",
-                {
-                    200: "{results: [{key, data, etag?}], token?}",
-                    204: "no results",
-                    **missing,
-                },
-                "JSON object {filter?, sort?, page?}",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/state/{store}",
-                self.save_state,
-                "Save state",
-                {204: "saved", 409: "ETag mismatch or first-write conflict", **missing},
-                state_item,
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/state/{store}/{key:path}",
-                self.get_state,
-                "Get one key",
-                {200: "the value (ETag header)", 204: "no such key", **missing},
-            ),
-            Endpoint(
-                ("DELETE",),
-                "/v1.0/state/{store}/{key:path}",
-                self.delete_state,
-                "Delete one key (If-Match: ETag)",
-                {204: "deleted", 409: "ETag mismatch", **missing},
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0-alpha1/publish/bulk/{pubsub}/{topic:path}",
-                self.bulk_publish,
-                "Publish many events",
-                {
-                    204: "all published",
-                    400: "malformed request",
-                    404: "unknown pub/sub",
-                    500: "{failedEntries: [{entryId, error}], errorCode}",
-                },
-                "JSON array of {entryId, event, contentType, metadata?}",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/publish/bulk/{pubsub}/{topic:path}",
-                self.bulk_publish,
-                "Publish many events",
-                {
-                    204: "all published",
-                    400: "malformed request",
-                    404: "unknown pub/sub",
-                    500: "{failedEntries: [{entryId, error}], errorCode}",
-                },
-                "JSON array of {entryId, event, contentType, metadata?}",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/publish/{pubsub}/{topic:path}",
-                self.publish,
-                "Publish an event (wrapped in a CloudEvent unless metadata.rawPayload=true)",
-                {
-                    204: "published",
-                    400: "malformed request",
-                    404: "unknown pub/sub or no topic",
-                    500: "the broker failed",
-                },
-                "the payload, typed by Content-Type (default text/plain)",
-            ),
-            Endpoint(
-                ("POST", "PUT"),
-                "/v1.0/bindings/{name}",
-                self.invoke_binding,
-                "Invoke an output binding",
-                {
-                    200: "the binding's data (metadata.* headers)",
-                    204: "no data",
-                    400: "malformed request, unknown binding or unsupported operation",
-                },
-                "JSON object {operation, data?, metadata?}",
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/secrets/{store}/bulk",
-                self.get_bulk_secret,
-                "Every secret the app may read",
-                {200: "{name: {key: value}}", 401: "unknown secret store"},
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/secrets/{store}/{name:path}",
-                self.get_secret,
-                "Get one secret",
-                {
-                    200: "{key: value}",
-                    401: "unknown secret store",
-                    403: "denied by the secret scopes",
-                    404: "no such secret",
-                },
-            ),
-            Endpoint(
-                ("POST",),
-                "/v1.0-alpha1/lock/{store}",
-                self.try_lock,
-                "Try to take a lock",
-                {200: "{success: bool}", 400: "malformed request or unknown lock store"},
-                "JSON object {resourceId, lockOwner, expiryInSeconds}",
-            ),
-            Endpoint(
-                ("POST",),
-                "/v1.0-alpha1/unlock/{store}",
-                self.unlock,
-                "Release a lock",
-                {
-                    200: "{status: 0 success, 1 no such lock, 2 held by another owner}",
-                    400: "malformed request or unknown lock store",
-                },
-                "JSON object {resourceId, lockOwner}",
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/configuration/{store}",
-                self.get_configuration,
-                "Get configuration items (?key=a&key=b; none: all)",
-                {
-                    200: "{key: {value, version, metadata}}",
-                    204: "no items",
-                    400: "unknown configuration store",
-                },
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0-alpha1/configuration/{store}",
-                self.get_configuration,
-                "Get configuration items (?key=a&key=b; none: all)",
-                {
-                    200: "{key: {value, version, metadata}}",
-                    204: "no items",
-                    400: "unknown configuration store",
-                },
-            ),
-            *(
-                endpoint
-                for version in ("v1.0", "v1.0-alpha1")
-                for endpoint in self._configuration_subscription_endpoints(version)
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/metadata",
-                self.get_metadata,
-                "The app id, components (never their metadata values) and subscriptions",
-                {
-                    200: "{id, runtimeVersion, components: [{name, type, version, capabilities}], "
-                    "subscriptions, extended}"
-                },
-            ),
-            Endpoint(
-                ("PUT",),
-                "/v1.0/metadata/{key}",
-                self.put_metadata,
-                "Set an extended metadata attribute",
-                {204: "set"},
-                "the value as text",
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/healthz",
-                self.healthz,
-                "Health (no API token needed)",
-                {204: "healthy", 500: "not ready"},
-            ),
-            Endpoint(
-                ("GET",),
-                "/v1.0/healthz/outbound",
-                self.healthz_outbound,
-                "Components ready (no API token needed)",
-                {204: "ready", 500: "not ready"},
-            ),
-            Endpoint(
-                ("GET",), "/v1.0/openapi.json", self.openapi, "This document", {200: "OpenAPI 3.1"}
-            ),
-        ]
-
-    def _configuration_subscription_endpoints(self, version: str) -> list[Endpoint]:
-        return [
-            Endpoint(
-                ("GET",),
-                f"/{version}/configuration/{{store}}/subscribe",
-                self.subscribe_configuration,
-                "Have changes to configuration items (?key=a&key=b; none: all) posted to the "
-                "app at /configuration/{store}/{key}",
-                {
-                    200: "{id}",
-                    400: "unknown configuration store, or no app port to deliver to",
-                    500: "the store failed to subscribe",
-                },
-            ),
-            Endpoint(
-                ("GET",),
-                f"/{version}/configuration/{{store}}/{{id}}/unsubscribe",
-                self.unsubscribe_configuration,
-                "Stop a configuration subscription",
-                {
-                    200: "{ok: true}",
-                    400: "unknown configuration store",
-                    404: "{ok: false, errorCode, message}: no such subscription",
-                },
-            ),
-        ]
 
     # --- state ---------------------------------------------------------------------------
 
@@ -761,45 +501,9 @@ class DaprHttpApi:
 
     def openapi_document(self) -> dict[str, Any]:
         """OpenAPI 3.1, generated from the same table the routes are built from."""
-        paths: dict[str, dict[str, Any]] = {}
-        for endpoint in self.endpoints:
-            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", endpoint.path)
-            names = re.findall(r"\{(\w+)\}", path)
-            for method in endpoint.methods:
-                operation: dict[str, Any] = {
-                    "summary": endpoint.summary,
-                    "parameters": [
-                        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                        for n in names
-                    ],
-                    "responses": {
-                        str(code): {"description": text}
-                        for code, text in sorted(endpoint.responses.items())
-                    },
-                }
-                if endpoint.body is not None:
-                    operation["requestBody"] = {
-                        "description": endpoint.body,
-                        "content": {"*/*": {"schema": {}}},
-                    }
-                if endpoint.handler not in (self.healthz, self.healthz_outbound):
-                    operation["security"] = [{"daprApiToken": []}, {}]
-                paths.setdefault(path, {})[method.lower()] = operation
-        return {
-            "openapi": "3.1.0",
-            "info": {
-                "title": "mechakit: Dapr HTTP API v1.0",
-                "version": __version__,
-                "description": "Errors are JSON {errorCode, message}; bodies over the size "
-                "limit get 413.",
-            },
-            "components": {
-                "securitySchemes": {
-                    "daprApiToken": {"type": "apiKey", "in": "header", "name": API_TOKEN_HEADER}
-                }
-            },
-            "paths": paths,
-        }
+        return http_routes.openapi_document(
+            self.endpoints, public={self.healthz, self.healthz_outbound}
+        )
 
     def _ready(self) -> bool:
         with contextlib.suppress(ConfigurationError):
