@@ -34,7 +34,7 @@ import mechakit
 import mechakit.conformance.backends_redis  # registers the "redis" backend
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.state import SetRequest
-from mechakit.runtime.grpc_api import start_server
+from mechakit.runtime.grpc_server import start_server
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.http_server import create_server, listen
 from mechakit.runtime.in_process import Runtime

@@ -35,7 +35,7 @@ import mechakit
 from mechakit.components.configuration.in_memory import InMemoryConfigurationStore
 from mechakit.conformance.backends import free_port
 from mechakit.runtime.clients import TopicEvent
-from mechakit.runtime.grpc_api import GrpcServer, start_server
+from mechakit.runtime.grpc_server import GrpcServer, start_server
 from mechakit.runtime.in_process import Runtime
 
 WriteFiles = Callable[..., Path]

@@ -27,7 +27,7 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 import mechakit
 from mechakit.conformance.backends import free_port
 from mechakit.core.state import SetRequest
-from mechakit.runtime.grpc_api import start_server
+from mechakit.runtime.grpc_server import start_server
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.http_server import create_server, listen
 from mechakit.runtime.in_process import Runtime

@@ -19,7 +19,7 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc, pubsub_pb2, state_pb2
 import mechakit
 from mechakit.core.errors import ETagError, ETagErrorKind, InvalidRequestError
 from mechakit.core.pubsub import Message, SubscribeRequest
-from mechakit.runtime.grpc_api import start_server
+from mechakit.runtime.grpc_server import start_server
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.in_process import Runtime
 

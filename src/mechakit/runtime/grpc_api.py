@@ -1,6 +1,6 @@
 """The Dapr gRPC API (``dapr.proto.runtime.v1.Dapr``) over running components, on grpc.aio.
 
-``start_server(runtime, host, port)`` answers what a Dapr sidecar answers on its gRPC port
+:func:`mechakit.runtime.grpc_server.start_server` serves what a Dapr sidecar answers on its gRPC port
 for state, publish, output bindings, secrets, locks, configuration (get, subscribe,
 unsubscribe) and metadata, with the messages of the ``dapr`` package, so the ``dapr`` SDK's
 ``DaprClient`` works unchanged. ``mechakit run`` serves it next to the HTTP API. Every
@@ -33,20 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
-from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import (
     binding_pb2,
     configuration_pb2,
     dapr_pb2,
-    dapr_pb2_grpc,
     lock_pb2,
     metadata_pb2,
     pubsub_pb2,
@@ -58,7 +55,7 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 from mechakit import __version__
 from mechakit.core.bindings import InvokeRequest
-from mechakit.core.configuration import ConfigurationItem, ConfigurationUpdate
+from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
     InvalidRequestError,
 )
@@ -67,18 +64,13 @@ from mechakit.core.pubsub import (
 )
 from mechakit.core.secretstores import GetSecretRequest
 from mechakit.core.state import (
-    BulkGetItem,
-    Concurrency,
     Consistency,
     DeleteRequest,
     GetRequest,
-    SetRequest,
-    StateOptions,
-    TransactionOperation,
-    encode_value,
 )
 
 from . import bulk
+from . import grpc_codec as codec
 from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind
 
@@ -97,15 +89,6 @@ ApiT = TypeVar("ApiT")
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 T = TypeVar("T")
-
-_CONCURRENCY = {
-    common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE: Concurrency.FIRST_WRITE,
-    common_pb2.StateOptions.CONCURRENCY_LAST_WRITE: Concurrency.LAST_WRITE,
-}
-_CONSISTENCY = {
-    common_pb2.StateOptions.CONSISTENCY_EVENTUAL: Consistency.EVENTUAL,
-    common_pb2.StateOptions.CONSISTENCY_STRONG: Consistency.STRONG,
-}
 
 
 class RpcFailure(Exception):
@@ -159,7 +142,7 @@ def _unary(
             log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
             raise
         except RpcFailure as exc:
-            _logfailure(method.__name__, exc)
+            _log_failure(method.__name__, exc)
             await _abort(context, exc)
         except InvalidRequestError as exc:  # raised while reading the request, before any call
             await _abort(context, _invalid("ERR_MALFORMED_REQUEST", str(exc)))
@@ -187,7 +170,7 @@ def _stream(
             log.debug("%s: the caller cancelled, went away or ran out of time", method.__name__)
             raise
         except RpcFailure as exc:
-            _logfailure(method.__name__, exc)
+            _log_failure(method.__name__, exc)
             await _abort(context, exc)
         except Exception:
             log.exception("%s failed", method.__name__)
@@ -196,7 +179,7 @@ def _stream(
     return run
 
 
-def _logfailure(rpc: str, failure: RpcFailure) -> None:
+def _log_failure(rpc: str, failure: RpcFailure) -> None:
     level = logging.WARNING if failure.code is grpc.StatusCode.INTERNAL else logging.DEBUG
     log.log(level, "%s: %s", rpc, failure.message)
 
@@ -243,13 +226,13 @@ class DaprGrpcApi:
         get = GetRequest(
             request.key,
             dict(request.metadata),
-            consistency=_CONSISTENCY.get(request.consistency, Consistency.EVENTUAL),
+            consistency=codec.CONSISTENCY.get(request.consistency, Consistency.EVENTUAL),
         )
         item = await self.service.state.get(request.store_name, get)
         if item is None:
             return state_pb2.GetStateResponse()
         return state_pb2.GetStateResponse(
-            data=_state_bytes(item.value), etag=item.etag or "", metadata=dict(item.metadata)
+            data=codec.state_bytes(item.value), etag=item.etag or "", metadata=dict(item.metadata)
         )
 
     @_unary
@@ -262,7 +245,7 @@ class DaprGrpcApi:
         metadata = dict(request.metadata)
         requests = await bulk.map_chunked(lambda _, k: GetRequest(k, metadata), request.keys)
         found = await self.service.state.bulk_get(name, requests)
-        items = await bulk.map_chunked(lambda _, item: _bulk_item(item), found)
+        items = await bulk.map_chunked(lambda _, item: codec.bulk_item(item), found)
         return state_pb2.GetBulkStateResponse(items=items)
 
     @_unary
@@ -272,7 +255,7 @@ class DaprGrpcApi:
         name = request.store_name
         self.service.state.store(name)
         self.service.state.check_count(len(request.states), "state items")
-        requests = await bulk.map_chunked(lambda _, item: _set_request(item), request.states)
+        requests = await bulk.map_chunked(lambda _, item: codec.set_request(item), request.states)
         await self.service.state.save(name, requests)
         return empty_pb2.Empty()
 
@@ -282,9 +265,9 @@ class DaprGrpcApi:
     ) -> empty_pb2.Empty:
         delete = DeleteRequest(
             request.key,
-            etag=_etag(request, "etag"),
+            etag=codec.etag(request, "etag"),
             metadata=dict(request.metadata),
-            options=_options(request, "options"),
+            options=codec.options(request, "options"),
         )
         await self.service.state.delete(request.store_name, delete)
         return empty_pb2.Empty()
@@ -296,7 +279,9 @@ class DaprGrpcApi:
         name = request.store_name
         self.service.state.store(name)
         self.service.state.check_count(len(request.states), "state items")
-        requests = await bulk.map_chunked(lambda _, item: _delete_request(item), request.states)
+        requests = await bulk.map_chunked(
+            lambda _, item: codec.delete_request(item), request.states
+        )
         await self.service.state.bulk_delete(name, requests)
         return empty_pb2.Empty()
 
@@ -307,7 +292,7 @@ class DaprGrpcApi:
         name = request.storeName
         self.service.state.transactional(name)
         self.service.state.check_count(len(request.operations), "operations")
-        operations = await bulk.map_chunked(_operation, request.operations)
+        operations = await bulk.map_chunked(codec.operation, request.operations)
         await self.service.state.transact(name, operations, dict(request.metadata))
         return empty_pb2.Empty()
 
@@ -328,7 +313,7 @@ class DaprGrpcApi:
             results=[
                 state_pb2.QueryStateItem(
                     key=item.key,
-                    data=_state_bytes(item.value),
+                    data=codec.state_bytes(item.value),
                     etag=item.etag or "",
                     error=item.error or "",
                 )
@@ -433,7 +418,7 @@ class DaprGrpcApi:
         items = await self.service.configuration.get(
             request.store_name, list(request.keys), dict(request.metadata)
         )
-        return configuration_pb2.GetConfigurationResponse(items=_configuration_items(items))
+        return configuration_pb2.GetConfigurationResponse(items=codec.configuration_items(items))
 
     GetConfigurationAlpha1 = GetConfiguration
 
@@ -458,7 +443,7 @@ class DaprGrpcApi:
             yield configuration_pb2.SubscribeConfigurationResponse(id=subscription_id)
             while (update := await updates.get()) is not None:
                 yield configuration_pb2.SubscribeConfigurationResponse(
-                    id=subscription_id, items=_configuration_items(update.items)
+                    id=subscription_id, items=codec.configuration_items(update.items)
                 )
         finally:
             if self._watches.pop(watch, None) is not None:
@@ -570,227 +555,8 @@ for _rpc in RPCS:
         setattr(DaprGrpcApi, _rpc, _unimplemented(_rpc))
 
 
-# --- the server -----------------------------------------------------------------------------
-
-
-class _TokenCheck(grpc.aio.ServerInterceptor):
-    """Every call must carry metadata ``dapr-api-token`` equal to ``DAPR_API_TOKEN``."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        given = next(
-            (
-                value
-                for key, value in handler_call_details.invocation_metadata or ()
-                if key == API_TOKEN_METADATA
-            ),
-            None,
-        )
-        if given is None:
-            message = f"missing api token in request metadata ({API_TOKEN_METADATA})"
-        else:
-            value = given if isinstance(given, bytes) else given.encode()
-            if hmac.compare_digest(value, self._token):
-                return handler
-            message = "authentication error: api token mismatch"
-        return None if handler is None else _denied(handler, message)
-
-
-def _denied(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> Any:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
-
-    async def deny(request: Any, context: Context) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    make: Any
-    if handler.request_streaming and handler.response_streaming:
-        make = grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        make = grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        make = grpc.unary_stream_rpc_method_handler
-    else:
-        make = grpc.unary_unary_rpc_method_handler
-    return make(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-def create_server(
-    runtime: Runtime,
-    *,
-    api_token: str | None = None,
-    app_port: int | None = None,
-    app_protocol: str = "http",
-    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
-) -> tuple[grpc.aio.Server, DaprGrpcApi]:
-    """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
-
-    ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
-    being shared.
-    """
-    api = DaprGrpcApi(
-        runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
-    )
-    interceptors = [_TokenCheck(api_token)] if api_token else []
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-    dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
-    return server, api
-
-
-class GrpcServer:
-    """A started server: :attr:`port` it listens on, :meth:`stop` to end it."""
-
-    def __init__(self, server: grpc.aio.Server, api: DaprGrpcApi, port: int) -> None:
-        self.server, self.api, self.port = server, api, port
-
-    async def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
-        """Let calls in flight finish for up to ``grace`` seconds; streams end at once."""
-        self.api.close()
-        await self.server.stop(grace)
-
-
-async def start_server(
-    runtime: Runtime,
-    host: str,
-    port: int,
-    *,
-    api_token: str | None = None,
-    app_port: int | None = None,
-    app_protocol: str = "http",
-    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
-) -> GrpcServer:
-    """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
-    server, api = create_server(
-        runtime,
-        api_token=api_token,
-        app_port=app_port,
-        app_protocol=app_protocol,
-        max_bulk_keys=max_bulk_keys,
-    )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {address} for the gRPC API (is the port taken?)") from exc
-    if not bound:
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
-    return GrpcServer(server, api, bound)
-
-
-# --- request parsing ------------------------------------------------------------------------
-
-
 def _invalid(reason: str, message: str) -> RpcFailure:
     return RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
 
 
-def _etag(message: Any, name: str) -> str | None:
-    """The ETag of a message's ``Etag`` field; unset or empty means none."""
-    if not message.HasField(name):
-        return None
-    value: str = getattr(message, name).value
-    return value or None
-
-
-def _options(message: Any, name: str) -> StateOptions:
-    if not message.HasField(name):
-        return StateOptions()
-    options: common_pb2.StateOptions = getattr(message, name)
-    return StateOptions(
-        concurrency=_CONCURRENCY.get(options.concurrency, Concurrency.LAST_WRITE),
-        consistency=_CONSISTENCY.get(options.consistency, Consistency.EVENTUAL),
-    )
-
-
-def _set_request(item: common_pb2.StateItem) -> SetRequest:
-    return SetRequest(
-        key=item.key,
-        value=_state_value(item.value),
-        etag=_etag(item, "etag"),
-        metadata=dict(item.metadata),
-        options=_options(item, "options"),
-    )
-
-
-def _delete_request(item: common_pb2.StateItem) -> DeleteRequest:
-    return DeleteRequest(
-        key=item.key,
-        etag=_etag(item, "etag"),
-        metadata=dict(item.metadata),
-        options=_options(item, "options"),
-    )
-
-
-def _operation(i: int, operation: state_pb2.TransactionalStateOperation) -> TransactionOperation:
-    kind = operation.operationType
-    if kind == "upsert":
-        return _set_request(operation.request)
-    if kind == "delete":
-        return _delete_request(operation.request)
-    raise _invalid(
-        "ERR_NOT_SUPPORTED_STATE_OPERATION",
-        f"operations[{i}]: operation type {kind!r} not supported (use upsert or delete)",
-    )
-
-
-def _bulk_item(item: BulkGetItem) -> state_pb2.BulkStateItem:
-    entry = state_pb2.BulkStateItem(key=item.key)
-    if item.error:
-        entry.error = item.error
-    elif item.found:
-        entry.data = _state_bytes(item.value)
-        entry.etag = item.etag or ""
-        entry.metadata.update(item.metadata)
-    return entry
-
-
-def _no_constant(word: str) -> Any:
-    raise ValueError(f"{word} is not valid JSON")
-
-
-def _state_value(data: bytes) -> Any:
-    """Compact JSON as its value (it encodes back to the same bytes); other bytes as bytes."""
-    try:
-        value = json.loads(data, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        return data
-    return value if encode_value(value)[0] == data else data
-
-
-def _state_bytes(value: Any) -> bytes:
-    return encode_value(value)[0]
-
-
-def _configuration_items(
-    items: Mapping[str, ConfigurationItem],
-) -> dict[str, common_pb2.ConfigurationItem]:
-    return {
-        key: common_pb2.ConfigurationItem(
-            value=item.value, version=item.version, metadata=dict(item.metadata)
-        )
-        for key, item in items.items()
-    }
-
-
-__all__ = [
-    "IMPLEMENTED",
-    "RPCS",
-    "DaprGrpcApi",
-    "GrpcServer",
-    "RpcFailure",
-    "create_server",
-    "start_server",
-]
+__all__ = ["IMPLEMENTED", "RPCS", "DaprGrpcApi", "RpcFailure"]

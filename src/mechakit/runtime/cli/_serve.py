@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mechakit.runtime.app_process import AppProcess
-    from mechakit.runtime.grpc_api import GrpcServer
+    from mechakit.runtime.grpc_server import GrpcServer
     from mechakit.runtime.in_process import Runtime
     from mechakit.runtime.manifest import Manifests
 
@@ -161,7 +161,7 @@ async def _start_grpc(
     runtime: Runtime, namespace: argparse.Namespace, host: str, log: logging.Logger
 ) -> GrpcServer | None:
     """Serve the gRPC API; a taken default port only warns, a chosen one is an ``OSError``."""
-    from mechakit.runtime.grpc_api import start_server
+    from mechakit.runtime.grpc_server import start_server
 
     chosen: int | None = namespace.dapr_grpc_port
     try:

@@ -1,0 +1,123 @@
+"""The gRPC API's wire format: Dapr's protobuf messages read into the core request types,
+and answers written back (what a request means is the service layer's)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import state_pb2
+
+from mechakit.core.configuration import ConfigurationItem
+from mechakit.core.state import (
+    BulkGetItem,
+    Concurrency,
+    Consistency,
+    DeleteRequest,
+    SetRequest,
+    StateOptions,
+    TransactionOperation,
+    encode_value,
+)
+
+from .service.errors import invalid
+
+CONCURRENCY = {
+    common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE: Concurrency.FIRST_WRITE,
+    common_pb2.StateOptions.CONCURRENCY_LAST_WRITE: Concurrency.LAST_WRITE,
+}
+
+CONSISTENCY = {
+    common_pb2.StateOptions.CONSISTENCY_EVENTUAL: Consistency.EVENTUAL,
+    common_pb2.StateOptions.CONSISTENCY_STRONG: Consistency.STRONG,
+}
+
+
+def etag(message: Any, name: str) -> str | None:
+    """The ETag of a message's ``Etag`` field; unset or empty means none."""
+    if not message.HasField(name):
+        return None
+    value: str = getattr(message, name).value
+    return value or None
+
+
+def options(message: Any, name: str) -> StateOptions:
+    if not message.HasField(name):
+        return StateOptions()
+    options: common_pb2.StateOptions = getattr(message, name)
+    return StateOptions(
+        concurrency=CONCURRENCY.get(options.concurrency, Concurrency.LAST_WRITE),
+        consistency=CONSISTENCY.get(options.consistency, Consistency.EVENTUAL),
+    )
+
+
+def set_request(item: common_pb2.StateItem) -> SetRequest:
+    return SetRequest(
+        key=item.key,
+        value=state_value(item.value),
+        etag=etag(item, "etag"),
+        metadata=dict(item.metadata),
+        options=options(item, "options"),
+    )
+
+
+def delete_request(item: common_pb2.StateItem) -> DeleteRequest:
+    return DeleteRequest(
+        key=item.key,
+        etag=etag(item, "etag"),
+        metadata=dict(item.metadata),
+        options=options(item, "options"),
+    )
+
+
+def operation(i: int, operation: state_pb2.TransactionalStateOperation) -> TransactionOperation:
+    kind = operation.operationType
+    if kind == "upsert":
+        return set_request(operation.request)
+    if kind == "delete":
+        return delete_request(operation.request)
+    raise invalid(
+        "ERR_NOT_SUPPORTED_STATE_OPERATION",
+        f"operations[{i}]: operation type {kind!r} not supported (use upsert or delete)",
+    )
+
+
+def bulk_item(item: BulkGetItem) -> state_pb2.BulkStateItem:
+    entry = state_pb2.BulkStateItem(key=item.key)
+    if item.error:
+        entry.error = item.error
+    elif item.found:
+        entry.data = state_bytes(item.value)
+        entry.etag = item.etag or ""
+        entry.metadata.update(item.metadata)
+    return entry
+
+
+def no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not valid JSON")
+
+
+def state_value(data: bytes) -> Any:
+    """Compact JSON as its value (it encodes back to the same bytes); other bytes as bytes."""
+    try:
+        value = json.loads(data, parse_constant=no_constant)
+    except (ValueError, RecursionError):
+        return data
+    return value if encode_value(value)[0] == data else data
+
+
+def state_bytes(value: Any) -> bytes:
+    return encode_value(value)[0]
+
+
+def configuration_items(
+    items: Mapping[str, ConfigurationItem],
+) -> dict[str, common_pb2.ConfigurationItem]:
+    return {
+        key: common_pb2.ConfigurationItem(
+            value=item.value, version=item.version, metadata=dict(item.metadata)
+        )
+        for key, item in items.items()
+    }

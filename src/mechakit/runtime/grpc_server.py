@@ -1,0 +1,135 @@
+"""Serving the gRPC API: the grpc.aio server, its API token check, start and stop."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from dapr.proto.runtime.v1 import dapr_pb2_grpc
+
+from . import bulk
+from .grpc_api import API_TOKEN_METADATA, DEFAULT_STOP_GRACE, Context, DaprGrpcApi
+from .in_process import Runtime
+
+
+class _TokenCheck(grpc.aio.ServerInterceptor):
+    """Every call must carry metadata ``dapr-api-token`` equal to ``DAPR_API_TOKEN``."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        given = next(
+            (
+                value
+                for key, value in handler_call_details.invocation_metadata or ()
+                if key == API_TOKEN_METADATA
+            ),
+            None,
+        )
+        if given is None:
+            message = f"missing api token in request metadata ({API_TOKEN_METADATA})"
+        else:
+            value = given if isinstance(given, bytes) else given.encode()
+            if hmac.compare_digest(value, self._token):
+                return handler
+            message = "authentication error: api token mismatch"
+        return None if handler is None else _denied(handler, message)
+
+
+def _denied(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> Any:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def deny(request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    make: Any
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def create_server(
+    runtime: Runtime,
+    *,
+    api_token: str | None = None,
+    app_port: int | None = None,
+    app_protocol: str = "http",
+    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
+) -> tuple[grpc.aio.Server, DaprGrpcApi]:
+    """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
+
+    ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
+    being shared.
+    """
+    api = DaprGrpcApi(
+        runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
+    )
+    interceptors = [_TokenCheck(api_token)] if api_token else []
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
+    return server, api
+
+
+class GrpcServer:
+    """A started server: :attr:`port` it listens on, :meth:`stop` to end it."""
+
+    def __init__(self, server: grpc.aio.Server, api: DaprGrpcApi, port: int) -> None:
+        self.server, self.api, self.port = server, api, port
+
+    async def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Let calls in flight finish for up to ``grace`` seconds; streams end at once."""
+        self.api.close()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    runtime: Runtime,
+    host: str,
+    port: int,
+    *,
+    api_token: str | None = None,
+    app_port: int | None = None,
+    app_protocol: str = "http",
+    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
+) -> GrpcServer:
+    """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
+    server, api = create_server(
+        runtime,
+        api_token=api_token,
+        app_port=app_port,
+        app_protocol=app_protocol,
+        max_bulk_keys=max_bulk_keys,
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address} for the gRPC API (is the port taken?)") from exc
+    if not bound:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return GrpcServer(server, api, bound)
+
+
+__all__ = ["GrpcServer", "create_server", "start_server"]
