@@ -11,17 +11,21 @@ messages published before the first subscriber are not lost; ``$`` means new mes
 only). Every component instance reads as its own consumer (``consumerName``, default
 ``host-pid-random``), so replicas never share pending entries as they do upstream.
 
-Delivery is at-least-once: ``XACK`` only after the handler returned. A failed message stays
-pending and is marked idle, so the reclaim loop (``XAUTOCLAIM`` every ``redeliverInterval``
-for entries idle ``processingTimeout``) delivers it again within one interval; a consumer
-that crashed leaves its entries pending and another consumer of the group claims them
-after ``processingTimeout``. ``Message.delivery_count`` is the stream's delivery counter.
-After ``maxDeliveries`` the message goes to the dead-letter topic (the subscription's,
-else ``deadLetterTopic``) and is acked, or is acked and dropped with an error log.
-``DropMessage`` acks at once. Acks waiting while one XACK is under way go out together in
-the next. At most ``queueDepth`` messages per subscription are read and not yet handled;
-at most ``concurrency`` handler calls run at once. Each subscription reads (XREADGROUP
-BLOCK) on a connection of its own, so blocking reads never starve publishing.
+Delivery is at-least-once, by the shared engine (``mechakit.core.delivery``): ``XACK`` only
+after the handler returned. The stream is this driver's transport: reads are ``XREADGROUP
+BLOCK``, and every ``redeliverInterval`` a reclaim pass (``XAUTOCLAIM`` of entries idle
+``processingTimeout``) takes what failed here and what a crashed consumer of the group
+left pending. A failed message stays pending and is marked idle (``XCLAIM … IDLE JUSTID``),
+so it comes back within one interval; so do the unhandled ones of a cancelled
+subscription, to any consumer of the group. ``Message.delivery_count`` is the stream's
+delivery counter; an entry reclaimed past ``maxDeliveries`` (its consumers kept dying) is
+not handled again. After ``maxDeliveries`` the message goes to the dead-letter topic (the
+subscription's, else ``deadLetterTopic``) and is acked, or is acked and dropped with an
+error log. ``DropMessage`` acks at once. Acks waiting while one XACK is under way go out
+together in the next. At most ``queueDepth`` messages per subscription are read and not
+yet handled; at most ``concurrency`` handler calls run at once; a cancelled subscription
+gives running handlers ``processingTimeout`` to finish. Each subscription reads on a
+connection of its own, so blocking reads never starve publishing.
 
 Needs Redis 6.2 or later (``XAUTOCLAIM``). Like Dapr, a bare number for
 ``processingTimeout`` or ``redeliverInterval`` is milliseconds.
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import re
@@ -54,7 +57,8 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import Backoff, ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
 from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
@@ -62,12 +66,13 @@ from mechakit.core.pubsub import (
     BulkPublishFailure,
     BulkPublishRequest,
     BulkPublishResponse,
-    DropMessage,
+    Delivery,
     Handler,
     Message,
     PublishRequest,
     PubSubFeature,
     SubscribeRequest,
+    Transport,
     validate_topic,
 )
 from mechakit.core.state import TTL_METADATA, parse_ttl
@@ -217,7 +222,7 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         self._settings: RedisPubSubSettings | None = None
         self._group = ""
         self._consumer = ""
-        self._subscriptions: set[_StreamSubscription] = set()
+        self._engines: set[DeliveryEngine] = set()
 
     async def init(self, metadata: ComponentMetadata) -> None:
         settings = self.decode_settings(metadata)
@@ -236,8 +241,9 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         self._settings = settings
 
     async def close(self) -> None:
-        subscriptions, self._subscriptions = list(self._subscriptions), set()
-        await asyncio.gather(*(s.cancel() for s in subscriptions), return_exceptions=True)
+        engines, self._engines = list(self._engines), set()
+        caller = asyncio.current_task()
+        await asyncio.gather(*(e.stop(caller=caller) for e in engines), return_exceptions=True)
         client, self._client = self._client, None
         self._settings = None
         await close_client(client)
@@ -292,19 +298,17 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         settings = self._open_settings()
         await self._ensure_group(request.topic)
         reader = await connect(settings, component=self.label)
-        subscription = _StreamSubscription(
-            self,
-            settings,
+        stream = _Stream(self, settings, request.topic, reader)
+        engine = DeliveryEngine(stream, _policy(settings), label=self.label, log=self.log)
+        self._engines = {e for e in self._engines if not e.stopping}
+        self._engines.add(engine)
+        return engine.subscribe(
             request.topic,
             handler,
-            request.dead_letter_topic or settings.dead_letter_topic,
-            reader,
+            dead_letter_topic=request.dead_letter_topic or settings.dead_letter_topic,
         )
-        self._subscriptions.add(subscription)
-        subscription.start()
-        return subscription
 
-    # --- internals shared with _StreamSubscription --------------------------------------
+    # --- internals shared with _Stream --------------------------------------
 
     @property
     def _redis(self) -> Any:
@@ -389,8 +393,18 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def _forget(self, subscription: _StreamSubscription) -> None:
-        self._subscriptions.discard(subscription)
+
+def _policy(settings: RedisPubSubSettings) -> DeliveryPolicy:
+    """A failed entry waits for the next reclaim pass; a stopping subscription gives its
+    handlers processingTimeout, after which another consumer may claim their entries."""
+    redeliver = settings.redeliver_interval.total_seconds()
+    return DeliveryPolicy(
+        concurrency=settings.concurrency,
+        prefetch=settings.queue_depth,
+        max_deliveries=settings.max_deliveries,
+        redelivery_delay=redeliver if settings.redelivery_enabled else None,
+        stop_grace=settings.processing_timeout.total_seconds() or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -400,146 +414,102 @@ class _Trim:
     """A MINID trim to run after XADD, when MAXLEN already took XADD's one trim slot."""
 
 
-@dataclass(frozen=True)
-class _Delivery:
-    message: Message
-    expires_at_ms: int | None
-
-
-class _StreamSubscription(Subscription):
-    """One topic for one handler: a reader loop, a reclaim loop, a task per message."""
+class _Stream(Transport):
+    """One topic's stream as this consumer of the group reads it: new entries (XREADGROUP
+    BLOCK) and, every redeliverInterval, entries idle for processingTimeout (XAUTOCLAIM)."""
 
     def __init__(
-        self,
-        pubsub: RedisPubSub,
-        settings: RedisPubSubSettings,
-        topic: str,
-        handler: Handler,
-        dead_letter_topic: str,
-        reader: Any,
+        self, pubsub: RedisPubSub, settings: RedisPubSubSettings, topic: str, reader: Any
     ) -> None:
         self.topic = topic
-        self.dead_letter_topic = dead_letter_topic
+        self.source = f"topic {topic!r}"
         self._pubsub = pubsub
         self._settings = settings
-        self._handler = handler
         self._reader = reader
         self._group = pubsub.consumer_group
         self._consumer = pubsub.consumer_name
-        self._label = pubsub.label
-        self._log = pubsub.log
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._started: set[asyncio.Task[None]] = set()
-        """Tasks past their wait for a slot: calling the handler, then acking."""
-        self._wake = asyncio.Event()
-        self._unsent_acks: list[str] = []
-        self._acking = False
-        self._room = asyncio.Event()
-        self._room.set()
-        self._loops: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self._stopped = asyncio.Event()
+        self._reclaim_cursor: Any = "0-0"
+        self._next_reclaim = time.monotonic() + settings.redeliver_interval.total_seconds()
+        """``time.monotonic()`` of the next reclaim pass. The first read comes first: a new
+        subscriber is blocked in XREADGROUP at once, as a publisher expects."""
         block = min(1.0, settings.socket_timeout / 2) if settings.socket_timeout > 0 else 1.0
         self._block_ms = max(10, int(block * 1000))
 
-    def start(self) -> None:
-        name = f"{self._label} {self.topic}"
-        self._loops.append(asyncio.create_task(self._read_loop(), name=f"read {name}"))
-        if self._settings.redelivery_enabled:
-            self._loops.append(asyncio.create_task(self._reclaim_loop(), name=f"reclaim {name}"))
-
-    @property
-    def active(self) -> bool:
-        return not self._stopping and any(not t.done() for t in self._loops)
-
-    async def cancel(self) -> None:
-        """Stops reading; running handlers may finish (bounded); unacked messages stay pending."""
-        caller = asyncio.current_task()
-        if self._stopping:
-            if caller not in self._started:
-                await self._stopped.wait()
-            return
-        self._stopping = True
-        self._wake.set()
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
         try:
-            await stop_tasks(*self._loops)
-            await stop_tasks(*[t for t in self._in_flight.values() if t not in self._started])
-            running = [t for t in self._in_flight.values() if t is not caller]
-            if running:
-                grace = self._settings.processing_timeout.total_seconds() or None
-                _done, late = await asyncio.wait(running, timeout=grace)
-                await stop_tasks(*late)
+            if self._settings.redelivery_enabled and time.monotonic() >= self._next_reclaim:
+                reclaimed = await self._reclaim(max_count)
+                if reclaimed:
+                    return reclaimed
+            return await self._read(max_count)
+        except Exception as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        self._pubsub.log.warning(
+            "%s: consumer group %r of topic %r is gone (server restarted or stream deleted); "
+            "creating it again",
+            self._pubsub.label,
+            self._group,
+            self.topic,
+        )
+        await self._pubsub._ensure_group(self.topic)
+        return []
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [d.message.id for d in deliveries]
+        await self._pubsub._redis.xack(self.topic, self._group, *ids)
+
+    async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        """Backdates the entry's idle time so the next reclaim pass takes it at once."""
+        await self._backdate([delivery])
+
+    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
+        await self._pubsub._dead_letter(topic, delivery.message)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Backdated too: any consumer of the group may claim them on its next pass."""
+        await self._backdate(deliveries)
+
+    async def close(self) -> None:
+        try:
             await self._forget_consumer_if_idle()
         finally:
-            self._pubsub._forget(self)
             await close_client(self._reader)
-            self._stopped.set()
 
-    # --- reading ------------------------------------------------------------------------
+    async def _read(self, max_count: int) -> list[Delivery]:
+        block = self._block_ms
+        if self._settings.redelivery_enabled:
+            until_reclaim = int((self._next_reclaim - time.monotonic()) * 1000)
+            block = max(1, min(block, until_reclaim))
+        reply = await self._reader.xreadgroup(
+            self._group, self._consumer, {self.topic: ">"}, count=max_count, block=block
+        )
+        return [
+            _decode(self.topic, entry_id, fields, 1)
+            for _stream, entries in reply or ()
+            for entry_id, fields in entries
+        ]
 
-    async def _read_loop(self) -> None:
-        backoff = Backoff()
-        while not self._stopping:
-            room = await self._wait_for_room()
-            try:
-                reply = await self._reader.xreadgroup(
-                    self._group,
-                    self._consumer,
-                    {self.topic: ">"},
-                    count=room,
-                    block=self._block_ms,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._recover(exc, backoff, "read from")
-                continue
-            backoff.reset()
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    await self._accept(_decode(self.topic, entry_id, fields, 1))
-
-    async def _reclaim_loop(self) -> None:
-        """Claims entries idle for processingTimeout: failed here, or held by a dead consumer."""
-        interval = self._settings.redeliver_interval.total_seconds()
-        backoff = Backoff()
-        while not self._stopping:
-            try:
-                await self._reclaim_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await self._recover(exc, backoff, "reclaim pending messages of")
-                continue
-            backoff.reset()
-            await self._pause(interval)
-
-    async def _reclaim_once(self) -> None:
+    async def _reclaim(self, max_count: int) -> list[Delivery]:
+        """One XAUTOCLAIM page of entries idle for processingTimeout: failed here, given
+        back, or held by a consumer that died. A pass ends when the cursor comes round."""
         min_idle = int(self._settings.processing_timeout.total_seconds() * 1000)
-        cursor: Any = "0-0"
-        while True:
-            room = self._settings.queue_depth - len(self._in_flight)
-            if room <= 0:
-                return
-            reply = await self._pubsub._redis.xautoclaim(
-                self.topic, self._group, self._consumer, min_idle, cursor, count=room
-            )
-            cursor = reply[0]
-            # Entries trimmed from the stream come back empty (Redis 6.2) or not at all (7+).
-            entries = [e for e in reply[1] if e and e[0] is not None and e[1] is not None]
-            counts = await self._delivery_counts([entry_id for entry_id, _ in entries])
-            for entry_id, fields in entries:
-                delivery = _decode(self.topic, entry_id, fields, counts.get(_text(entry_id), 1))
-                if delivery.message.id in self._in_flight:
-                    continue  # still being handled here: a slow handler, not a lost message
-                limit = self._settings.max_deliveries
-                if limit and delivery.message.delivery_count > limit:
-                    await self._exhausted(delivery.message, None)
-                else:
-                    await self._accept(delivery)
-            if _text(cursor) in ("0-0", "0"):
-                return
+        reply = await self._pubsub._redis.xautoclaim(
+            self.topic, self._group, self._consumer, min_idle, self._reclaim_cursor, count=max_count
+        )
+        if _text(reply[0]) in ("0-0", "0"):
+            self._reclaim_cursor = "0-0"
+            interval = self._settings.redeliver_interval.total_seconds()
+            self._next_reclaim = time.monotonic() + interval
+        else:
+            self._reclaim_cursor = reply[0]
+        # Entries trimmed from the stream come back empty (Redis 6.2) or not at all (7+).
+        entries = [e for e in reply[1] if e and e[0] is not None and e[1] is not None]
+        counts = await self._delivery_counts([entry_id for entry_id, _ in entries])
+        return [
+            _decode(self.topic, entry_id, fields, counts.get(_text(entry_id), 1))
+            for entry_id, fields in entries
+        ]
 
     async def _delivery_counts(self, ids: Sequence[Any]) -> dict[str, int]:
         if not ids:
@@ -553,193 +523,15 @@ class _StreamSubscription(Subscription):
                 counts[_text(row["message_id"])] = int(row["times_delivered"])
         return counts
 
-    async def _wait_for_room(self) -> int:
-        while len(self._in_flight) >= self._settings.queue_depth:
-            self._room.clear()
-            await self._room.wait()
-        return self._settings.queue_depth - len(self._in_flight)
-
-    async def _recover(self, exc: Exception, backoff: Backoff, doing: str) -> None:
-        """Logs a failed loop step and waits; re-creates the group if the server lost it."""
-        delay = backoff.next()
-        if "NOGROUP" in str(exc):
-            self._log.warning(
-                "%s: consumer group %r of topic %r is gone (server restarted or stream "
-                "deleted); creating it again",
-                self._label,
-                self._group,
-                self.topic,
-            )
-            with contextlib.suppress(Exception):
-                await self._pubsub._ensure_group(self.topic)
-        else:
-            self._log.warning(
-                "%s: could not %s topic %r: %s; retrying in %.2gs",
-                self._label,
-                doing,
-                self.topic,
-                exc,
-                delay,
-            )
-        await self._pause(delay)
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleeps, but wakes at once when the subscription stops."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-
-    # --- delivering ---------------------------------------------------------------------
-
-    async def _accept(self, delivery: _Delivery) -> None:
-        message = delivery.message
-        if delivery.expires_at_ms is not None and time.time() * 1000 >= delivery.expires_at_ms:
-            self._log.info(
-                "%s: message %s on topic %r expired (%s) before delivery; dropped",
-                self._label,
-                message.id,
-                self.topic,
-                TTL_METADATA,
-            )
-            await self._ack(message)
+    async def _backdate(self, deliveries: Sequence[Delivery]) -> None:
+        """XCLAIM … IDLE processingTimeout JUSTID: idle enough to be reclaimed, not counted."""
+        if not deliveries or not self._settings.redelivery_enabled:
             return
-        task = asyncio.create_task(self._deliver(message), name=f"{self._label} {message.id}")
-        self._in_flight[message.id] = task
-        task.add_done_callback(functools.partial(self._done, message.id))
-
-    def _done(self, message_id: str, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(message_id, None)
-        self._started.discard(task)
-        self._room.set()
-
-    async def _deliver(self, message: Message) -> None:
-        async with self._slots:
-            if self._stopping:
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            self._started.add(task)
-            try:
-                await self._handler(message)
-            except DropMessage as exc:
-                self._log.info(
-                    "%s: message %s on topic %r dropped by its handler%s",
-                    self._label,
-                    message.id,
-                    self.topic,
-                    f": {exc}" if str(exc) else "",
-                )
-            except Exception as exc:
-                await self._failed(message, exc)
-                return
-        await self._ack(message)
-
-    async def _failed(self, message: Message, error: Exception) -> None:
-        limit = self._settings.max_deliveries
-        if limit and message.delivery_count >= limit:
-            await self._exhausted(message, error)
-            return
-        if not self._settings.redelivery_enabled:
-            self._log.warning(
-                "%s: handler failed on message %s of topic %r: %r; it stays pending "
-                "(redelivery is disabled)",
-                self._label,
-                message.id,
-                self.topic,
-                error,
-            )
-            return
-        self._log.warning(
-            "%s: handler failed on message %s of topic %r (delivery %d%s): %r; redelivering",
-            self._label,
-            message.id,
-            self.topic,
-            message.delivery_count,
-            f" of {limit}" if limit else "",
-            error,
-        )
         idle_ms = int(self._settings.processing_timeout.total_seconds() * 1000)
-        try:
-            # Backdate the entry's idle time so the next reclaim pass takes it at once.
-            await self._pubsub._redis.xclaim(
-                self.topic, self._group, self._consumer, 0, [message.id], idle=idle_ms, justid=True
-            )
-        except Exception as exc:
-            self._log.warning(
-                "%s: could not mark message %s of topic %r for redelivery (%s); it is "
-                "redelivered after processingTimeout",
-                self._label,
-                message.id,
-                self.topic,
-                exc,
-            )
-
-    async def _exhausted(self, message: Message, error: Exception | None) -> None:
-        """Dead-letters (or drops) a message whose deliveries are used up, then acks it."""
-        target = self.dead_letter_topic
-        why = f"last error: {error!r}" if error is not None else "its consumers did not ack it"
-        if target and target != self.topic:
-            try:
-                await self._pubsub._dead_letter(target, message)
-            except Exception as exc:
-                self._log.warning(
-                    "%s: could not move message %s of topic %r to dead-letter topic %r: %s; "
-                    "it stays pending",
-                    self._label,
-                    message.id,
-                    self.topic,
-                    target,
-                    exc,
-                )
-                return
-            self._log.warning(
-                "%s: message %s on topic %r failed %d deliveries (%s); moved to dead-letter "
-                "topic %r",
-                self._label,
-                message.id,
-                self.topic,
-                message.delivery_count,
-                why,
-                target,
-            )
-        else:
-            self._log.error(
-                "%s: message %s on topic %r failed %d deliveries (%s) and was dropped "
-                "(no dead-letter topic)",
-                self._label,
-                message.id,
-                self.topic,
-                message.delivery_count,
-                why,
-            )
-        await self._ack(message)
-
-    async def _ack(self, message: Message) -> None:
-        """Queues the ack; one caller at a time sends every queued id in one XACK.
-
-        Under load acks batch up by themselves, and a subscription never holds more than
-        one connection for acking.
-        """
-        self._unsent_acks.append(message.id)
-        if self._acking:
-            return
-        self._acking = True
-        try:
-            while self._unsent_acks:
-                ids, self._unsent_acks = self._unsent_acks, []
-                try:
-                    await self._pubsub._redis.xack(self.topic, self._group, *ids)
-                except Exception as exc:
-                    self._log.warning(
-                        "%s: could not ack %d message(s) of topic %r, e.g. %s (%s); they will "
-                        "be delivered again",
-                        self._label,
-                        len(ids),
-                        self.topic,
-                        ids[0],
-                        exc,
-                    )
-        finally:
-            self._acking = False
+        ids = [d.message.id for d in deliveries]
+        await self._pubsub._redis.xclaim(
+            self.topic, self._group, self._consumer, 0, ids, idle=idle_ms, justid=True
+        )
 
     async def _forget_consumer_if_idle(self) -> None:
         """Removes this consumer from the group when it holds no pending entries."""
@@ -756,7 +548,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode(topic: str, entry_id: Any, fields: Mapping[Any, Any], count: int) -> _Delivery:
+def _decode(topic: str, entry_id: Any, fields: Mapping[Any, Any], count: int) -> Delivery:
     """A stream entry as a Message; unknown or malformed optional fields are ignored."""
     values = {_text(k): v for k, v in fields.items()}
     metadata: dict[str, str] = {}
@@ -767,10 +559,10 @@ def _decode(topic: str, entry_id: Any, fields: Mapping[Any, Any], count: int) ->
             if isinstance(decoded, dict):
                 metadata = {str(k): str(v) for k, v in decoded.items()}
     content_type = values.get(_CONTENT_TYPE)
-    expires_at: int | None = None
+    expires_at: float | None = None
     if values.get(_EXPIRES_AT):
         with contextlib.suppress(ValueError):
-            expires_at = int(_text(values[_EXPIRES_AT]))
+            expires_at = int(_text(values[_EXPIRES_AT])) / 1000
     data = values.get(_DATA) or b""
     message = Message(
         topic=topic,
@@ -780,7 +572,7 @@ def _decode(topic: str, entry_id: Any, fields: Mapping[Any, Any], count: int) ->
         id=_text(entry_id),
         delivery_count=max(count, 1),
     )
-    return _Delivery(message, expires_at)
+    return Delivery(message, expires_at=expires_at)
 
 
 # KEYS: stream; ARGV: group, consumer. Deletes the consumer only if nothing is pending for it.
