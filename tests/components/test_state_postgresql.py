@@ -251,6 +251,14 @@ async def test_expired_rows_are_deleted_by_the_periodic_cleanup(driver: Driver, 
     assert await rows(sql, f'SELECT key FROM "{table}"') == [("test-app||long",)]
 
 
+async def test_close_stops_the_periodic_cleanup(driver: Driver) -> None:
+    store = await driver(tableName=new_table("cleanup"), cleanupInterval="1s")
+    tasks = [t for t in asyncio.all_tasks() if t.get_name().endswith(" TTL cleanup")]
+    assert len(tasks) == 1
+    await store.close()
+    assert tasks[0].done()
+
+
 # --- query --------------------------------------------------------------------------------
 
 PEOPLE = {

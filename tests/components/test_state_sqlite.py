@@ -14,7 +14,6 @@ import pytest
 from mechakit.components.state.sqlite import SQLiteStateStore
 from mechakit.core import (
     BulkError,
-    ComponentError,
     ComponentMetadata,
     ConfigurationError,
     ConnectionFailedError,
@@ -24,6 +23,7 @@ from mechakit.core import (
     MetadataError,
     OperationTimeoutError,
 )
+from mechakit.core.component import ComponentNotOpenError
 from mechakit.core.state import TTL_EXPIRE_TIME, DeleteRequest, GetRequest, SetRequest
 
 Factory = Callable[..., Awaitable[SQLiteStateStore]]
@@ -329,5 +329,30 @@ async def test_close_is_idempotent_and_later_calls_fail_clearly(make_store: Fact
     store = await make_store()
     await store.close()
     await store.close()
-    with pytest.raises(ComponentError, match="closed"):
+    with pytest.raises(ComponentNotOpenError, match="closed"):
         await store.get(GetRequest("k"))
+
+
+def cleanup_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if "TTL cleanup" in t.get_name() and not t.done()]
+
+
+async def test_expired_rows_are_deleted_by_the_periodic_cleanup(
+    make_store: Factory, db: str
+) -> None:
+    store = await make_store(cleanupInterval="100ms")
+    await store.set(SetRequest("short", "v", metadata={"ttlInSeconds": "1"}))
+    await store.set(SetRequest("long", "v"))
+    await eventually(lambda: list(raw_rows(db)) == ["app||long"], within=5)
+
+
+async def test_close_stops_the_periodic_cleanup(make_store: Factory) -> None:
+    store = await make_store(cleanupInterval="1s")
+    assert [t.get_name() for t in cleanup_tasks()] == ["state.sqlite 'sqlite' TTL cleanup"]
+    await store.close()
+    assert cleanup_tasks() == []
+
+
+async def test_cleanup_interval_zero_runs_no_task(make_store: Factory) -> None:
+    await make_store(cleanupInterval="0")
+    assert cleanup_tasks() == []

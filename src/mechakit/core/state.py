@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from .component import Component, FeaturesMixin, SettingsT
-from .errors import BulkError, ComponentError, ETagError, ETagErrorKind, InvalidRequestError
+from .component import Component, ComponentMetadata, ComponentNotOpenError, FeaturesMixin, SettingsT
+from .errors import (
+    BulkError,
+    ComponentError,
+    ETagError,
+    ETagErrorKind,
+    InvalidRequestError,
+    MechakitError,
+)
 from .metadata import Settings, setting
 
 
@@ -317,6 +324,21 @@ class StateSettings(Settings):
     )
 
 
+def cleanup_interval_setting(default: timedelta, *, example: str) -> Any:
+    """The ``cleanupInterval`` field of a store that deletes expired items periodically
+    (see ``StateStore.clean_expired_every``)."""
+    return setting(
+        default,
+        name="cleanupInterval",
+        aliases=("cleanupIntervalInSeconds",),
+        description=(
+            "How often expired items are deleted; 0 turns the periodic cleanup off "
+            "(expired items are invisible either way)."
+        ),
+        example=example,
+    )
+
+
 @dataclass(frozen=True)
 class KeyPrefix:
     """Dapr's key prefix strategy: stored key = ``prefix||key`` unless the prefix is empty."""
@@ -386,13 +408,18 @@ class PreparedOperation:
     value: PreparedValue | None = None
 
 
+def checked_stored_key(key: str, prefix: KeyPrefix, *, component: str) -> str:
+    """``key`` with ``prefix`` applied; ``InvalidRequestError`` for an empty key."""
+    if not key:
+        raise InvalidRequestError("the key must not be empty", component=component, key=key)
+    return prefix.apply(key)
+
+
 def prepare_operation(
     request: TransactionOperation, prefix: KeyPrefix, *, component: str
 ) -> PreparedOperation:
     """Validate key, numeric ETag, value and TTL of one set or delete request."""
-    if not request.key:
-        raise InvalidRequestError("the key must not be empty", component=component, key="")
-    stored_key = prefix.apply(request.key)
+    stored_key = checked_stored_key(request.key, prefix, component=component)
     etag = parse_int_etag(request.etag, component=component, key=request.key)
     if isinstance(request, DeleteRequest):
         return PreparedOperation(request.key, stored_key, etag)
@@ -401,19 +428,27 @@ def prepare_operation(
             f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
             component=component,
         )
-    try:
-        data, is_binary = encode_value(request.value)
-        ttl = parse_ttl(request.metadata)
-    except InvalidRequestError as exc:
-        raise InvalidRequestError(exc.reason, component=component, key=request.key) from None
-    expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
     return PreparedOperation(
         request.key,
         stored_key,
         etag,
         request.first_write,
-        PreparedValue(data, is_binary, expires_at, ttl),
+        prepare_value(request, component=component),
     )
+
+
+def prepare_value(request: SetRequest, *, component: str) -> PreparedValue:
+    """The encoded value and the parsed ``ttlInSeconds`` of a set request; the errors name
+    the component and the key."""
+    try:
+        data, is_binary = encode_value(request.value)
+        ttl = parse_ttl(request.metadata)
+    except InvalidRequestError as exc:
+        raise InvalidRequestError(
+            exc.reason, component=component, key=request.key, field=exc.field
+        ) from None
+    expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
+    return PreparedValue(data, is_binary, expires_at, ttl)
 
 
 _Request = TypeVar("_Request", bound="SetRequest | DeleteRequest")
@@ -434,6 +469,8 @@ def prepare_each(
     for request in requests:
         try:
             prepared.append(prepare(request))
+        except ComponentNotOpenError:
+            raise  # the store's state, not the item's fault
         except ComponentError as exc:
             errors[request.key] = exc
     if errors:
@@ -444,35 +481,37 @@ def prepare_each(
 async def bulk_get_by_stored_key(
     requests: Sequence[GetRequest],
     prefix: KeyPrefix,
-    fetch: Callable[[list[str]], Awaitable[Mapping[str, StateItem]]],
+    fetch: Callable[[list[str]], Awaitable[Mapping[str, StateItem | Exception]]],
 ) -> list[BulkGetItem]:
     """Bulk get for stores that read many keys in one go.
 
-    ``fetch`` receives the distinct stored keys and returns the items it found, by stored
-    key. Entries come back in request order: an empty key is an error entry, a key not
-    found an entry with ``found`` False.
+    ``fetch`` receives the distinct stored keys and returns, by stored key, the items it
+    found and the errors of keys it could not read. Entries come back in request order: an
+    empty key is an error entry, a key not found an entry with ``found`` False.
     """
     stored = [prefix.apply(r.key) if r.key else "" for r in requests]
     wanted = list(dict.fromkeys(k for k in stored if k))
     found = await fetch(wanted) if wanted else {}
-    entries = []
-    for request, stored_key in zip(requests, stored, strict=True):
-        item = found.get(stored_key)
-        if not stored_key:
-            entries.append(BulkGetItem(key=request.key, error="the key must not be empty"))
-        elif item is None:
-            entries.append(BulkGetItem(key=request.key))
-        else:
-            entries.append(
-                BulkGetItem(
-                    key=request.key,
-                    value=item.value,
-                    etag=item.etag,
-                    metadata=item.metadata,
-                    found=True,
-                )
-            )
-    return entries
+    return [
+        bulk_get_entry(
+            request.key,
+            found.get(stored_key)
+            if stored_key
+            else InvalidRequestError("the key must not be empty"),
+        )
+        for request, stored_key in zip(requests, stored, strict=True)
+    ]
+
+
+def bulk_get_entry(key: str, result: StateItem | Exception | None) -> BulkGetItem:
+    """One bulk get entry: the item found, a key not found (None) or the key's error."""
+    if result is None:
+        return BulkGetItem(key=key)
+    if isinstance(result, Exception):
+        return BulkGetItem(key=key, error=str(result))
+    return BulkGetItem(
+        key=key, value=result.value, etag=result.etag, metadata=result.metadata, found=True
+    )
 
 
 # --- the contract -----------------------------------------------------------------------
@@ -481,7 +520,68 @@ _BULK_PARALLELISM = 32
 
 
 class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
-    """A key/value state store. Required: get, set, delete. Bulk defaults to single calls."""
+    """A key/value state store. Required: get, set, delete. Bulk defaults to single calls.
+
+    Helpers every store shares: ``key_prefix`` and ``stored_key`` (resolved from the
+    ``keyPrefix`` setting when the settings are decoded), ``prepare`` (a checked write with
+    a numeric ETag), and ``clean_expired_every`` (the periodic deletion of expired items,
+    in a task that ``close`` stops).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.__key_prefix = KeyPrefix("")
+
+    def decode_settings(self, metadata: ComponentMetadata) -> SettingsT:
+        settings = super().decode_settings(metadata)
+        strategy = settings.key_prefix if isinstance(settings, StateSettings) else "none"
+        self.__key_prefix = KeyPrefix.resolve(
+            strategy, app_id=metadata.app_id, component_name=metadata.name
+        )
+        return settings
+
+    @property
+    def key_prefix(self) -> KeyPrefix:
+        """Dapr's ``keyPrefix`` strategy resolved for this component (none without it)."""
+        return self.__key_prefix
+
+    def stored_key(self, key: str) -> str:
+        """The key as stored (with the prefix); ``InvalidRequestError`` for an empty key."""
+        return checked_stored_key(key, self.__key_prefix, component=self.label)
+
+    def prepare(self, request: TransactionOperation) -> PreparedOperation:
+        """``request`` checked for all that does not depend on stored data (key, numeric
+        ETag, value, TTL), with its stored key."""
+        return prepare_operation(request, self.__key_prefix, component=self.label)
+
+    async def bulk_get_stored(
+        self,
+        requests: Sequence[GetRequest],
+        fetch: Callable[[list[str]], Awaitable[Mapping[str, StateItem | Exception]]],
+    ) -> list[BulkGetItem]:
+        """``bulk_get`` for a store that reads many keys in one go: ``fetch`` gets the
+        distinct stored keys (see :func:`bulk_get_by_stored_key`)."""
+        self.require_open()
+        return await bulk_get_by_stored_key(requests, self.__key_prefix, fetch)
+
+    def clean_expired_every(
+        self, interval: timedelta, purge: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Call ``purge`` (delete the expired items) every ``interval`` until ``close``;
+        0 never. Called from ``open``. A failed purge is logged and tried again next time."""
+        seconds = interval.total_seconds()
+        if seconds > 0:
+            self.start_task(self.__clean_expired(seconds, purge), name="TTL cleanup")
+
+    async def __clean_expired(self, seconds: float, purge: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await purge()
+            except MechakitError as exc:
+                self.log.warning("%s: TTL cleanup failed, will retry: %s", self.label, exc.reason)
+            except Exception:
+                self.log.exception("%s: TTL cleanup failed, will retry", self.label)
 
     @abstractmethod
     async def get(self, request: GetRequest) -> StateItem | None:
@@ -498,20 +598,13 @@ class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """Per-key results in request order; a failure is reported in that key's entry."""
 
+        self.require_open()
+
         async def one(request: GetRequest) -> BulkGetItem:
             try:
-                item = await self.get(request)
+                return bulk_get_entry(request.key, await self.get(request))
             except Exception as exc:
-                return BulkGetItem(key=request.key, error=str(exc))
-            if item is None:
-                return BulkGetItem(key=request.key)
-            return BulkGetItem(
-                key=request.key,
-                value=item.value,
-                etag=item.etag,
-                metadata=item.metadata,
-                found=True,
-            )
+                return bulk_get_entry(request.key, exc)
 
         return await _bounded_gather([one(r) for r in requests])
 
@@ -530,18 +623,12 @@ class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
     def check_write(self, request: SetRequest | DeleteRequest) -> None:
         """Raise for what makes ``request`` invalid whatever is stored: an empty key, a value
         that is not JSON, a bad TTL. A store with its own ETag format checks that too."""
-        if not request.key:
-            raise InvalidRequestError("the key must not be empty", component=self.label, key="")
+        self.stored_key(request.key)
         if isinstance(request, SetRequest):
-            try:
-                encode_value(request.value)
-                parse_ttl(request.metadata)
-            except InvalidRequestError as exc:
-                raise InvalidRequestError(
-                    exc.reason, component=self.label, key=request.key
-                ) from None
+            prepare_value(request, component=self.label)
 
     async def _bulk(self, requests: Sequence[Any], op: Any) -> None:
+        self.require_open()
         prepare_each(requests, self.check_write, component=self.label)
 
         async def one(request: Any) -> tuple[str, Exception | None]:
@@ -557,7 +644,7 @@ class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
             raise BulkError(errors, component=self.label)
 
 
-class TransactionalStore(StateStore[SettingsT]):
+class TransactionalStore(StateStore[SettingsT], feature=StateFeature.TRANSACTIONAL):
     """A store whose ``transact`` applies every operation, in order, or none of them."""
 
     @abstractmethod
@@ -567,7 +654,7 @@ class TransactionalStore(StateStore[SettingsT]):
         """Apply all operations atomically; any failed ETag check leaves every key untouched."""
 
 
-class QueryableStore(StateStore[SettingsT]):
+class QueryableStore(StateStore[SettingsT], feature=StateFeature.QUERY_API):
     """A store that answers Dapr's state query language."""
 
     @abstractmethod

@@ -52,10 +52,8 @@ from pydantic import field_validator
 
 from mechakit.components._shared import aws
 from mechakit.components._shared.aws import AwsFailure, AwsSettings
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     ComponentError,
-    ConnectionFailedError,
     ETagError,
     ETagErrorKind,
     InvalidRequestError,
@@ -72,16 +70,14 @@ from mechakit.core.state import (
     Consistency,
     DeleteRequest,
     GetRequest,
-    KeyPrefix,
     SetRequest,
     StateFeature,
     StateItem,
     StateSettings,
     TransactionalStore,
     TransactionOperation,
-    encode_value,
     format_expire_time,
-    parse_ttl,
+    prepare_value,
 )
 
 
@@ -125,8 +121,7 @@ class DynamoDBStateSettings(AwsSettings, StateSettings):
 class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
     """Key/value state in DynamoDB: conditional writes for ETags, TTL, transactions."""
 
-    settings_model = DynamoDBStateSettings
-    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,7 +129,6 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         self._table = ""
         self._partition_key = "key"
         self._ttl_attribute = ""
-        self._prefix = KeyPrefix("")
 
     def features(self) -> frozenset[StateFeature]:
         """TTL only with ``ttlAttributeName``: without it there is nowhere to keep expiry."""
@@ -142,22 +136,15 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
             return frozenset(self.FEATURES)
         return frozenset(self.FEATURES - {StateFeature.TTL})
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         self._table = settings.table
         self._partition_key = settings.partition_key
         self._ttl_attribute = settings.ttl_attribute_name
-        self._prefix = KeyPrefix.resolve(
-            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
-        )
         self._client = await aws.client(settings, "dynamodb", component=self.label)
-        try:
-            await self._check_table()
-        except BaseException:
-            await self.close()
-            raise
+        await self._check_table()
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
@@ -166,7 +153,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         await self._call("describe table", self._dynamodb.describe_table, TableName=self._table)
 
     async def get(self, request: GetRequest) -> StateItem | None:
-        key = self._stored_key(request.key)
+        key = self.stored_key(request.key)
         reply = await self._call(
             "get",
             self._dynamodb.get_item,
@@ -204,44 +191,25 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """``BatchGetItem`` in chunks of 100; a key whose read failed carries its error."""
-        stored: dict[str, str] = {}
-        problems: dict[str, str] = {}
-        for request in requests:
-            try:
-                stored[request.key] = self._stored_key(request.key)
-            except MechakitError as exc:
-                problems[request.key] = str(exc)
-        wanted = list(dict.fromkeys(stored.values()))
         strong = any(r.consistency is Consistency.STRONG for r in requests)
-        found: dict[str, Mapping[str, Any]] = {}
-        failed: dict[str, str] = {}
-        for start in range(0, len(wanted), _BATCH_GET_LIMIT):
-            chunk = wanted[start : start + _BATCH_GET_LIMIT]
-            try:
-                found.update(await self._batch_get(chunk, strong))
-            except MechakitError as exc:
-                failed.update(dict.fromkeys(chunk, str(exc)))
-        now = time.time()
-        items = []
-        for request in requests:
-            key = stored.get(request.key)
-            error = problems.get(request.key) or (failed.get(key) if key else None)
-            item = self._item(request.key, found.get(key), now) if key else None
-            if error is not None:
-                items.append(BulkGetItem(key=request.key, error=error))
-            elif item is None:
-                items.append(BulkGetItem(key=request.key))
-            else:
-                items.append(
-                    BulkGetItem(
-                        key=request.key,
-                        value=item.value,
-                        etag=item.etag,
-                        metadata=item.metadata,
-                        found=True,
-                    )
-                )
-        return items
+
+        async def fetch(keys: list[str]) -> dict[str, StateItem | Exception]:
+            found: dict[str, StateItem | Exception] = {}
+            for start in range(0, len(keys), _BATCH_GET_LIMIT):
+                chunk = keys[start : start + _BATCH_GET_LIMIT]
+                try:
+                    items = await self._batch_get(chunk, strong)
+                except MechakitError as exc:
+                    found.update(dict.fromkeys(chunk, exc))
+                    continue
+                now = time.time()
+                for stored_key, attributes in items.items():
+                    item = self._item(stored_key, attributes, now)
+                    if item is not None:
+                        found[stored_key] = item
+            return found
+
+        return await self.bulk_get_stored(requests, fetch)
 
     async def transact(
         self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
@@ -287,16 +255,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
 
     @property
     def _dynamodb(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
-
-    def _stored_key(self, key: str) -> str:
-        if not key:
-            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
-        return self._prefix.apply(key)
+        return self.opened(self._client)
 
     def _key(self, stored_key: str) -> dict[str, Any]:
         return {self._partition_key: {"S": stored_key}}
@@ -311,22 +270,17 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
                 f"a transaction operation must be a SetRequest or DeleteRequest, got {request!r}",
                 component=self.label,
             )
-        stored_key = self._stored_key(request.key)
+        stored_key = self.stored_key(request.key)
         etag = self._parse_etag(request.key, request.etag)
         if isinstance(request, DeleteRequest):
             return _Write(request.key, stored_key, etag, first_write=False, item=None)
-        try:
-            data, is_binary = encode_value(request.value)
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
-        new_etag = uuid.uuid4().hex
+        value = prepare_value(request, component=self.label)
         item: dict[str, Any] = {
             self._partition_key: {"S": stored_key},
-            _VALUE: {"B": data} if is_binary else {"S": data.decode()},
-            _ETAG: {"S": new_etag},
+            _VALUE: {"B": value.data} if value.is_binary else {"S": value.data.decode()},
+            _ETAG: {"S": uuid.uuid4().hex},
         }
-        if ttl is not None and ttl > 0:
+        if value.expires_at is not None:
             if not self._ttl_attribute:
                 raise NotSupportedError(
                     "ttlInSeconds needs metadata 'ttlAttributeName' on this store",
@@ -334,7 +288,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
                     field="ttlAttributeName",
                     key=request.key,
                 )
-            item[self._ttl_attribute] = {"N": str(math.ceil(time.time() + ttl))}
+            item[self._ttl_attribute] = {"N": str(math.ceil(value.expires_at))}
         return _Write(request.key, stored_key, etag, request.first_write and not etag, item)
 
     def _parse_etag(self, key: str, etag: str | None) -> str | None:

@@ -13,22 +13,18 @@ written again. A write without ``ttlInSeconds`` stores the value without expiry 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ETagError, ETagErrorKind, InvalidRequestError
-from mechakit.core.metadata import Duration, setting
+from mechakit.core.errors import ETagError, ETagErrorKind
+from mechakit.core.metadata import Duration
 from mechakit.core.state import (
     TTL_EXPIRE_TIME,
     DeleteRequest,
     GetRequest,
-    KeyPrefix,
     PreparedOperation,
     SetRequest,
     StateFeature,
@@ -36,62 +32,39 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
+    cleanup_interval_setting,
     decode_value,
     format_expire_time,
-    prepare_operation,
 )
 
 
 class InMemorySettings(StateSettings):
-    cleanup_interval: Duration = setting(
-        timedelta(seconds=10),
-        name="cleanupInterval",
-        aliases=("cleanupIntervalInSeconds",),
-        description=(
-            "How often expired items are purged from memory; 0 turns the periodic purge off "
-            "(expired items are invisible either way, and purged when next touched)."
-        ),
-        example="10s",
-    )
+    cleanup_interval: Duration = cleanup_interval_setting(timedelta(seconds=10), example="10s")
 
 
 class InMemoryStateStore(TransactionalStore[InMemorySettings]):
     """Key/value state in process memory; lost when the process exits."""
 
-    settings_model = InMemorySettings
-    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
         self._items: dict[str, _Entry] = {}
         self._etags = itertools.count(1)
-        self._prefix = KeyPrefix("")
-        self._purger: asyncio.Task[None] | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._prefix = KeyPrefix.resolve(
-            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
-        )
-        interval = settings.cleanup_interval.total_seconds()
-        if interval > 0:
-            self._purger = asyncio.create_task(
-                self._purge_periodically(interval), name=f"{self.label} TTL cleanup"
-            )
+    async def open(self) -> None:
+        self.clean_expired_every(self.settings.cleanup_interval, self._purge_expired)
 
-    async def close(self) -> None:
-        purger, self._purger = self._purger, None
-        if purger is not None:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+    async def shut(self) -> None:
         self._items.clear()
 
     async def ping(self) -> None:
         """Memory always answers."""
+        self.require_open()
 
     async def get(self, request: GetRequest) -> StateItem | None:
-        entry = self._live(self._stored_key(request.key), time.time())
+        self.require_open()
+        entry = self._live(self.stored_key(request.key), time.time())
         if entry is None:
             return None
         return StateItem(
@@ -102,16 +75,19 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
         )
 
     async def set(self, request: SetRequest) -> None:
-        self._apply(self._prepare(request), time.time())
+        self.require_open()
+        self._apply(self.prepare(request), time.time())
 
     async def delete(self, request: DeleteRequest) -> None:
-        self._apply(self._prepare(request), time.time())
+        self.require_open()
+        self._apply(self.prepare(request), time.time())
 
     async def transact(
         self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
     ) -> None:
         """Apply every operation in order; on any failure restore the touched keys."""
-        prepared = [self._prepare(op) for op in operations]
+        self.require_open()
+        prepared = [self.prepare(op) for op in operations]
         before = {op.stored_key: self._items.get(op.stored_key) for op in prepared}
         now = time.time()
         try:
@@ -127,11 +103,6 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
 
     # --- helpers --------------------------------------------------------------------
 
-    def _stored_key(self, key: str) -> str:
-        if not key:
-            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
-        return self._prefix.apply(key)
-
     def _live(self, stored_key: str, now: float) -> _Entry | None:
         """The entry unless missing or expired; an expired one is dropped on the way."""
         entry = self._items.get(stored_key)
@@ -141,10 +112,7 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
         return entry
 
     def check_write(self, request: SetRequest | DeleteRequest) -> None:
-        self._prepare(request)
-
-    def _prepare(self, request: TransactionOperation) -> PreparedOperation:
-        return prepare_operation(request, self._prefix, component=self.label)
+        self.prepare(request)
 
     def _apply(self, op: PreparedOperation, now: float) -> None:
         current = self._live(op.stored_key, now)
@@ -165,17 +133,13 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
                 op.value.data, op.value.is_binary, next(self._etags), op.value.expires_at
             )
 
-    async def _purge_periodically(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            now = time.time()
-            expired = [
-                k
-                for k, e in self._items.items()
-                if e.expires_at is not None and e.expires_at <= now
-            ]
-            for stored_key in expired:
-                del self._items[stored_key]
+    async def _purge_expired(self) -> None:
+        now = time.time()
+        expired = [
+            k for k, e in self._items.items() if e.expires_at is not None and e.expires_at <= now
+        ]
+        for stored_key in expired:
+            del self._items[stored_key]
 
 
 @dataclass(frozen=True)

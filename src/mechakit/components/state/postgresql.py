@@ -29,8 +29,6 @@ lower case like unquoted SQL names, and then quoted.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -47,10 +45,8 @@ from mechakit.components._shared.postgresql import (
     qualified_name,
     quote_name,
 )
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     BulkError,
-    ComponentError,
     ConfigurationError,
     ETagError,
     ETagErrorKind,
@@ -74,11 +70,10 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
-    bulk_get_by_stored_key,
+    cleanup_interval_setting,
     decode_value,
     format_expire_time,
     prepare_each,
-    prepare_operation,
 )
 
 if TYPE_CHECKING:
@@ -100,13 +95,7 @@ class PostgreSQLStateSettings(PostgreSQLSettings, StateSettings):
         description="Table holding schema versions and cleanup times, optionally schema-qualified.",
         example="dapr_metadata",
     )
-    cleanup_interval: Duration = setting(
-        timedelta(hours=1),
-        name="cleanupInterval",
-        aliases=("cleanupIntervalInSeconds",),
-        description="How often expired rows are deleted; 0 turns the periodic cleanup off.",
-        example="1h",
-    )
+    cleanup_interval: Duration = cleanup_interval_setting(timedelta(hours=1), example="1h")
 
     @field_validator("table_name", "metadata_table_name")
     @classmethod
@@ -119,28 +108,15 @@ class PostgreSQLStateStore(
 ):
     """Key/value state in PostgreSQL: atomic ETag checks, TTL, transactions and queries."""
 
-    settings_model = PostgreSQLStateSettings
-    FEATURES = frozenset(
-        {
-            StateFeature.ETAG,
-            StateFeature.TRANSACTIONAL,
-            StateFeature.TTL,
-            StateFeature.QUERY_API,
-        }
-    )
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
         self._db: PostgreSQLPool | None = None
-        self._prefix = KeyPrefix("")
         self._sql = _Statements("state", "dapr_metadata")
-        self._cleaner: asyncio.Task[None] | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._prefix = KeyPrefix.resolve(
-            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
-        )
+    async def open(self) -> None:
+        settings = self.settings
         self._sql = _Statements(settings.table_name, settings.metadata_table_name)
         self._db = await open_pool(
             settings,
@@ -149,18 +125,9 @@ class PostgreSQLStateStore(
             prepare_field="tableName",
             prepare_what=f"table {settings.table_name!r}",
         )
-        interval = settings.cleanup_interval.total_seconds()
-        if interval > 0:
-            self._cleaner = asyncio.create_task(
-                self._clean_periodically(interval), name=f"{self.label} TTL cleanup"
-            )
+        self.clean_expired_every(settings.cleanup_interval, self._purge_expired)
 
-    async def close(self) -> None:
-        cleaner, self._cleaner = self._cleaner, None
-        if cleaner is not None:
-            cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await cleaner
+    async def shut(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             await db.close()
@@ -169,7 +136,7 @@ class PostgreSQLStateStore(
         await self._run(lambda conn: conn.execute("SELECT 1"), "ping")
 
     async def get(self, request: GetRequest) -> StateItem | None:
-        stored_key = self._stored_key(request.key)
+        stored_key = self.stored_key(request.key)
         rows = await self._run(
             lambda conn: self._select(conn, stored_key, one=True), "get", request.key
         )
@@ -183,7 +150,7 @@ class PostgreSQLStateStore(
             rows = await self._run(lambda conn: self._select(conn, keys), "bulk get")
             return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
 
-        return await bulk_get_by_stored_key(requests, self._prefix, fetch)
+        return await self.bulk_get_stored(requests, fetch)
 
     async def set(self, request: SetRequest) -> None:
         op = self._prepare(request)
@@ -218,7 +185,7 @@ class PostgreSQLStateStore(
         statement, params = self._query_sql(query)
         rows = await self._run(lambda conn: _fetch_all(conn, statement, params), "query")
         results = [
-            QueryItem(self._prefix.strip(key), decode_value(text.encode(), False), str(etag))
+            QueryItem(self.key_prefix.strip(key), decode_value(text.encode(), False), str(etag))
             for key, text, etag in rows
         ]
         token = None
@@ -228,14 +195,9 @@ class PostgreSQLStateStore(
 
     # --- preparing requests -----------------------------------------------------------
 
-    def _stored_key(self, key: str) -> str:
-        if not key:
-            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
-        return self._prefix.apply(key)
-
     def _prepare(self, request: TransactionOperation) -> _Operation:
         """Validate everything that does not depend on stored data, before anything is sent."""
-        op = prepare_operation(request, self._prefix, component=self.label)
+        op = self.prepare(request)
         if op.value is None:
             if op.etag is None:
                 return _Operation(op.key, self._sql.delete, {"key": op.stored_key}, False)
@@ -289,7 +251,7 @@ class PostgreSQLStateStore(
             raise BulkError(errors, component=self.label)
 
     def _query_sql(self, query: Query) -> tuple[str, list[Any]]:
-        params: list[Any] = [_like_prefix(self._prefix)]
+        params: list[Any] = [_like_prefix(self.key_prefix)]
         where = ["key LIKE %s", "value IS NOT NULL", _LIVE]
         if query.filter is not None:
             where.append(self._condition(query.filter, params))
@@ -378,9 +340,7 @@ class PostgreSQLStateStore(
         write: bool = False,
     ) -> T:
         """``body`` on a pooled connection within the timeout; driver errors become core errors."""
-        if self._db is None:
-            raise ComponentError("the store is closed or was not initialised", component=self.label)
-        return await self._db.run(body, what, key, write=write)
+        return await self.opened(self._db).run(body, what, key, write=write)
 
     async def _execute(
         self, conn: AsyncConnection[Any], ops: Sequence[_Operation], *, atomic: bool
@@ -455,8 +415,11 @@ class PostgreSQLStateStore(
                 await conn.execute(statement)
             await conn.execute(self._sql.write_meta, (self._sql.version_key, str(_SCHEMA_VERSION)))
 
-    async def _clean_periodically(self, interval: float) -> None:
-        async def clean(conn: AsyncConnection[Any]) -> None:
+    async def _purge_expired(self) -> None:
+        """Delete expired rows, unless another process did within ``cleanupInterval``."""
+        interval = self.settings.cleanup_interval.total_seconds()
+
+        async def purge(conn: AsyncConnection[Any]) -> None:
             async with conn.transaction():
                 claimed = await conn.execute(
                     self._sql.claim_cleanup, (self._sql.cleanup_key, interval)
@@ -464,12 +427,7 @@ class PostgreSQLStateStore(
                 if claimed.rowcount > 0:
                     await conn.execute(self._sql.purge)
 
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._run(clean, "delete expired rows")
-            except ComponentError as exc:
-                self.log.warning("%s: TTL cleanup failed, will retry: %s", self.label, exc.reason)
+        await self._run(purge, "delete expired rows")
 
 
 _SCHEMA_VERSION = 1

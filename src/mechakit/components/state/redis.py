@@ -47,10 +47,8 @@ from mechakit.components._shared.redis import (
     run_pipelined,
     same_slot_key,
 )
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     BulkError,
-    ConnectionFailedError,
     ETagError,
     ETagErrorKind,
     InvalidRequestError,
@@ -62,7 +60,6 @@ from mechakit.core.state import (
     BulkGetItem,
     DeleteRequest,
     GetRequest,
-    KeyPrefix,
     SetRequest,
     StateFeature,
     StateItem,
@@ -70,11 +67,10 @@ from mechakit.core.state import (
     TransactionalStore,
     TransactionOperation,
     decode_value,
-    encode_value,
     format_expire_time,
     parse_int_etag,
-    parse_ttl,
     prepare_each,
+    prepare_value,
 )
 
 
@@ -97,24 +93,17 @@ class RedisStateSettings(RedisSettings, StateSettings):
 class RedisStateStore(TransactionalStore[RedisStateSettings]):
     """Dapr's Redis state store, atomic per request and per transaction."""
 
-    settings_model = RedisStateSettings
-    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._prefix = KeyPrefix("")
-        self._default_ttl: int | None = None
         self._marker_seconds = 0
         """How long a write's marker lives; 0 when the client never sends a command twice."""
         self._cluster = False
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._prefix = KeyPrefix.resolve(
-            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
-        )
-        self._default_ttl = settings.ttl_in_seconds
+    async def open(self) -> None:
+        settings = self.settings
         self._client = await connect(settings, component=self.label)
         self._cluster = is_cluster(self._client)
         if settings.max_retries:
@@ -123,7 +112,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             attempt = settings.socket_timeout + max(settings.max_retry_backoff.total_seconds(), 0)
             self._marker_seconds = max(60, math.ceil(2 * (settings.max_retries + 1) * attempt))
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         await close_client(client)
 
@@ -133,7 +122,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
     async def get(self, request: GetRequest) -> StateItem | None:
         with redis_errors(self.label, key=request.key, action="get"):
-            reply = await _GET(self._redis, [self._prefix.apply(request.key)], [])
+            reply = await _GET(self._redis, [self.stored_key(request.key)], [])
         return self._item(request.key, reply)
 
     async def set(self, request: SetRequest) -> None:
@@ -151,28 +140,21 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """One pipeline; a key whose read failed carries the error in its entry."""
-        calls: list[ScriptCall] = [(_GET, [self._prefix.apply(r.key)], []) for r in requests]
-        results = await self._pipelined(calls, "bulk get")
-        items = []
-        for request, reply in zip(requests, results, strict=True):
-            if isinstance(reply, Exception):
-                error = map_error(reply, component=self.label, key=request.key, action="get")
-                items.append(BulkGetItem(key=request.key, error=str(error)))
-                continue
-            item = self._item(request.key, reply)
-            if item is None:
-                items.append(BulkGetItem(key=request.key))
-            else:
-                items.append(
-                    BulkGetItem(
-                        key=item.key,
-                        value=item.value,
-                        etag=item.etag,
-                        metadata=item.metadata,
-                        found=True,
+
+        async def fetch(keys: list[str]) -> dict[str, StateItem | Exception]:
+            replies = await self._pipelined([(_GET, [k], []) for k in keys], "bulk get")
+            found: dict[str, StateItem | Exception] = {}
+            for stored_key, reply in zip(keys, replies, strict=True):
+                key = self.key_prefix.strip(stored_key)
+                if isinstance(reply, Exception):
+                    found[stored_key] = map_error(
+                        reply, component=self.label, key=key, action="get"
                     )
-                )
-        return items
+                elif (item := self._item(key, reply)) is not None:
+                    found[stored_key] = item
+            return found
+
+        return await self.bulk_get_stored(requests, fetch)
 
     async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
         """One pipeline of independent writes; ``BulkError`` names each key that failed.
@@ -201,7 +183,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
                 op_keys, (data, binary, ttl, etag, first_write) = self._set_args(op)
                 args += ["s", etag, first_write, data, binary, ttl]
             elif isinstance(op, DeleteRequest):
-                op_keys = [self._prefix.apply(op.key)]
+                op_keys = [self.stored_key(op.key)]
                 args += ["d", self._etag(op.key, op.etag), "", b"", "", ""]
             else:
                 raise InvalidRequestError(
@@ -229,11 +211,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
 
     @property
     def _redis(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
     def _set_call(self, request: SetRequest) -> ScriptCall:
         """A write with an ETag or first-write runs the checking script; others the plain one."""
@@ -248,22 +226,12 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
     def _set_args(self, request: SetRequest) -> tuple[list[str], list[Any]]:
         """Keys and ARGV of the checking set script: data, binary, ttl, etag, first_write."""
         etag = self._etag(request.key, request.etag)
-        try:
-            data, binary = encode_value(request.value)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(exc.reason, component=self.label, key=request.key) from None
-        try:
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(
-                exc.reason, component=self.label, key=request.key, field="ttlInSeconds"
-            ) from None
-        if ttl is None:
-            ttl = self._default_ttl
+        value = prepare_value(request, component=self.label)
+        ttl = value.ttl if value.ttl is not None else self.settings.ttl_in_seconds
         first_write = "1" if request.first_write and not etag else ""
-        return [self._prefix.apply(request.key)], [
-            data,
-            "1" if binary else "",
+        return [self.stored_key(request.key)], [
+            value.data,
+            "1" if value.is_binary else "",
             "" if ttl is None else str(ttl),
             etag,
             first_write,
@@ -273,7 +241,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         return (_DELETE, *self._delete_call(request))
 
     def _delete_call(self, request: DeleteRequest) -> tuple[list[str], list[Any]]:
-        stored_key, etag = self._prefix.apply(request.key), self._etag(request.key, request.etag)
+        stored_key, etag = self.stored_key(request.key), self._etag(request.key, request.etag)
         marker = self._marker(stored_key) if etag else None
         if marker is None:
             return [stored_key], [etag]

@@ -33,16 +33,13 @@ from typing import Any, TypeVar
 
 from pydantic import field_validator
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     BulkError,
-    ComponentError,
     ConfigurationError,
     ConnectionFailedError,
     ETagError,
     ETagErrorKind,
     InvalidRequestError,
-    MechakitError,
     OperationTimeoutError,
 )
 from mechakit.core.metadata import Bool, Duration, setting
@@ -51,7 +48,6 @@ from mechakit.core.state import (
     BulkGetItem,
     DeleteRequest,
     GetRequest,
-    KeyPrefix,
     PreparedOperation,
     SetRequest,
     StateFeature,
@@ -59,11 +55,10 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
-    bulk_get_by_stored_key,
+    cleanup_interval_setting,
     decode_value,
     format_expire_time,
     prepare_each,
-    prepare_operation,
 )
 
 T = TypeVar("T")
@@ -103,13 +98,7 @@ class SQLiteSettings(StateSettings):
         description="How long a write waits for another connection's write lock.",
         example="2s",
     )
-    cleanup_interval: Duration = setting(
-        timedelta(hours=1),
-        name="cleanupInterval",
-        aliases=("cleanupIntervalInSeconds",),
-        description="How often expired rows are deleted; 0 turns the periodic cleanup off.",
-        example="1h",
-    )
+    cleanup_interval: Duration = cleanup_interval_setting(timedelta(hours=1), example="1h")
     disable_wal: Bool = setting(
         False,
         name="disableWAL",
@@ -128,23 +117,17 @@ class SQLiteSettings(StateSettings):
 class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
     """Key/value state in a SQLite file; ETags, TTL and transactions across processes."""
 
-    settings_model = SQLiteSettings
-    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TRANSACTIONAL, StateFeature.TTL})
+    FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._prefix = KeyPrefix("")
         self._sql = _Statements("state", "metadata")
         self._timeout: float | None = 20.0
-        self._cleaner: asyncio.Task[None] | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._prefix = KeyPrefix.resolve(
-            settings.key_prefix, app_id=metadata.app_id, component_name=metadata.name
-        )
+    async def open(self) -> None:
+        settings = self.settings
         self._sql = _Statements(settings.table_name, settings.metadata_table_name)
         timeout = settings.timeout.total_seconds()
         self._timeout = timeout if timeout > 0 else None
@@ -152,27 +135,15 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         try:
             self._conn = await self._call(lambda: self._connect(settings), "open the database")
             await self._run(self._migrate, "create the tables")
-        except MechakitError as exc:
-            await self.close()
-            if not isinstance(exc, ConnectionFailedError):
-                raise
+        except ConnectionFailedError as exc:
             raise ConnectionFailedError(
                 f"cannot open {settings.connection_string!r}: {exc.reason}",
                 component=self.label,
                 field="connectionString",
             ) from exc
-        interval = settings.cleanup_interval.total_seconds()
-        if interval > 0:
-            self._cleaner = asyncio.create_task(
-                self._clean_periodically(interval), name=f"{self.label} TTL cleanup"
-            )
+        self.clean_expired_every(settings.cleanup_interval, self._purge_expired)
 
-    async def close(self) -> None:
-        cleaner, self._cleaner = self._cleaner, None
-        if cleaner is not None:
-            cleaner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cleaner
+    async def shut(self) -> None:
         conn, self._conn = self._conn, None
         executor, self._executor = self._executor, None
         if executor is None:
@@ -186,7 +157,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         await self._run(lambda conn: conn.execute("SELECT 1").fetchall(), "ping")
 
     async def get(self, request: GetRequest) -> StateItem | None:
-        stored_key = self._stored_key(request.key)
+        stored_key = self.stored_key(request.key)
         rows = await self._run(
             lambda conn: self._select(conn, [stored_key], time.time()), "get", request.key
         )
@@ -200,16 +171,16 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             rows = await self._run(lambda conn: self._select(conn, keys, time.time()), "bulk get")
             return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
 
-        return await bulk_get_by_stored_key(requests, self._prefix, fetch)
+        return await self.bulk_get_stored(requests, fetch)
 
     async def set(self, request: SetRequest) -> None:
-        op = self._prepare(request)
+        op = self.prepare(request)
         await self._run(
             lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "set", op.key
         )
 
     async def delete(self, request: DeleteRequest) -> None:
-        op = self._prepare(request)
+        op = self.prepare(request)
         await self._run(
             lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "delete", op.key
         )
@@ -224,7 +195,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
     ) -> None:
         """All operations in order in one write transaction; any failure rolls back all."""
-        ops = [self._prepare(op) for op in operations]
+        ops = [self.prepare(op) for op in operations]
         if ops:
             await self._run(
                 lambda conn: self._write(conn, lambda: self._apply(conn, ops)), "transaction"
@@ -232,19 +203,11 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
 
     # --- preparing requests -----------------------------------------------------------
 
-    def _stored_key(self, key: str) -> str:
-        if not key:
-            raise InvalidRequestError("the key must not be empty", component=self.label, key=key)
-        return self._prefix.apply(key)
-
-    def _prepare(self, request: TransactionOperation) -> PreparedOperation:
-        return prepare_operation(request, self._prefix, component=self.label)
-
     async def _bulk(
         self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
     ) -> None:
         errors: dict[str, Exception] = {}
-        ops = prepare_each(requests, self._prepare, component=self.label)
+        ops = prepare_each(requests, self.prepare, component=self.label)
         if ops:
             errors.update(
                 await self._run(
@@ -258,9 +221,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
 
     async def _call(self, fn: Callable[[], T], what: str, key: str | None = None) -> T:
         """Run ``fn`` on the database thread; sqlite errors become core errors."""
-        if self._executor is None:
-            raise ComponentError("the store is closed or was not initialised", component=self.label)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        future = asyncio.get_running_loop().run_in_executor(self.opened(self._executor), fn)
         try:
             return await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
@@ -283,9 +244,7 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
     async def _run(
         self, fn: Callable[[sqlite3.Connection], T], what: str, key: str | None = None
     ) -> T:
-        conn = self._conn
-        if conn is None:
-            raise ComponentError("the store is closed or was not initialised", component=self.label)
+        conn = self.opened(self._conn)
         return await self._call(lambda: fn(conn), what, key)
 
     def _connect(self, settings: SQLiteSettings) -> sqlite3.Connection:
@@ -407,18 +366,13 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             (op.stored_key, value.data, int(value.is_binary), next(etags), value.expires_at, now),
         )
 
-    async def _clean_periodically(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._run(
-                    lambda conn: self._write(
-                        conn, lambda: conn.execute(self._sql.purge, (time.time(),)).rowcount
-                    ),
-                    "delete expired rows",
-                )
-            except ComponentError as exc:
-                self.log.warning("%s: TTL cleanup failed, will retry: %s", self.label, exc.reason)
+    async def _purge_expired(self) -> None:
+        await self._run(
+            lambda conn: self._write(
+                conn, lambda: conn.execute(self._sql.purge, (time.time(),)).rowcount
+            ),
+            "delete expired rows",
+        )
 
 
 _SCHEMA_VERSION = 1
