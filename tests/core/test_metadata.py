@@ -161,3 +161,13 @@ def test_field_docs_list_defaults_and_aliases() -> None:
     assert docs["enableTLS"].default == "false"
     assert docs["dialTimeout"].default == "5s"
     assert docs["redisPassword"].sensitive and docs["redisPassword"].default is None
+
+
+def test_a_dapr_name_that_is_the_field_name_in_camel_case_need_not_be_written() -> None:
+    class Derived(Settings):
+        table_name: str = setting("state", description="the table")
+        enable_tls: bool = setting(False, name="enableTLS")
+
+    settings = Derived.from_metadata({"TableName": "t", "enableTLS": "true"}, component="c")
+    assert (settings.table_name, settings.enable_tls) == ("t", True)
+    assert [f.name for f in Derived.fields_doc()] == ["tableName", "enableTLS"]

@@ -27,6 +27,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
 )
+from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 
 from .errors import MetadataError
@@ -173,14 +174,16 @@ Sensitive = SecretStr
 def setting(
     default: Any = ...,
     *,
-    name: str,
+    name: str | None = None,
     aliases: tuple[str, ...] = (),
     description: str = "",
     example: str | None = None,
 ) -> Any:
-    """Declare one metadata field: its Dapr name, aliases, default, docs and an example.
+    """Declare one metadata field: its default, docs, an example, and aliases.
 
-    ``...`` as default (the default) makes the field required.
+    ``...`` as default (the default) makes the field required. The Dapr name is the field's
+    name in camelCase (``table_name`` → ``tableName``); ``name`` is for the Dapr names that
+    are not (``enableTLS``), so that a name is written once.
     """
     extra: dict[str, Any] = {}
     if aliases:
@@ -211,7 +214,11 @@ class Settings(BaseModel):
     """
 
     model_config = ConfigDict(
-        validate_by_alias=True, validate_by_name=True, frozen=True, extra="ignore"
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+        frozen=True,
+        extra="ignore",
     )
 
     ignored_metadata: ClassVar[frozenset[str]] = frozenset()
