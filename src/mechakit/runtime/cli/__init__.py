@@ -2,8 +2,9 @@
 serve the Dapr HTTP API for an app (``run``) and write default components (``init``).
 
 One module per command (:mod:`.validate`, :mod:`.components`, :mod:`.conformance`,
-:mod:`.run`, :mod:`.init`), each with an ``add`` function registering its parser and handler
-in :func:`build_parser`. Each command imports what it needs when it runs, so ``mechakit
+:mod:`.run`, :mod:`.init`), each with its ``NAME``, ``HELP`` and ``DESCRIPTION`` and a
+``configure`` function that adds its arguments and handler to the parser
+:func:`build_parser` makes for it. Each command imports what it needs when it runs, so ``mechakit
 components list`` imports no backend SDK, and only ``mechakit run`` needs the packages of the
 ``sidecar`` extra (grpcio, uvicorn, starlette, httpx, dapr): without them it says what to
 install instead of failing with a traceback.
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in (validate, components, conformance, run, init):
-        command.add(commands)
+        command.configure(
+            commands.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION)
+        )
     return parser
 
 

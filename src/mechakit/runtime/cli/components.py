@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from mechakit.core.metadata import Settings
 
 
-def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "components",
-        help="list installed component types, or show one's metadata",
-        description="Inspect the component types installed plug-ins provide.",
-    )
+NAME = "components"
+HELP = "list installed component types, or show one's metadata"
+DESCRIPTION = "Inspect the component types installed plug-ins provide."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(title="actions", metavar="ACTION", required=True)
     listing = actions.add_parser(
         "list",

@@ -11,15 +11,17 @@ NEEDS = ("pytest", "pytest_asyncio")
 """What the ``conformance`` extra installs for running the suite."""
 
 
-def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "conformance",
-        help="run the conformance suite against the component in a YAML file",
-        description="Run every conformance test of the component's type against the first "
-        "Component in FILE ({tmp} in metadata values becomes a fresh folder per test). "
-        "Arguments after '--' go to pytest, e.g. 'mechakit conformance c.yaml -- -x -v'. "
-        "The exit code is pytest's.",
-    )
+NAME = "conformance"
+HELP = "run the conformance suite against the component in a YAML file"
+DESCRIPTION = (
+    "Run every conformance test of the component's type against the first "
+    "Component in FILE ({tmp} in metadata values becomes a fresh folder per test). "
+    "Arguments after '--' go to pytest, e.g. 'mechakit conformance c.yaml -- -x -v'. "
+    "The exit code is pytest's."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="a Dapr Component YAML file")
     parser.add_argument(
         "--only",

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+NAME = "init"
+HELP = "write the default components into $MECHAKIT_HOME/components (~/.mechakit)"
+DESCRIPTION = (
+    "Write Component YAML for a SQLite state store (statestore), in-memory "
+    "pub/sub (pubsub) and locks (lockstore) into the folder 'mechakit run' loads by "
+    "default. Files that exist are kept unless --force is given."
+)
 
-def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "init",
-        help="write the default components into $MECHAKIT_HOME/components (~/.mechakit)",
-        description="Write Component YAML for a SQLite state store (statestore), in-memory "
-        "pub/sub (pubsub) and locks (lockstore) into the folder 'mechakit run' loads by "
-        "default. Files that exist are kept unless --force is given.",
-    )
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite files that exist")
     parser.set_defaults(handler=_init)
 

@@ -36,17 +36,19 @@ def _port(text: str) -> int:
     return port
 
 
-def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "run",
-        help="serve the Dapr HTTP API over the components of a folder, and run the app",
-        description="Start the components, serve the Dapr HTTP API v1.0 on "
-        "--api-listen-address:--dapr-http-port, and run the command after '--' with "
-        "DAPR_HTTP_PORT, DAPR_GRPC_PORT and APP_ID set. SIGINT and SIGTERM are passed on to "
-        "the app; when it exits, mechakit stops and exits with its code, and when mechakit is "
-        "killed the app is killed too. Without a command "
-        "it serves until stopped. Set DAPR_API_TOKEN to require the dapr-api-token header.",
-    )
+NAME = "run"
+HELP = "serve the Dapr HTTP API over the components of a folder, and run the app"
+DESCRIPTION = (
+    "Start the components, serve the Dapr HTTP API v1.0 on "
+    "--api-listen-address:--dapr-http-port, and run the command after '--' with "
+    "DAPR_HTTP_PORT, DAPR_GRPC_PORT and APP_ID set. SIGINT and SIGTERM are passed on to "
+    "the app; when it exits, mechakit stops and exits with its code, and when mechakit is "
+    "killed the app is killed too. Without a command "
+    "it serves until stopped. Set DAPR_API_TOKEN to require the dapr-api-token header."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app-id", required=True, help="the app id (key prefix, event source)")
     parser.add_argument(
         "--resources-path",

@@ -17,15 +17,17 @@ if TYPE_CHECKING:
     from mechakit.runtime.manifest import ComponentManifest, Manifests
 
 
-def add(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "validate",
-        help="check Component, Subscription and Configuration YAML without connecting",
-        description="Load every manifest, resolve each component type, and decode each "
-        "component's metadata with its settings model; nothing connects to a backend and "
-        "secretKeyRef values are not read (only their secret store is checked). "
-        "Exits 1 when anything is wrong.",
-    )
+NAME = "validate"
+HELP = "check Component, Subscription and Configuration YAML without connecting"
+DESCRIPTION = (
+    "Load every manifest, resolve each component type, and decode each "
+    "component's metadata with its settings model; nothing connects to a backend and "
+    "secretKeyRef values are not read (only their secret store is checked). "
+    "Exits 1 when anything is wrong."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="folders or files of YAML")
     parser.set_defaults(handler=_validate)
 
