@@ -40,7 +40,7 @@ from mechakit.core.state import (
     TransactionalStore,
 )
 
-CATEGORIES = ("state",)
+CATEGORIES = ("state", "bindings")
 
 Operation = Callable[[Any], Awaitable[object]]
 

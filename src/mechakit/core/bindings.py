@@ -51,7 +51,11 @@ class OutputBinding(Component[SettingsT]):
     async def invoke(self, request: InvokeRequest) -> InvokeResponse: ...
 
     def check_operation(self, request: InvokeRequest) -> str:
-        """The operation, lower-cased; ``NotSupportedError`` naming the supported ones otherwise."""
+        """The operation, lower-cased; ``NotSupportedError`` naming the supported ones otherwise.
+
+        ``invoke`` starts with it: it also checks that the binding is open (``require_open``).
+        """
+        self.require_open()
         operation = request.operation.strip().lower()
         supported = [op.lower() for op in self.operations()]
         if operation not in supported:

@@ -41,9 +41,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from mechakit.components._shared import aws
 from mechakit.components._shared.aws import AwsFailure, AwsSettings
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
-    ConnectionFailedError,
     InvalidRequestError,
     MechakitError,
     MetadataError,
@@ -83,20 +81,16 @@ class S3Settings(AwsSettings):
 class S3Binding(OutputBinding[S3Settings]):
     """Create, get, delete, list and presign objects of one bucket."""
 
-    settings_model = S3Settings
-
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._settings: S3Settings | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         if not settings.bucket.strip():
             raise MetadataError(
                 "metadata 'bucket' must not be empty", component=self.label, field="bucket"
             )
-        self._settings = settings
         addressing = "path" if settings.force_path_style else "auto"
         self._client = await aws.client(
             settings,
@@ -104,13 +98,9 @@ class S3Binding(OutputBinding[S3Settings]):
             component=self.label,
             config={"s3": {"addressing_style": addressing}, "signature_version": "s3v4"},
         )
-        try:
-            await self._check_bucket()
-        except BaseException:
-            await self.close()
-            raise
+        await self._check_bucket()
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
@@ -142,7 +132,7 @@ class S3Binding(OutputBinding[S3Settings]):
     async def _create(self, request: InvokeRequest) -> InvokeResponse:
         key = _meta(request.metadata, "key") or str(uuid.uuid4())
         data = request.data
-        if self._flag(request.metadata, "decodeBase64", self._config.decode_base64):
+        if self._flag(request.metadata, "decodeBase64", self.settings.decode_base64):
             try:
                 data = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
@@ -157,7 +147,7 @@ class S3Binding(OutputBinding[S3Settings]):
         content_type = _meta(request.metadata, "contentType")
         if content_type:
             options["ContentType"] = content_type
-        storage_class = _meta(request.metadata, "storageClass") or self._config.storage_class
+        storage_class = _meta(request.metadata, "storageClass") or self.settings.storage_class
         if storage_class:
             options["StorageClass"] = storage_class
         reply = await self._call(
@@ -184,7 +174,7 @@ class S3Binding(OutputBinding[S3Settings]):
         data, content_type = await self._call(
             "get", _read_object, self._s3, self._bucket, key, key=key
         )
-        if self._flag(request.metadata, "encodeBase64", self._config.encode_base64):
+        if self._flag(request.metadata, "encodeBase64", self.settings.encode_base64):
             data = base64.b64encode(data)
         return InvokeResponse(data=data, metadata={"key": key}, content_type=content_type)
 
@@ -244,23 +234,11 @@ class S3Binding(OutputBinding[S3Settings]):
 
     @property
     def _s3(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
-
-    @property
-    def _config(self) -> S3Settings:
-        if self._settings is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._settings
+        return self.opened(self._client)
 
     @property
     def _bucket(self) -> str:
-        return self._config.bucket
+        return self.settings.bucket
 
     async def _call(
         self, action: str, fn: Any, *args: Any, key: str | None = None, **kwargs: Any
@@ -297,7 +275,7 @@ class S3Binding(OutputBinding[S3Settings]):
         """The object's URL, in the addressing style the client uses."""
         parts = urlsplit(str(self._s3.meta.endpoint_url))
         path = quote(key, safe="/~")
-        if self._config.force_path_style:
+        if self.settings.force_path_style:
             return urlunsplit((parts.scheme, parts.netloc, f"/{self._bucket}/{path}", "", ""))
         return urlunsplit((parts.scheme, f"{self._bucket}.{parts.netloc}", f"/{path}", "", ""))
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from mechakit.core.bindings import BindingEvent, InputBinding, InputHandler
-from mechakit.core.component import ComponentMetadata, Subscription, TaskSubscription
-from mechakit.core.errors import ComponentError, MetadataError
+from mechakit.core.component import Subscription, TaskSubscription
+from mechakit.core.errors import MetadataError
 from mechakit.core.metadata import Settings, setting
 
 from ._cron_schedule import Schedule, load_zone, parse_schedule
@@ -43,8 +43,6 @@ class CronSettings(Settings):
 
 
 class CronBinding(InputBinding[CronSettings]):
-    settings_model = CronSettings
-
     def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
         """``clock`` returns the current aware datetime; tests may pass their own."""
         super().__init__()
@@ -52,11 +50,9 @@ class CronBinding(InputBinding[CronSettings]):
         self._schedule: Schedule | None = None
         self._zone: tzinfo = UTC
         self._zone_name = "UTC"
-        self._subscriptions: set[TaskSubscription] = set()
-        self._closed = False
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         try:
             schedule = await asyncio.to_thread(parse_schedule, settings.schedule)
         except ValueError as exc:
@@ -81,32 +77,17 @@ class CronBinding(InputBinding[CronSettings]):
                 field="schedule",
             )
         self._schedule = schedule
-        self._closed = False
-
-    async def close(self) -> None:
-        self._closed = True
-        subscriptions, self._subscriptions = self._subscriptions, set()
-        for subscription in subscriptions:
-            await subscription.cancel()
 
     async def read(self, handler: InputHandler) -> Subscription:
-        if self._schedule is None or self._closed:
-            raise ComponentError(
-                "read needs an initialised, open binding (call init first)", component=self.label
-            )
-        task = asyncio.create_task(
-            self._fire_forever(self._schedule, handler), name=f"{self.label} schedule"
+        """Fire until the subscription is cancelled or the binding closed."""
+        task = self.start_task(
+            self._fire_forever(self.opened(self._schedule), handler), name="schedule"
         )
-        subscription = TaskSubscription(task)
-        self._subscriptions.add(subscription)
-        task.add_done_callback(lambda _: self._subscriptions.discard(subscription))
-        return subscription
+        return TaskSubscription(task)
 
     def next_fire(self, after: datetime) -> datetime | None:
         """When the schedule fires next after ``after`` (in the binding's zone)."""
-        if self._schedule is None:
-            raise ComponentError("the binding is not initialised", component=self.label)
-        return self._schedule.next_after(after.astimezone(self._zone))
+        return self.opened(self._schedule).next_after(after.astimezone(self._zone))
 
     async def _fire_forever(self, schedule: Schedule, handler: InputHandler) -> None:
         previous = self._clock().astimezone(self._zone)

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 from pydantic import field_validator
 
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OutputBinding
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
@@ -123,15 +122,12 @@ class HTTPNotFoundError(HTTPStatusError, NotFoundError):
 
 
 class HTTPBinding(OutputBinding[HTTPSettings]):
-    settings_model = HTTPSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._client: httpx.AsyncClient | None = None
-        self._settings: HTTPSettings | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         for name in ("mtls_root_ca", "mtls_client_cert", "mtls_client_key", "mtls_renegotiation"):
             if getattr(settings, name):
                 field = settings.dapr_name(name)
@@ -151,9 +147,8 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=15.0), follow_redirects=True
         )
-        self._settings = settings
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -165,11 +160,7 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
         import httpx
 
         operation = self.check_operation(request)
-        client, settings = self._client, self._settings
-        if client is None or settings is None:
-            raise ComponentError(
-                "the binding is not initialised or already closed", component=self.label
-            )
+        client, settings = self.opened(self._client), self.settings
         method = _OPERATIONS[operation]
         url = _join(settings.url, request.metadata.get("path", ""))
         shown = _safe(url)
@@ -246,8 +237,8 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
         headers = {"Accept": "application/json; charset=utf-8"}
         if has_body:
             headers["Content-Type"] = "application/json; charset=utf-8"
-        settings = self._settings
-        if settings is not None and settings.security_token and settings.security_token_header:
+        settings = self.settings
+        if settings.security_token and settings.security_token_header:
             headers[settings.security_token_header] = settings.security_token.get_secret_value()
         for key, value in metadata.items():
             if key[:1].isupper() or key in _TRACE_HEADERS:

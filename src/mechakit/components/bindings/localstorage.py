@@ -35,7 +35,6 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     ComponentError,
     InvalidRequestError,
@@ -56,22 +55,17 @@ class LocalStorageSettings(Settings):
 
 
 class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
-    settings_model = LocalStorageSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._root: Path | None = None
         self._name_max = 255
         self._path_max = 4096
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._root = await asyncio.to_thread(self._prepare_root, settings.root_path)
-        self._name_max = _path_limit(self._root, "PC_NAME_MAX", 255)
-        self._path_max = _path_limit(self._root, "PC_PATH_MAX", 4096)
-
-    async def close(self) -> None:
-        self._root = None
+    async def open(self) -> None:
+        root = await asyncio.to_thread(self._prepare_root, self.settings.root_path)
+        self._name_max = _path_limit(root, "PC_NAME_MAX", 255)
+        self._path_max = _path_limit(root, "PC_PATH_MAX", 4096)
+        self._root = root
 
     async def ping(self) -> None:
         root = self._require_root()
@@ -289,11 +283,7 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
         return path.relative_to(self._require_root()).as_posix()
 
     def _require_root(self) -> Path:
-        if self._root is None:
-            raise ComponentError(
-                "the binding is not initialised or already closed", component=self.label
-            )
-        return self._root
+        return self.opened(self._root)
 
     def _flag(self, metadata: Mapping[str, str], name: str) -> bool:
         value = metadata.get(name, "")

@@ -37,8 +37,7 @@ from mechakit.components._shared.postgresql import (
     open_pool,
 )
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OutputBinding
-from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ComponentError, InvalidRequestError, MechakitError
+from mechakit.core.errors import InvalidRequestError, MechakitError
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -58,17 +57,14 @@ class PostgreSQLBindingSettings(PostgreSQLSettings):
 class PostgreSQLBinding(OutputBinding[PostgreSQLBindingSettings]):
     """An output binding that runs parameterised SQL."""
 
-    settings_model = PostgreSQLBindingSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._db: PostgreSQLPool | None = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._db = await open_pool(settings, component=self.label)
+    async def open(self) -> None:
+        self._db = await open_pool(self.settings, component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         db, self._db = self._db, None
         if db is not None:
             await db.close()
@@ -125,13 +121,7 @@ class PostgreSQLBinding(OutputBinding[PostgreSQLBindingSettings]):
 
     @property
     def _pool(self) -> PostgreSQLPool:
-        if self._db is None:
-            raise ComponentError(
-                "the binding is closed (by close() or the 'close' operation) or was not "
-                "initialised",
-                component=self.label,
-            )
-        return self._db
+        return self.opened(self._db)
 
     def _params(self, request: InvokeRequest) -> list[Any]:
         raw = request.metadata.get(PARAMS)

@@ -25,7 +25,6 @@ from typing import Any
 
 from mechakit.components._shared.redis import RedisSettings, close_client, connect, redis_errors
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, OperationTimeoutError
 from mechakit.core.metadata import parse_bool
 from mechakit.core.state import parse_ttl
@@ -38,21 +37,16 @@ class RedisBindingSettings(RedisSettings):
 
 
 class RedisBinding(OutputBinding[RedisBindingSettings]):
-    settings_model = RedisBindingSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._settings: RedisBindingSettings | None = None
         self._once_client: Any = None
         self._once_lock = asyncio.Lock()
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._client = await connect(settings, component=self.label)
-        self._settings = settings
+    async def open(self) -> None:
+        self._client = await connect(self.settings, component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         once, self._once_client = self._once_client, None
         await close_client(client)
@@ -117,11 +111,8 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
         if self._once_client is None:
             async with self._once_lock:
                 if self._once_client is None:
-                    if self._settings is None:
-                        raise ConnectionFailedError(
-                            "the component is not initialised or closed", component=self.label
-                        )
-                    settings = self._settings.model_copy(update={"max_retries": 0})
+                    self.require_open()
+                    settings = self.settings.model_copy(update={"max_retries": 0})
                     self._once_client = await connect(settings, component=self.label)
         return self._once_client
 
@@ -146,11 +137,7 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
 
     @property
     def _redis(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
 
 async def _increment(redis: Any, key: str, ttl: int | None) -> int:
