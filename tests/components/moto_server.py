@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import pytest
 
-import mechakit.conformance.backends_aws  # noqa: F401  (registers the "moto" backend)
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-import mechakit.conformance.backends_postgres  # noqa: F401  (registers "postgresql")
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-import mechakit.conformance.backends_redis  # noqa: F401  (registers the "redis" backend)
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.registry import default_registry

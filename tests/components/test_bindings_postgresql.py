@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
 from mechakit.components.bindings.postgresql import PostgreSQLBinding, highest_placeholder
 from mechakit.conformance.backends import BackendInfo
 from mechakit.core.bindings import InvokeRequest, InvokeResponse

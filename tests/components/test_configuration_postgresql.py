@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
 from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.suites.configuration import Updates
 from mechakit.core.component import ComponentMetadata

@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 from lossy_proxy import LossyProxy, Mode
 
-import mechakit.conformance.backends_postgres  # noqa: F401  (registers the "postgresql" backend)
 from mechakit.conformance.backends import BackendInfo
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.component import ComponentMetadata

@@ -13,7 +13,6 @@ import pytest
 import pytest_asyncio
 from redis_server import assert_a_burst_waits_for_connections
 
-import mechakit.conformance.backends_redis  # noqa: F401  (registers "redis-cluster")
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.component import ComponentMetadata
 from mechakit.core.configuration import (

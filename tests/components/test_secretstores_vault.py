@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-import mechakit.conformance.backends_vault  # noqa: F401  (registers the "vault" backend)
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.conformance.backends_vault import CONFORMANCE
 from mechakit.core.component import ComponentMetadata

@@ -31,7 +31,6 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 
 import mechakit
-import mechakit.conformance.backends_redis  # registers the "redis" backend
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.state import SetRequest
 from mechakit.runtime.grpc_server import start_server
