@@ -40,7 +40,7 @@ from mechakit.core.state import (
     TransactionalStore,
 )
 
-CATEGORIES = ("state", "bindings")
+CATEGORIES = ("state", "bindings", "secretstores")
 
 Operation = Callable[[Any], Awaitable[object]]
 

@@ -17,9 +17,7 @@ from typing import Any
 
 from mechakit.components._shared import aws
 from mechakit.components._shared.aws import AwsFailure, AwsSettings
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
-    ConnectionFailedError,
     InvalidRequestError,
     MechakitError,
     SecretNotFoundError,
@@ -45,20 +43,16 @@ class ParameterStoreSettings(AwsSettings):
 class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
     """Dapr's AWS SSM Parameter Store: one key per secret, the secret's name."""
 
-    settings_model = ParameterStoreSettings
     FEATURES = frozenset[SecretStoreFeature]()
 
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._prefix = ""
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._prefix = settings.prefix
-        self._client = await aws.client(settings, "ssm", component=self.label)
+    async def open(self) -> None:
+        self._client = await aws.client(self.settings, "ssm", component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
@@ -73,7 +67,7 @@ class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
             raise InvalidRequestError(
                 "the secret name is empty", component=self.label, field="name"
             )
-        parameter = self._prefix + request.name
+        parameter = self.settings.prefix + request.name
         version = next(
             (v for k, v in request.metadata.items() if k.lower() == "version_id" and v), ""
         )
@@ -103,22 +97,22 @@ class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
 
     async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
         values: Mapping[str, str] = await aws.call(
-            _read_all, self._ssm, self._prefix, component=self.label, action="bulk get secrets"
+            _read_all,
+            self._ssm,
+            self.settings.prefix,
+            component=self.label,
+            action="bulk get secrets",
         )
         secrets = {}
         for parameter, value in values.items():
-            name = parameter[len(self._prefix) :]
+            name = parameter[len(self.settings.prefix) :]
             if name:
                 secrets[name] = {name: value}
         return secrets
 
     @property
     def _ssm(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
 
 def _read_all(client: Any, prefix: str) -> dict[str, str]:

@@ -19,9 +19,7 @@ from typing import Any
 
 from mechakit.components._shared import aws
 from mechakit.components._shared.aws import AwsFailure, AwsSettings
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
-    ConnectionFailedError,
     InvalidRequestError,
     MechakitError,
     SecretNotFoundError,
@@ -41,18 +39,16 @@ class SecretsManagerSettings(AwsSettings):
 class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
     """Dapr's AWS Secrets Manager store: one key per secret, the secret's name."""
 
-    settings_model = SecretsManagerSettings
     FEATURES = frozenset[SecretStoreFeature]()
 
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._client = await aws.client(settings, "secretsmanager", component=self.label)
+    async def open(self) -> None:
+        self._client = await aws.client(self.settings, "secretsmanager", component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
@@ -93,11 +89,7 @@ class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
 
     @property
     def _secrets(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
     async def _read(self, name: str, version: Mapping[str, str]) -> str | None:
         def missing(failure: AwsFailure) -> MechakitError:

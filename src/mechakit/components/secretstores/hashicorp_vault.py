@@ -29,7 +29,6 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, field_validator
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
@@ -136,24 +135,23 @@ class VaultSettings(Settings):
 class VaultSecretStore(SecretStore[VaultSettings]):
     """Secrets from a KV engine of HashiCorp Vault or OpenBao."""
 
-    settings_model = VaultSettings
     FEATURES = frozenset({SecretStoreFeature.MULTIPLE_KEY_VALUES_PER_SECRET})
 
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._settings: VaultSettings | None = None
         self._token_field = "vaultToken"
         self._bundle: Path | None = None
+        self._text_values = False
 
     def features(self) -> frozenset[SecretStoreFeature]:
-        if self._settings is not None and self._settings.vault_value_type is ValueType.TEXT:
+        if self._text_values:
             return frozenset()
         return super().features()
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._settings = settings
+    async def open(self) -> None:
+        settings = self.settings
+        self._text_values = settings.vault_value_type is ValueType.TEXT
         try:
             import hvac
         except ImportError:
@@ -168,7 +166,7 @@ class VaultSecretStore(SecretStore[VaultSettings]):
         )
         await self._call(lambda: self._client.auth.token.lookup_self(), "check the token")
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -208,7 +206,7 @@ class VaultSecretStore(SecretStore[VaultSettings]):
     # --- reading ------------------------------------------------------------------------
 
     async def _read(self, name: str, version: int | None) -> dict[str, str] | None:
-        settings = self._require_settings()
+        settings = self.settings
         path = self._path(name)
         kv = self._kv
         if settings.vault_kv_version == 2:
@@ -242,7 +240,7 @@ class VaultSecretStore(SecretStore[VaultSettings]):
 
     async def _list(self, folder: str) -> list[str]:
         """Secret names under ``folder`` (relative to the prefix), recursively."""
-        settings = self._require_settings()
+        settings = self.settings
         path = self._path(folder) if folder else settings.prefix
         kv = self._kv.v2 if settings.vault_kv_version == 2 else self._kv.v1
         response = await self._call(
@@ -260,21 +258,17 @@ class VaultSecretStore(SecretStore[VaultSettings]):
 
     @property
     def _kv(self) -> Any:
-        if self._client is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.label
-            )
-        return self._client.secrets.kv
+        return self.opened(self._client).secrets.kv
 
     def _path(self, name: str) -> str:
-        prefix = self._require_settings().prefix
+        prefix = self.settings.prefix
         return f"{prefix}/{name}" if prefix else name
 
     def _version(self, metadata: Any) -> int | None:
         raw = str(metadata.get(VERSION_ID, "") or "").strip()
         if not raw or raw == "0":
             return None
-        if self._require_settings().vault_kv_version == 1:
+        if self.settings.vault_kv_version == 1:
             raise InvalidRequestError(
                 f"request metadata {VERSION_ID!r} needs KV version 2 (vaultKVVersion is 1)",
                 component=self.label,
@@ -287,13 +281,6 @@ class VaultSecretStore(SecretStore[VaultSettings]):
                 field=VERSION_ID,
             )
         return int(raw)
-
-    def _require_settings(self) -> VaultSettings:
-        if self._settings is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.label
-            )
-        return self._settings
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -381,10 +368,7 @@ class VaultSecretStore(SecretStore[VaultSettings]):
         import hvac.exceptions as vault
         import requests
 
-        if self._client is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.label
-            )
+        self.opened(self._client)
         try:
             return await asyncio.to_thread(call)
         except MechakitError:
@@ -409,15 +393,14 @@ class VaultSecretStore(SecretStore[VaultSettings]):
             ) from None
         except requests.exceptions.SSLError as exc:
             raise MetadataError(
-                f"{what}: TLS with {self._require_settings().vault_addr} failed ({exc}); check "
+                f"{what}: TLS with {self.settings.vault_addr} failed ({exc}); check "
                 "caCert/caPath/caPem or tlsServerName",
                 component=self.label,
                 field="vaultAddr",
             ) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise ConnectionFailedError(
-                f"{what}: cannot reach Vault at {self._require_settings().vault_addr} "
-                f"({type(exc).__name__})",
+                f"{what}: cannot reach Vault at {self.settings.vault_addr} ({type(exc).__name__})",
                 component=self.label,
                 field="vaultAddr",
                 key=name,

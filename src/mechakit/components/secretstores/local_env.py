@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import InvalidRequestError, SecretNotFoundError
 from mechakit.core.metadata import Settings, setting
 from mechakit.core.secretstores import (
@@ -33,30 +32,27 @@ class LocalEnvSettings(Settings):
 
 
 class LocalEnvSecretStore(SecretStore[LocalEnvSettings]):
-    settings_model = LocalEnvSettings
     FEATURES = frozenset[SecretStoreFeature]()
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         """``environ`` defaults to ``os.environ``, read live on every call."""
         super().__init__()
         self._environ = os.environ if environ is None else environ
-        self._prefix = ""
-
-    async def init(self, metadata: ComponentMetadata) -> None:
-        self._prefix = self.decode_settings(metadata).prefix
 
     async def ping(self) -> None:
-        return None
+        self.require_open()
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
+        self.require_open()
+        prefix = self.settings.prefix
         if not request.name:
             raise InvalidRequestError(
                 "the secret name is empty", component=self.label, field="name"
             )
-        variable = self._prefix + request.name
+        variable = prefix + request.name
         value = self._environ.get(variable) if _exposed(variable) else None
         if value is None:
-            hint = f" (variable {variable!r})" if self._prefix else ""
+            hint = f" (variable {variable!r})" if prefix else ""
             if not _exposed(variable):
                 hint = f" ({variable!r} is never exposed: DAPR_* and APP_API_TOKEN are reserved)"
             raise SecretNotFoundError(
@@ -65,10 +61,12 @@ class LocalEnvSecretStore(SecretStore[LocalEnvSettings]):
         return {request.name: value}
 
     async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
+        self.require_open()
+        prefix = self.settings.prefix
         secrets: dict[str, dict[str, str]] = {}
         for variable, value in list(self._environ.items()):
-            name = variable.removeprefix(self._prefix)
-            if variable.startswith(self._prefix) and name and _exposed(variable):
+            name = variable.removeprefix(prefix)
+            if variable.startswith(prefix) and name and _exposed(variable):
                 secrets[name] = {name: value}
         return secrets
 

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.errors import InvalidRequestError, MetadataError, SecretNotFoundError
 from mechakit.core.metadata import Bool, Settings, setting
 from mechakit.core.secretstores import (
@@ -53,15 +52,13 @@ class LocalFileSettings(Settings):
 
 
 class LocalFileSecretStore(SecretStore[LocalFileSettings]):
-    settings_model = LocalFileSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._secrets: dict[str, dict[str, str]] = {}
         self._multi_valued = False
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         separator = settings.nested_separator or ":"
         document = await asyncio.to_thread(self._load, settings.secrets_file)
         try:
@@ -84,11 +81,11 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
             ) from None
         self._multi_valued = settings.multi_valued
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         self._secrets = {}
 
     async def ping(self) -> None:
-        return None
+        self.require_open()
 
     def features(self) -> frozenset[SecretStoreFeature]:
         if self._multi_valued:
@@ -96,6 +93,7 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
         return frozenset()
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
+        self.require_open()
         if not request.name:
             raise InvalidRequestError(
                 "the secret name is empty", component=self.label, field="name"
@@ -108,6 +106,7 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
         return dict(secret)
 
     async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
+        self.require_open()
         return {name: dict(secret) for name, secret in self._secrets.items()}
 
     def _load(self, file_name: str) -> dict[str, Any]:
