@@ -32,8 +32,9 @@ deleted: its visibility is set to its receive count in seconds (at most
 ``messageVisibilityTimeout``), so it comes back once a handler is there. Those receives
 count towards ``ApproximateReceiveCount`` and the redrive policy.
 
-Delivery is at-least-once: ``DeleteMessage`` only after the handler returned (deletes
-waiting while one is under way go out together in one batch). While a handler runs its
+Delivery is at-least-once, by the shared engine (``mechakit.core.delivery``) over the queue
+as its transport: ``DeleteMessage`` only after the handler returned (deletes waiting while
+one is under way go out together in one batch). While a handler runs its
 message's visibility is extended, so a slow handler does not get a duplicate. A failed
 message becomes visible again after 1, 2, 4… seconds (at most
 ``messageVisibilityTimeout``); ``Message.delivery_count`` is ``ApproximateReceiveCount``.
@@ -42,7 +43,8 @@ topic (published there, then deleted); else, with ``sqsDeadLettersQueueName``, S
 redrive policy moves it after ``messageReceiveLimit`` receives; else it is deleted with an
 error log (kept and retried with ``disableDeleteOnRetryLimit``). ``DropMessage`` deletes
 at once. A consumer that dies leaves its messages invisible until the visibility timeout
-ends; then another consumer of the queue gets them.
+ends; then another consumer of the queue gets them. A cancelled subscription gives running
+handlers ``messageVisibilityTimeout`` to finish and makes the rest visible again at once.
 
 FIFO (``fifo``): FIFO topics and queues with content-based deduplication (identical
 bodies published within 5 minutes are delivered once). The message group is the request
@@ -58,18 +60,22 @@ import binascii
 import contextlib
 import functools
 import json
+import math
 import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from mechakit.components._shared.aws import AwsSettings, call, client, map_error
-from mechakit.core.component import Backoff, ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.component import ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
 from mechakit.core.errors import (
+    BulkError,
+    ComponentError,
     ConnectionFailedError,
     InvalidRequestError,
     MetadataError,
@@ -78,12 +84,13 @@ from mechakit.core.errors import (
 )
 from mechakit.core.metadata import Bool, setting
 from mechakit.core.pubsub import (
-    DropMessage,
+    Delivery,
     Handler,
     Message,
     PublishRequest,
     PubSub,
     SubscribeRequest,
+    Transport,
 )
 
 
@@ -209,7 +216,8 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
         self._queue: _Queue | None = None
         self._subscribed_arns: set[str] = set()
         self._entities = asyncio.Lock()
-        self._consumer: _Consumer | None = None
+        self._receiver: tuple[_QueueTransport, DeliveryEngine] | None = None
+        """The queue's transport and engine, while some topic has a handler."""
 
     async def init(self, metadata: ComponentMetadata) -> None:
         settings = self.decode_settings(metadata)
@@ -242,9 +250,9 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             await self._queue_entity()
 
     async def close(self) -> None:
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            await receiver[1].stop()
         clients = [c for c in (self._sns, self._sqs) if c is not None]
         self._sns = self._sqs = None
         self._settings = None
@@ -279,11 +287,24 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
         topic_arn = await self._topic_arn(request.topic)
         queue = await self._queue_entity()
         await self._connect(topic_arn, request.topic, queue)
-        if self._consumer is None or self._consumer.stopping:
-            self._consumer = _Consumer(self, settings, queue)
-        route = _Route(request.topic, topic_arn, handler, request.dead_letter_topic or "")
-        self._consumer.add(route)
-        return _TopicSubscription(self._consumer, route)
+        if self._receiver is None or self._receiver[1].stopping:
+            transport = _QueueTransport(self, settings, queue)
+            engine = DeliveryEngine(transport, _policy(settings), label=self.label, log=self.log)
+            self._receiver = (transport, engine)
+        transport, engine = self._receiver
+        if topic_arn in transport.topics:
+            raise InvalidRequestError(
+                f"topic {request.topic!r} already has a handler on this component (one SQS "
+                "queue delivers each message once per consumerID; use another consumerID for a "
+                "second subscriber)",
+                component=self.label,
+                key=request.topic,
+            )
+        route = engine.subscribe(
+            request.topic, handler, dead_letter_topic=request.dead_letter_topic or ""
+        )
+        transport.topics[topic_arn] = request.topic
+        return _TopicSubscription(transport, topic_arn, route)
 
     # --- publishing ---------------------------------------------------------------------
 
@@ -545,9 +566,9 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
     ) -> Any:
         return await call(fn, *args, component=self.label, action=action, key=key, **kw)
 
-    def _forget(self, consumer: _Consumer) -> None:
-        if self._consumer is consumer:
-            self._consumer = None
+    def _forget(self, transport: _QueueTransport) -> None:
+        if self._receiver is not None and self._receiver[0] is transport:
+            self._receiver = None
 
 
 @dataclass(frozen=True)
@@ -557,154 +578,104 @@ class _Queue:
     arn: str
 
 
-@dataclass(frozen=True)
-class _Route:
-    topic: str
-    topic_arn: str
-    handler: Handler
-    dead_letter_topic: str
-
-
-@dataclass
-class _Received:
-    """A message between receiving and deleting (or giving back)."""
-
-    sqs_id: str
-    receipt: str
-    message: Message
-    route: _Route
-    group: str | None
-    done: bool = False
-    task: asyncio.Task[bool] | None = field(default=None, repr=False)
-
-
 class _TopicSubscription(Subscription):
-    def __init__(self, consumer: _Consumer, route: _Route) -> None:
-        self._consumer = consumer
+    """One topic's route on the queue's engine; the queue keeps receiving its messages."""
+
+    def __init__(self, queue: _QueueTransport, topic_arn: str, route: Subscription) -> None:
+        self._queue = queue
+        self._topic_arn = topic_arn
         self._route = route
         self._cancelled = False
 
     @property
     def active(self) -> bool:
-        return not self._cancelled and self._consumer.serves(self._route)
+        return not self._cancelled and self._route.active
 
     async def cancel(self) -> None:
-        """Stops handing this topic's messages to the handler; the queue keeps receiving them."""
-        if self._cancelled:
-            return
-        self._cancelled = True
-        await self._consumer.remove(self._route)
+        """From now on this topic's messages wait in the queue until it has a handler again."""
+        if not self._cancelled:
+            self._cancelled = True
+            self._queue.topics.pop(self._topic_arn, None)
+        await self._route.cancel()
 
 
-class _Consumer:
-    """The receive loop of one queue, dispatching to the handler of each message's topic."""
+class _QueueTransport(Transport):
+    """This consumer's SQS queue: long polls in a thread of its own, deletes, visibility.
+
+    Messages being handled are kept invisible (renewed every half visibility timeout), so a
+    slow handler gets no duplicate; a message of a topic without a handler is not deleted but
+    made visible again after its receive count in seconds.
+    """
 
     def __init__(self, pubsub: SnsSqsPubSub, settings: SnsSqsSettings, queue: _Queue) -> None:
+        self.source = f"SQS queue {queue.name!r}"
+        self.topics: dict[str, str] = {}
+        """Topic ARN → the topic name as subscribed, for the topics with a handler."""
         self._pubsub = pubsub
         self._settings = settings
         self._queue = queue
         self._sqs = pubsub._open()[1]
         self._label = pubsub.label
         self._log = pubsub.log
-        self._routes: dict[str, _Route] = {}
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._in_flight: dict[str, _Received] = {}
-        self._group_tail: dict[str, asyncio.Task[bool]] = {}
-        self._room = asyncio.Event()
-        self._room.set()
-        self._unsent_deletes: list[_Received] = []
-        self._deleting = False
+        self._held: dict[str, Delivery] = {}
+        """Received and not yet settled, by SQS message id: kept invisible."""
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"sqs-poll-{queue.name}")
         self._poll: asyncio.Future[Any] | None = None
-        self._loops: list[asyncio.Task[None]] = []
-        self.stopping = False
-        self._stopped = asyncio.Event()
+        self._renewer: asyncio.Task[None] | None = None
 
-    def add(self, route: _Route) -> None:
-        existing = self._routes.get(route.topic_arn)
-        if existing is not None:
-            raise InvalidRequestError(
-                f"topic {route.topic!r} already has a handler on this component (one SQS "
-                "queue delivers each message once per consumerID; use another consumerID for a "
-                "second subscriber)",
-                component=self._label,
-                key=route.topic,
-            )
-        self._routes[route.topic_arn] = route
-        if not self._loops:
-            name = f"{self._label} {self._queue.name}"
-            self._loops = [
-                asyncio.create_task(self._receive_loop(), name=f"receive {name}"),
-                asyncio.create_task(self._renew_loop(), name=f"renew {name}"),
-            ]
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name=f"renew {self.source}")
+        reply = await self._receive(min(max_count, self._settings.message_max_number))
+        return await self._accept(reply.get("Messages") or [])
 
-    def serves(self, route: _Route) -> bool:
-        return not self.stopping and self._routes.get(route.topic_arn) is route
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """DeleteMessageBatch, ten at a time; failures are reported per message."""
+        for delivery in deliveries:
+            self._held.pop(delivery.key, None)
+        failed: dict[str, Exception] = {}
+        for start in range(0, len(deliveries), 10):
+            batch = deliveries[start : start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(batch)]
+            try:
+                reply = await call(
+                    self._sqs.delete_message_batch,
+                    component=self._label,
+                    action=f"delete messages from SQS queue {self._queue.name!r}",
+                    QueueUrl=self._queue.url,
+                    Entries=entries,
+                )
+            except Exception as exc:
+                failed.update((d.key, exc) for d in batch)
+                continue
+            for item in reply.get("Failed") or []:
+                reason = str(item.get("Message") or item.get("Code"))
+                failed[batch[int(item["Id"])].key] = ComponentError(reason, component=self._label)
+        if failed:
+            raise BulkError(failed, component=self._label)
 
-    async def remove(self, route: _Route) -> None:
-        if self._routes.get(route.topic_arn) is route:
-            del self._routes[route.topic_arn]
-        if not self._routes:
-            await self.stop()
-            return
-        mine = [r.task for r in self._in_flight.values() if r.route is route and r.task]
-        current = asyncio.current_task()
-        mine = [t for t in mine if t is not current]
-        if mine:
-            await asyncio.wait(mine, timeout=self._settings.message_visibility_timeout)
+    async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        self._held.pop(delivery.key, None)
+        await self._set_visibility([(delivery.receipt, math.ceil(delay))])
 
-    async def stop(self) -> None:
-        """Stops receiving; running handlers may finish (bounded); the rest is given back."""
-        if self.stopping:
-            if asyncio.current_task() not in {r.task for r in self._in_flight.values()}:
-                await self._stopped.wait()
-            return
-        self.stopping = True
+    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
+        await self._pubsub._dead_letter(topic, delivery.message, delivery.ordering_key)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._held.pop(delivery.key, None)
+        await self._set_visibility([(d.receipt, 0) for d in deliveries])
+
+    async def close(self) -> None:
         try:
-            receive, renew = self._loops or (None, None)
-            if receive is not None:
-                await stop_tasks(receive)
             await self._give_back_last_poll()
-            current = asyncio.current_task()
-            waiting = [r for r in self._in_flight.values() if r.task is not None]
-            tasks = [r.task for r in waiting if r.task is not current and r.task is not None]
-            if tasks:
-                grace = self._settings.message_visibility_timeout
-                _done, late = await asyncio.wait(tasks, timeout=grace)
-                await stop_tasks(*late)
-            left = [r for r in self._in_flight.values() if not r.done]
-            await self._change_visibility(left, lambda _r: 0)
-            if renew is not None:
-                await stop_tasks(renew)
-            await self._flush_deletes()
+            left, self._held = list(self._held.values()), {}
+            await self._set_visibility_or_log([(d.receipt, 0) for d in left])
         finally:
+            if self._renewer is not None:
+                await stop_tasks(self._renewer)
             self._poller.shutdown(wait=False, cancel_futures=True)
             self._pubsub._forget(self)
-            self._stopped.set()
-
-    # --- receiving ----------------------------------------------------------------------
-
-    async def _receive_loop(self) -> None:
-        backoff = Backoff()
-        while not self.stopping:
-            room = await self._wait_for_room()
-            try:
-                reply = await self._receive(min(room, self._settings.message_max_number))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                delay = backoff.next()
-                self._log.warning(
-                    "%s: could not receive from SQS queue %r: %s; retrying in %.2gs",
-                    self._label,
-                    self._queue.name,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            backoff.reset()
-            await self._accept(reply.get("Messages") or [])
 
     async def _receive(self, count: int) -> Any:
         settings = self._settings
@@ -721,9 +692,8 @@ class _Consumer:
                 MessageAttributeNames=["All"],
             ),
         )
-        poll = self._poll
         try:
-            result = await asyncio.shield(poll)
+            result = await asyncio.shield(self._poll)  # cut short: close() gives it back
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -745,16 +715,10 @@ class _Consumer:
         except Exception:
             return
         receipts = [m["ReceiptHandle"] for m in reply.get("Messages") or []]
-        await self._set_visibility(list(zip(receipts, [0] * len(receipts), strict=True)))
+        await self._set_visibility_or_log([(r, 0) for r in receipts])
 
-    async def _wait_for_room(self) -> int:
-        limit = self._settings.max_in_flight
-        while len(self._in_flight) >= limit:
-            self._room.clear()
-            await self._room.wait()
-        return limit - len(self._in_flight)
-
-    async def _accept(self, messages: Sequence[Mapping[str, Any]]) -> None:
+    async def _accept(self, messages: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+        deliveries: list[Delivery] = []
         bounce: list[tuple[str, int]] = []
         vis = self._settings.message_visibility_timeout
         for raw in messages:
@@ -762,13 +726,13 @@ class _Consumer:
             count = max(int(attributes.get("ApproximateReceiveCount", 1)), 1)
             sqs_id = str(raw.get("MessageId", ""))
             receipt = str(raw["ReceiptHandle"])
-            known = self._in_flight.get(sqs_id)
-            if known is not None:
-                known.receipt = receipt  # seen again while still being handled here
+            held = self._held.get(sqs_id)
+            if held is not None:
+                held.receipt = receipt  # received again while still being handled here
                 continue
             envelope = _Envelope.parse(str(raw.get("Body", "")))
-            route = self._routes.get(envelope.topic_arn) if envelope is not None else None
-            if envelope is None or route is None:
+            topic = self.topics.get(envelope.topic_arn) if envelope is not None else None
+            if envelope is None or topic is None:
                 if envelope is None:
                     self._log.warning(
                         "%s: message %s in SQS queue %r is not an SNS notification (raw "
@@ -780,176 +744,25 @@ class _Consumer:
                     )
                 bounce.append((receipt, min(count, vis)))
                 continue
-            received = _Received(
-                sqs_id,
-                receipt,
-                envelope.message(route.topic, count),
-                route,
-                attributes.get("MessageGroupId"),
+            delivery = Delivery(
+                envelope.message(topic, count),
+                receipt=receipt,
+                ordering_key=attributes.get("MessageGroupId"),
+                key=sqs_id,
             )
-            self._start(received)
-        await self._set_visibility(bounce)
-
-    def _start(self, received: _Received) -> None:
-        after = self._group_tail.get(received.group) if received.group else None
-        task = asyncio.create_task(
-            self._deliver(received, after), name=f"{self._label} {received.sqs_id}"
-        )
-        received.task = task
-        self._in_flight[received.sqs_id] = received
-        if received.group:
-            self._group_tail[received.group] = task
-        task.add_done_callback(functools.partial(self._finished, received))
-
-    def _finished(self, received: _Received, task: asyncio.Task[bool]) -> None:
-        self._in_flight.pop(received.sqs_id, None)
-        if received.group and self._group_tail.get(received.group) is task:
-            del self._group_tail[received.group]
-        self._room.set()
-
-    # --- delivering ---------------------------------------------------------------------
-
-    async def _deliver(self, received: _Received, after: asyncio.Task[bool] | None) -> bool:
-        if after is not None:
-            await asyncio.wait([after])
-            if after.cancelled() or after.exception() is not None or not after.result():
-                received.done = True  # the group waits for the earlier message
-                await self._change_visibility([received], lambda _r: 0)
-                return False
-        message = received.message
-        async with self._slots:
-            if self.stopping or received.route.topic_arn not in self._routes:
-                received.done = True
-                await self._change_visibility([received], lambda _r: 0)
-                return False
-            try:
-                await received.route.handler(message)
-            except DropMessage as exc:
-                self._log.info(
-                    "%s: message %s on topic %r dropped by its handler%s",
-                    self._label,
-                    message.id,
-                    message.topic,
-                    f": {exc}" if str(exc) else "",
-                )
-            except Exception as exc:
-                received.done = True
-                await self._failed(received, exc)
-                return False
-        received.done = True
-        await self._delete(received)
-        return True
-
-    async def _failed(self, received: _Received, error: Exception) -> None:
-        message, settings = received.message, self._settings
-        retries = settings.message_retry_limit
-        if message.delivery_count > retries and await self._exhausted(received, error):
-            return
-        delay = min(2 ** min(message.delivery_count - 1, 16), settings.message_visibility_timeout)
-        self._log.warning(
-            "%s: handler failed on message %s of topic %r (delivery %d): %r; redelivering in %ds",
-            self._label,
-            message.id,
-            message.topic,
-            message.delivery_count,
-            error,
-            delay,
-        )
-        await self._change_visibility([received], lambda _r: delay)
-
-    async def _exhausted(self, received: _Received, error: Exception) -> bool:
-        """Gives up a message; False when it stays in the queue (redrive, or kept)."""
-        message, settings = received.message, self._settings
-        target = received.route.dead_letter_topic
-        if target and target != message.topic:
-            try:
-                await self._pubsub._dead_letter(target, message, received.group)
-            except Exception as exc:
-                self._log.warning(
-                    "%s: could not move message %s of topic %r to dead-letter topic %r: %s; "
-                    "it stays in the queue",
-                    self._label,
-                    message.id,
-                    message.topic,
-                    target,
-                    exc,
-                )
-                return False
-            self._log.warning(
-                "%s: message %s on topic %r failed %d deliveries (last error: %r); moved to "
-                "dead-letter topic %r",
-                self._label,
-                message.id,
-                message.topic,
-                message.delivery_count,
-                error,
-                target,
-            )
-            await self._delete(received)
-            return True
-        if settings.sqs_dead_letters_queue_name or settings.disable_delete_on_retry_limit:
-            return False
-        self._log.error(
-            "%s: message %s on topic %r failed %d deliveries (last error: %r) and was deleted "
-            "(no dead-letter topic or queue)",
-            self._label,
-            message.id,
-            message.topic,
-            message.delivery_count,
-            error,
-        )
-        await self._delete(received)
-        return True
-
-    async def _delete(self, received: _Received) -> None:
-        """Queues the delete; one caller at a time sends the queued ones in batches of 10."""
-        self._unsent_deletes.append(received)
-        if self._deleting:
-            return
-        self._deleting = True
-        try:
-            await self._flush_deletes()
-        finally:
-            self._deleting = False
-
-    async def _flush_deletes(self) -> None:
-        while self._unsent_deletes:
-            batch, self._unsent_deletes = self._unsent_deletes[:10], self._unsent_deletes[10:]
-            entries = [{"Id": str(i), "ReceiptHandle": r.receipt} for i, r in enumerate(batch)]
-            try:
-                reply = await call(
-                    self._sqs.delete_message_batch,
-                    component=self._label,
-                    action=f"delete messages from SQS queue {self._queue.name!r}",
-                    QueueUrl=self._queue.url,
-                    Entries=entries,
-                )
-                failed = reply.get("Failed") or []
-            except Exception as exc:
-                failed = [{"Id": e["Id"], "Message": str(exc)} for e in entries]
-            for item in failed:
-                self._log.warning(
-                    "%s: could not delete message %s from SQS queue %r (%s); it will be "
-                    "delivered again",
-                    self._label,
-                    batch[int(item["Id"])].message.id,
-                    self._queue.name,
-                    item.get("Message") or item.get("Code"),
-                )
+            self._held[sqs_id] = delivery
+            deliveries.append(delivery)
+        # Held before this await: if stopping cuts it short, close() gives them back.
+        await self._set_visibility_or_log(bounce)
+        return deliveries
 
     async def _renew_loop(self) -> None:
-        """Keeps messages being handled invisible, so a slow handler gets no duplicate."""
+        """Keeps held messages invisible, so a slow handler does not get a duplicate."""
         vis = self._settings.message_visibility_timeout
         every = max(vis / 2, 0.5)
         while True:
             await asyncio.sleep(every)
-            pending = [r for r in self._in_flight.values() if not r.done]
-            await self._change_visibility(pending, lambda _r: vis)
-
-    async def _change_visibility(
-        self, received: Sequence[_Received], seconds: Callable[[_Received], int]
-    ) -> None:
-        await self._set_visibility([(r.receipt, seconds(r)) for r in received])
+            await self._set_visibility_or_log([(d.receipt, vis) for d in self._held.values()])
 
     async def _set_visibility(self, changes: Sequence[tuple[str, int]]) -> None:
         for start in range(0, len(changes), 10):
@@ -957,22 +770,46 @@ class _Consumer:
                 {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
                 for i, (receipt, seconds) in enumerate(changes[start : start + 10])
             ]
-            try:
-                await call(
-                    self._sqs.change_message_visibility_batch,
-                    component=self._label,
-                    action=f"change message visibility in SQS queue {self._queue.name!r}",
-                    QueueUrl=self._queue.url,
-                    Entries=entries,
-                )
-            except Exception as exc:
-                self._log.warning(
-                    "%s: could not change the visibility of %d message(s) in SQS queue %r: %s",
-                    self._label,
-                    len(entries),
-                    self._queue.name,
-                    exc,
-                )
+            await call(
+                self._sqs.change_message_visibility_batch,
+                component=self._label,
+                action=f"change message visibility in SQS queue {self._queue.name!r}",
+                QueueUrl=self._queue.url,
+                Entries=entries,
+            )
+
+    async def _set_visibility_or_log(self, changes: Sequence[tuple[str, int]]) -> None:
+        try:
+            await self._set_visibility(changes)
+        except Exception as exc:
+            self._log.warning(
+                "%s: could not change the visibility of %d message(s) in SQS queue %r: %s",
+                self._label,
+                len(changes),
+                self._queue.name,
+                exc,
+            )
+
+
+def _policy(settings: SnsSqsSettings) -> DeliveryPolicy:
+    """Redelivery after 1, 2, 4… s (at most the visibility timeout) after a failure.
+
+    ApproximateReceiveCount also counts receives of a topic without a handler, so a message
+    is never given up before its handler saw it; with a dead-letter queue, or when failed
+    messages are kept, the queue's redrive policy (or nothing) ends its retries.
+    """
+    visibility = float(settings.message_visibility_timeout)
+    return DeliveryPolicy(
+        concurrency=settings.max_in_flight,
+        max_deliveries=settings.message_retry_limit + 1,
+        redelivery_delay=1.0,
+        max_redelivery_delay=visibility,
+        drop_exhausted=not (
+            settings.sqs_dead_letters_queue_name or settings.disable_delete_on_retry_limit
+        ),
+        give_up_on_receive=False,
+        stop_grace=visibility,
+    )
 
 
 @dataclass(frozen=True)
