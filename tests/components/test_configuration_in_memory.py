@@ -10,7 +10,7 @@ import pytest
 
 from mechakit.components.configuration.in_memory import InMemoryConfigurationStore
 from mechakit.conformance.suites.configuration import Updates
-from mechakit.core.component import ComponentMetadata
+from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
 from mechakit.core.configuration import (
     ConfigurationItem,
     ConfigurationUpdate,
@@ -194,6 +194,9 @@ async def test_close_ends_every_subscription(make: Factory) -> None:
     subscription_id = await store.subscribe(SubscribeConfigurationRequest(), updates)
     await store.close()
     await store.close()
+    with pytest.raises(ComponentNotOpenError):
+        await store.set_items({"a": "1"})
+    await store.init(ComponentMetadata("config", "configuration.in-memory"))
     await store.set_items({"a": "1"})
     await asyncio.sleep(0.01)
     assert updates.received == []

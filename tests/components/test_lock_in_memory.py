@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mechakit.components.lock.in_memory import InMemoryLockStore
-from mechakit.core.component import ComponentMetadata
+from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
 from mechakit.core.lock import TryLockRequest, UnlockRequest, UnlockStatus
 from mechakit.core.registry import default_registry
 
@@ -79,4 +79,7 @@ async def test_close_releases_every_lock(locks: InMemoryLockStore) -> None:
     assert await locks.try_lock(TryLockRequest("orders", "a", 5))
     await locks.close()
     await locks.close()
+    with pytest.raises(ComponentNotOpenError):
+        await locks.unlock(UnlockRequest("orders", "a"))
+    await locks.init(ComponentMetadata("locks", "lock.in-memory"))
     assert await locks.unlock(UnlockRequest("orders", "a")) is UnlockStatus.LOCK_DOES_NOT_EXIST

@@ -40,7 +40,7 @@ from mechakit.core.state import (
     TransactionalStore,
 )
 
-CATEGORIES = ("state", "bindings", "secretstores")
+CATEGORIES = ("state", "bindings", "secretstores", "lock", "configuration")
 
 Operation = Callable[[Any], Awaitable[object]]
 

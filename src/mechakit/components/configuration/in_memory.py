@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
@@ -44,27 +43,25 @@ class InMemoryConfigurationSettings(Settings):
 
 
 class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSettings]):
-    settings_model = InMemoryConfigurationSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._items: dict[str, ConfigurationItem] = {}
         self._versions: dict[str, int] = {}
         self._watches: dict[str, _Watch] = {}
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        if settings.items.strip():
-            await self.set_items(self._parse_items(settings.items))
+    async def open(self) -> None:
+        if self.settings.items.strip():
+            await self.set_items(self._parse_items(self.settings.items))
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         for subscription_id in list(self._watches):
-            await self.unsubscribe(subscription_id)
+            await self._stop(subscription_id)
 
     async def ping(self) -> None:
-        return None
+        self.require_open()
 
     async def get(self, request: GetConfigurationRequest) -> dict[str, ConfigurationItem]:
+        self.require_open()
         if not request.keys:
             return dict(self._items)
         return {key: self._items[key] for key in request.keys if key in self._items}
@@ -72,6 +69,7 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
     async def subscribe(
         self, request: SubscribeConfigurationRequest, handler: ConfigurationHandler
     ) -> str:
+        self.require_open()
         subscription_id = str(uuid.uuid4())
         watch = _Watch(frozenset(request.keys), handler)
         watch.task = asyncio.create_task(
@@ -82,6 +80,10 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """Stops delivery at once; a handler call already running is allowed to finish."""
+        self.require_open()
+        await self._stop(subscription_id)
+
+    async def _stop(self, subscription_id: str) -> None:
         watch = self._watches.pop(subscription_id, None)
         if watch is None:
             raise NotFoundError(
@@ -97,6 +99,7 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
 
     async def set_items(self, items: Mapping[str, str | ConfigurationItem]) -> None:
         """Writes items (a new version each) and tells the subscribers watching them."""
+        self.require_open()
         written: dict[str, ConfigurationItem] = {}
         for key, given in items.items():
             self._check_key(key)
@@ -124,6 +127,7 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
 
     async def delete_items(self, keys: Iterable[str]) -> None:
         """Removes items; subscribers watching them get an empty item. Missing keys are ignored."""
+        self.require_open()
         deleted: dict[str, ConfigurationItem] = {}
         for key in keys:
             self._check_key(key)

@@ -44,7 +44,6 @@ from mechakit.components._shared.postgresql import (
     qualified_name,
     quote_name,
 )
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
@@ -54,7 +53,6 @@ from mechakit.core.configuration import (
     SubscribeConfigurationRequest,
 )
 from mechakit.core.errors import (
-    ComponentError,
     ConfigurationError,
     ConnectionFailedError,
     InvalidRequestError,
@@ -104,11 +102,8 @@ class PostgreSQLConfigurationSettings(PostgreSQLSettings):
 class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSettings]):
     """Configuration items in a PostgreSQL table, with subscriptions through LISTEN/NOTIFY."""
 
-    settings_model = PostgreSQLConfigurationSettings
-
     def __init__(self) -> None:
         super().__init__()
-        self._settings: PostgreSQLConfigurationSettings | None = None
         self._db: PostgreSQLPool | None = None
         self._table = ""
         self._channel = ""
@@ -121,8 +116,8 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
         self._listen_task: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self._settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         self._table = settings.table
         self._channel = settings.notify_channel or default_channel(settings.table)
         self._db = await open_pool(
@@ -133,13 +128,10 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
             prepare_what=f"table {settings.table!r}",
         )
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
+        """The listener task is stopped already (the base stops the tasks it started)."""
         self._watches.clear()
-        task, self._listen_task = self._listen_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._listen_task = None
         await self._drop_listener()
         for _, waiter in self._pending:
             waiter.cancel()
@@ -159,6 +151,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
     async def subscribe(
         self, request: SubscribeConfigurationRequest, handler: ConfigurationHandler
     ) -> str:
+        self.require_open()
         channel = request.metadata.get(NOTIFY_CHANNEL) or self._channel
         if not _CHANNEL.fullmatch(channel):
             raise InvalidRequestError(
@@ -177,6 +170,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
         return subscription_id
 
     async def unsubscribe(self, subscription_id: str) -> None:
+        self.require_open()
         if self._watches.pop(subscription_id, None) is None:
             raise NotFoundError(
                 f"no subscription with id {subscription_id!r}", component=self.label
@@ -186,11 +180,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
 
     @property
     def _pool(self) -> PostgreSQLPool:
-        if self._db is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.label
-            )
-        return self._db
+        return self.opened(self._db)
 
     async def _prepare_table(self, conn: AsyncConnection[Any]) -> None:
         cursor = await conn.execute(_COLUMNS, (self._table,))
@@ -258,9 +248,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
         async with self._start_lock:
             if self._listen_task is None or self._listen_task.done():
                 self._listener = await self._open_listener({channel})
-                self._listen_task = asyncio.create_task(
-                    self._run(), name=f"{self.label} configuration listener"
-                )
+                self._listen_task = self.start_task(self._run(), name="configuration listener")
                 return
             if channel in self._listening:
                 return
@@ -274,7 +262,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
             ) from None
 
     async def _open_listener(self, channels: set[str]) -> AsyncConnection[Any]:
-        settings = self._require_settings()
+        settings = self.settings
         conn = await connect(settings, component=self.label)
         try:
             for channel in sorted(channels):
@@ -414,13 +402,6 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
             return False
         named_schema = payload.get("schema")
         return not (schema and named_schema is not None and str(named_schema).lower() != schema)
-
-    def _require_settings(self) -> PostgreSQLConfigurationSettings:
-        if self._settings is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.label
-            )
-        return self._settings
 
 
 def default_channel(table: str) -> str:

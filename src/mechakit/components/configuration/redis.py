@@ -32,7 +32,7 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata, stop_tasks
+from mechakit.core.component import stop_tasks
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
@@ -58,21 +58,17 @@ class RedisConfigurationSettings(RedisSettings):
 
 
 class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
-    settings_model = RedisConfigurationSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._settings: RedisConfigurationSettings | None = None
         self._watches: dict[str, _Watch] = {}
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        self._settings = self.decode_settings(metadata)
-        self._client = await connect(self._settings, component=self.label)
+    async def open(self) -> None:
+        self._client = await connect(self.settings, component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         for subscription_id in list(self._watches):
-            await self.unsubscribe(subscription_id)
+            await self._stop(subscription_id)
         client, self._client = self._client, None
         await close_client(client)
 
@@ -95,7 +91,8 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
     async def subscribe(
         self, request: SubscribeConfigurationRequest, handler: ConfigurationHandler
     ) -> str:
-        settings = self._require_settings()
+        self.require_open()
+        settings = self.settings
         nodes = await self._nodes()
         for node in nodes:
             await self._enable_notifications(node)
@@ -120,6 +117,10 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
         return subscription_id
 
     async def unsubscribe(self, subscription_id: str) -> None:
+        self.require_open()
+        await self._stop(subscription_id)
+
+    async def _stop(self, subscription_id: str) -> None:
         watch = self._watches.pop(subscription_id, None)
         if watch is None:
             raise NotFoundError(
@@ -130,18 +131,7 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
 
     @property
     def _redis(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
-
-    def _require_settings(self) -> RedisConfigurationSettings:
-        if self._settings is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._settings
+        return self.opened(self._client)
 
     async def _all_keys(self) -> list[str]:
         keys: dict[str, None] = {}
@@ -219,7 +209,7 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
                 else:
                     await pubsub.psubscribe(watch.prefix + "*")
                     expected = 1
-                timeout = self._require_settings().socket_timeout
+                timeout = self.settings.socket_timeout
                 async with asyncio.timeout(timeout):
                     while expected:
                         message = await pubsub.get_message(timeout=timeout)

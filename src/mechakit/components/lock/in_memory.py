@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mechakit.core.component import ComponentMetadata
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
 from mechakit.core.metadata import Settings
 
@@ -22,8 +21,6 @@ class InMemoryLockSettings(Settings):
 
 
 class InMemoryLockStore(LockStore[InMemoryLockSettings]):
-    settings_model = InMemoryLockSettings
-
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` is a monotonic seconds counter; tests pass their own to step time."""
         super().__init__()
@@ -31,17 +28,15 @@ class InMemoryLockStore(LockStore[InMemoryLockSettings]):
         self._leases: dict[str, _Lease] = {}
         self._expiries: list[tuple[float, str]] = []
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        self.decode_settings(metadata)
-
-    async def close(self) -> None:
+    async def shut(self) -> None:
         self._leases.clear()
         self._expiries.clear()
 
     async def ping(self) -> None:
-        return None
+        self.require_open()
 
     async def try_lock(self, request: TryLockRequest) -> bool:
+        self.require_open()
         now = self._clock()
         self._forget_expired(now)
         if request.resource_id in self._leases:
@@ -52,6 +47,7 @@ class InMemoryLockStore(LockStore[InMemoryLockSettings]):
         return True
 
     async def unlock(self, request: UnlockRequest) -> UnlockStatus:
+        self.require_open()
         self._forget_expired(self._clock())
         lease = self._leases.get(request.resource_id)
         if lease is None:

@@ -18,8 +18,7 @@ from mechakit.components._shared.redis import (
     connect,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.errors import MetadataError
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
 
 
@@ -28,14 +27,12 @@ class RedisLockSettings(RedisSettings):
 
 
 class RedisLockStore(LockStore[RedisLockSettings]):
-    settings_model = RedisLockSettings
-
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
+    async def open(self) -> None:
+        settings = self.settings
         if settings.redis_type is RedisType.CLUSTER:
             raise MetadataError(
                 "metadata 'redisType' 'cluster' is not supported: a lock must live on a single "
@@ -45,7 +42,7 @@ class RedisLockStore(LockStore[RedisLockSettings]):
             )
         self._client = await connect(settings, component=self.label)
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
         client, self._client = self._client, None
         await close_client(client)
 
@@ -67,11 +64,7 @@ class RedisLockStore(LockStore[RedisLockSettings]):
 
     @property
     def _redis(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
 
 # Returns an UnlockStatus number: 0 released, 1 no such lock, 2 held by another owner.
