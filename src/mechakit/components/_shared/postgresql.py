@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import field_validator
 
+from mechakit.core.component import ComponentNotOpenError
 from mechakit.core.errors import (
     ComponentError,
     ConfigurationError,
@@ -343,10 +344,8 @@ class PostgreSQLPool:
         import psycopg
 
         pool = self.pool
-        if pool is None:
-            raise ComponentError(
-                "the component is closed or was not initialised", component=self.component
-            )
+        if pool is None:  # closed while a caller still held it
+            raise ComponentNotOpenError(component=self.component)
 
         try:
             # asyncio.timeout, unlike wait_for, runs the body in this task: no task per statement.
