@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mechakit.core import ComponentMetadata, ETagError, ETagErrorKind, Settings, setting
+from mechakit.core import ETagError, ETagErrorKind, Settings, setting
 from mechakit.core.errors import ConnectionFailedError
 from mechakit.core.state import (
     DeleteRequest,
@@ -37,7 +37,8 @@ Record = dict[str, Any]
 
 
 class ShelfStateStore(StateStore[ShelfSettings]):
-    settings_model = ShelfSettings
+    """The type argument is the settings model: ``self.settings`` is a ``ShelfSettings``."""
+
     FEATURES = frozenset({StateFeature.ETAG})
 
     def __init__(self) -> None:
@@ -45,9 +46,10 @@ class ShelfStateStore(StateStore[ShelfSettings]):
         self._path = Path()
         self._lock = asyncio.Lock()
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._path = Path(settings.path)
+    async def open(self) -> None:
+        """``init``'s own step, once the settings are decoded. No ``shut``: no file stays
+        open between calls."""
+        self._path = Path(self.settings.path)
         await asyncio.to_thread(self._path.parent.mkdir, parents=True, exist_ok=True)
         await self._load()  # fail now, not on first use, if the file is unreadable
 
@@ -91,6 +93,9 @@ class ShelfStateStore(StateStore[ShelfSettings]):
         return version
 
     async def _load(self) -> dict[str, Record]:
+        """Every operation reads through here, so every one fails the same way (the base's
+        ``ComponentNotOpenError``) before ``init`` or after ``close``."""
+        self.require_open()
         try:
             text = await asyncio.to_thread(self._path.read_text)
         except FileNotFoundError:
