@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
-from mechakit.core.errors import ConnectionFailedError, InvalidRequestError
+from mechakit.core.errors import ConnectionFailedError, ETagErrorKind, InvalidRequestError
 from mechakit.core.metadata import Duration
 from mechakit.core.state import (
+    TTL_EXPIRE_TIME,
     DeleteRequest,
     GetRequest,
     SetRequest,
@@ -21,6 +22,7 @@ from mechakit.core.state import (
     StateSettings,
     StateStore,
     cleanup_interval_setting,
+    ttl_metadata,
 )
 
 
@@ -138,3 +140,23 @@ async def test_a_cleanup_interval_of_zero_starts_no_task() -> None:
 @pytest.fixture(autouse=True)
 def _warnings(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
+
+
+async def test_every_store_words_a_failed_etag_and_a_first_write_conflict_alike() -> None:
+    store = await open_store()
+    mismatch, conflict = store.etag_mismatch("k"), store.etag_mismatch("k", first_write=True)
+    assert (mismatch.kind, mismatch.key, mismatch.component) == (
+        ETagErrorKind.MISMATCH,
+        "k",
+        "state.counting 'counts'",
+    )
+    assert conflict.kind is ETagErrorKind.MISMATCH
+    assert "already exists and first-write was requested without an ETag" in conflict.reason
+
+
+def test_ttl_metadata_takes_epoch_seconds_or_a_datetime() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    expected = {TTL_EXPIRE_TIME: "2026-01-02T03:04:05Z"}
+    assert ttl_metadata(when) == expected
+    assert ttl_metadata(when.timestamp()) == expected
+    assert ttl_metadata(None) == {}

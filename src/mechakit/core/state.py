@@ -310,6 +310,28 @@ def format_expire_time(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def ttl_metadata(expires_at: float | datetime | None) -> dict[str, str]:
+    """An item's metadata for its expiry (epoch seconds or a datetime): ``ttlExpireTime``,
+    or nothing for an item that does not expire."""
+    if expires_at is None:
+        return {}
+    if not isinstance(expires_at, datetime):
+        expires_at = datetime.fromtimestamp(expires_at, UTC)
+    return {TTL_EXPIRE_TIME: format_expire_time(expires_at)}
+
+
+def etag_mismatch(key: str, *, first_write: bool = False, component: str) -> ETagError:
+    """The error of a failed ETag check, or of a first-write on a key that exists."""
+    if first_write:
+        return ETagError(
+            ETagErrorKind.MISMATCH,
+            f"key {key!r} already exists and first-write was requested without an ETag",
+            component=component,
+            key=key,
+        )
+    return ETagError(ETagErrorKind.MISMATCH, component=component, key=key)
+
+
 class StateSettings(Settings):
     """Settings every state store shares."""
 
@@ -548,6 +570,10 @@ class StateStore(FeaturesMixin[StateFeature], Component[SettingsT]):
     def stored_key(self, key: str) -> str:
         """The key as stored (with the prefix); ``InvalidRequestError`` for an empty key."""
         return checked_stored_key(key, self.__key_prefix, component=self.label)
+
+    def etag_mismatch(self, key: str, *, first_write: bool = False) -> ETagError:
+        """The error of a failed ETag check (or first-write on an existing key) for ``key``."""
+        return etag_mismatch(key, first_write=first_write, component=self.label)
 
     def prepare(self, request: TransactionOperation) -> PreparedOperation:
         """``request`` checked for all that does not depend on stored data (key, numeric

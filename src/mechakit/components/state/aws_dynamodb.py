@@ -45,7 +45,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import field_validator
@@ -65,7 +64,6 @@ from mechakit.core.errors import (
 )
 from mechakit.core.metadata import setting
 from mechakit.core.state import (
-    TTL_EXPIRE_TIME,
     BulkGetItem,
     Consistency,
     DeleteRequest,
@@ -76,8 +74,8 @@ from mechakit.core.state import (
     StateSettings,
     TransactionalStore,
     TransactionOperation,
-    format_expire_time,
     prepare_value,
+    ttl_metadata,
 )
 
 
@@ -359,12 +357,11 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         """The live item, or None when missing or expired."""
         if not attributes:
             return None
-        metadata: dict[str, str] = {}
+        expires: float | None = None
         if self._ttl_attribute and "N" in attributes.get(self._ttl_attribute, {}):
             expires = float(attributes[self._ttl_attribute]["N"])
             if expires <= now:
                 return None
-            metadata[TTL_EXPIRE_TIME] = format_expire_time(datetime.fromtimestamp(expires, UTC))
         stored = attributes.get(_VALUE, {})
         value: Any
         if "B" in stored:
@@ -376,7 +373,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
             except ValueError:
                 value = text.encode()  # written by something other than mechakit
         etag = attributes.get(_ETAG, {}).get("S")
-        return StateItem(key=key, value=value, etag=etag, metadata=metadata)
+        return StateItem(key=key, value=value, etag=etag, metadata=ttl_metadata(expires))
 
     async def _batch_get(
         self, stored_keys: list[str], strong: bool
@@ -470,14 +467,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         )
 
     def _etag_error(self, write: _Write) -> ETagError:
-        if write.first_write:
-            return ETagError(
-                ETagErrorKind.MISMATCH,
-                f"key {write.key!r} already exists and first-write was requested without an ETag",
-                component=self.label,
-                key=write.key,
-            )
-        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=write.key)
+        return self.etag_mismatch(write.key, first_write=write.first_write)
 
     def _cancellation_error(
         self, failure: AwsFailure, folded: Sequence[tuple[_Write, _Write]]

@@ -17,12 +17,10 @@ import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from mechakit.core.errors import ETagError, ETagErrorKind
 from mechakit.core.metadata import Duration
 from mechakit.core.state import (
-    TTL_EXPIRE_TIME,
     DeleteRequest,
     GetRequest,
     PreparedOperation,
@@ -34,7 +32,7 @@ from mechakit.core.state import (
     TransactionOperation,
     cleanup_interval_setting,
     decode_value,
-    format_expire_time,
+    ttl_metadata,
 )
 
 
@@ -71,7 +69,7 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
             key=request.key,
             value=decode_value(entry.data, entry.is_binary),
             etag=str(entry.etag),
-            metadata=_ttl_metadata(entry.expires_at),
+            metadata=ttl_metadata(entry.expires_at),
         )
 
     async def set(self, request: SetRequest) -> None:
@@ -118,14 +116,9 @@ class InMemoryStateStore(TransactionalStore[InMemorySettings]):
         current = self._live(op.stored_key, now)
         stored_etag = current.etag if current is not None else None
         if op.etag is not None and op.etag != stored_etag:
-            raise ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
+            raise self.etag_mismatch(op.key)
         if op.etag is None and op.first_write and current is not None:
-            raise ETagError(
-                ETagErrorKind.MISMATCH,
-                f"key {op.key!r} already exists (first-write without an ETag)",
-                component=self.label,
-                key=op.key,
-            )
+            raise self.etag_mismatch(op.key, first_write=True)
         if op.value is None:
             self._items.pop(op.stored_key, None)
         else:
@@ -149,9 +142,3 @@ class _Entry:
     etag: int
     expires_at: float | None
     """Seconds since the epoch; None for no expiry."""
-
-
-def _ttl_metadata(expires_at: float | None) -> dict[str, str]:
-    if expires_at is None:
-        return {}
-    return {TTL_EXPIRE_TIME: format_expire_time(datetime.fromtimestamp(expires_at, UTC))}

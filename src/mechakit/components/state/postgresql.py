@@ -48,13 +48,10 @@ from mechakit.components._shared.postgresql import (
 from mechakit.core.errors import (
     BulkError,
     ConfigurationError,
-    ETagError,
-    ETagErrorKind,
     InvalidRequestError,
 )
 from mechakit.core.metadata import Duration, setting
 from mechakit.core.state import (
-    TTL_EXPIRE_TIME,
     BulkGetItem,
     DeleteRequest,
     Filter,
@@ -72,8 +69,8 @@ from mechakit.core.state import (
     TransactionOperation,
     cleanup_interval_setting,
     decode_value,
-    format_expire_time,
     prepare_each,
+    ttl_metadata,
 )
 
 if TYPE_CHECKING:
@@ -225,16 +222,6 @@ class PostgreSQLStateStore(
             return _Operation(op.key, self._sql.insert_new, params, True, first_write=True)
         return _Operation(op.key, self._sql.upsert, params, False)
 
-    def _etag_error(self, op: _Operation) -> ETagError:
-        if op.first_write:
-            return ETagError(
-                ETagErrorKind.MISMATCH,
-                f"key {op.key!r} already exists (first-write without an ETag)",
-                component=self.label,
-                key=op.key,
-            )
-        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
-
     async def _bulk(
         self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
     ) -> None:
@@ -246,7 +233,7 @@ class PostgreSQLStateStore(
             )
             for op, ok in zip(ops, matched, strict=True):
                 if not ok:
-                    errors[op.key] = self._etag_error(op)
+                    errors[op.key] = self.etag_mismatch(op.key, first_write=op.first_write)
         if errors:
             raise BulkError(errors, component=self.label)
 
@@ -367,7 +354,7 @@ class PostgreSQLStateStore(
     def _raise_first_failure(self, ops: Sequence[_Operation], matched: Sequence[bool]) -> None:
         failed = next((op for op, ok in zip(ops, matched, strict=True) if not ok), None)
         if failed is not None:
-            raise self._etag_error(failed)
+            raise self.etag_mismatch(failed.key, first_write=failed.first_write)
 
     async def _select(
         self, conn: AsyncConnection[Any], keys: list[str] | str, *, one: bool = False
@@ -576,13 +563,7 @@ async def _fetch_all(
 
 
 def _item(key: str, row: _Row) -> StateItem:
-    return StateItem(key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
-
-
-def _ttl_metadata(expires_at: datetime | None) -> dict[str, str]:
-    if expires_at is None:
-        return {}
-    return {TTL_EXPIRE_TIME: format_expire_time(expires_at)}
+    return StateItem(key, row.value, str(row.etag), ttl_metadata(row.expires_at))
 
 
 __all__ = ["PostgreSQLStateSettings", "PostgreSQLStateStore"]

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import field_validator
@@ -50,13 +50,11 @@ from mechakit.components._shared.redis import (
 from mechakit.core.errors import (
     BulkError,
     ETagError,
-    ETagErrorKind,
     InvalidRequestError,
 )
 from mechakit.core.metadata import setting
 from mechakit.core.state import (
     MAX_TTL_SECONDS,
-    TTL_EXPIRE_TIME,
     BulkGetItem,
     DeleteRequest,
     GetRequest,
@@ -67,10 +65,10 @@ from mechakit.core.state import (
     TransactionalStore,
     TransactionOperation,
     decode_value,
-    format_expire_time,
     parse_int_etag,
     prepare_each,
     prepare_value,
+    ttl_metadata,
 )
 
 
@@ -253,14 +251,7 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
         return "" if version is None else str(version)
 
     def _etag_error(self, key: str, status: int) -> ETagError:
-        if status == _FIRST_WRITE_CONFLICT:
-            return ETagError(
-                ETagErrorKind.MISMATCH,
-                f"key {key!r} already exists and first-write was requested without an ETag",
-                component=self.label,
-                key=key,
-            )
-        return ETagError(ETagErrorKind.MISMATCH, component=self.label, key=key)
+        return self.etag_mismatch(key, first_write=status == _FIRST_WRITE_CONFLICT)
 
     def _item(self, key: str, reply: Sequence[Any] | None) -> StateItem | None:
         if not reply:
@@ -270,11 +261,8 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             value = decode_value(data, binary == b"1")
         except ValueError:
             value = bytes(data)  # written by something other than mechakit: hand back the bytes
-        metadata: dict[str, str] = {}
-        if int(pttl) > 0:
-            expires = datetime.now(UTC) + timedelta(milliseconds=int(pttl))
-            metadata[TTL_EXPIRE_TIME] = format_expire_time(expires)
-        return StateItem(key=key, value=value, etag=version.decode(), metadata=metadata)
+        expires_at = time.time() + int(pttl) / 1000 if int(pttl) > 0 else None
+        return StateItem(key, value, version.decode(), ttl_metadata(expires_at))
 
     async def _pipelined(
         self, calls: Sequence[ScriptCall], action: str, *, write: bool = False

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import field_validator
@@ -38,13 +38,11 @@ from mechakit.core.errors import (
     ConfigurationError,
     ConnectionFailedError,
     ETagError,
-    ETagErrorKind,
     InvalidRequestError,
     OperationTimeoutError,
 )
 from mechakit.core.metadata import Bool, Duration, setting
 from mechakit.core.state import (
-    TTL_EXPIRE_TIME,
     BulkGetItem,
     DeleteRequest,
     GetRequest,
@@ -57,8 +55,8 @@ from mechakit.core.state import (
     TransactionOperation,
     cleanup_interval_setting,
     decode_value,
-    format_expire_time,
     prepare_each,
+    ttl_metadata,
 )
 
 T = TypeVar("T")
@@ -345,14 +343,9 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
         found = conn.execute(self._sql.current_etag, (op.stored_key, now)).fetchall()
         stored_etag = found[0][0] if found else None
         if op.etag is not None and op.etag != stored_etag:
-            raise ETagError(ETagErrorKind.MISMATCH, component=self.label, key=op.key)
+            raise self.etag_mismatch(op.key)
         if op.etag is None and stored_etag is not None:
-            raise ETagError(
-                ETagErrorKind.MISMATCH,
-                f"key {op.key!r} already exists (first-write without an ETag)",
-                component=self.label,
-                key=op.key,
-            )
+            raise self.etag_mismatch(op.key, first_write=True)
 
     def _store(
         self, conn: sqlite3.Connection, op: PreparedOperation, etags: Iterator[int], now: float
@@ -426,10 +419,4 @@ class _Statements:
 
 
 def _item(key: str, row: _Row) -> StateItem:
-    return StateItem(key, row.value, str(row.etag), _ttl_metadata(row.expires_at))
-
-
-def _ttl_metadata(expires_at: float | None) -> dict[str, str]:
-    if expires_at is None:
-        return {}
-    return {TTL_EXPIRE_TIME: format_expire_time(datetime.fromtimestamp(expires_at, UTC))}
+    return StateItem(key, row.value, str(row.etag), ttl_metadata(row.expires_at))
