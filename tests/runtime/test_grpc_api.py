@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -188,11 +188,12 @@ async def test_a_transaction_with_a_stale_etag_leaves_every_key_untouched(stub: 
 
 
 async def test_unknown_components_are_invalid_argument_with_dapr_error_codes(stub: Any) -> None:
+    # The ErrorInfo reason: Dapr's richer-model reason where it has one, else the legacy code.
     calls = {
-        "ERR_STATE_STORE_NOT_FOUND": stub.GetState(
+        "DAPR_STATE_NOT_FOUND": stub.GetState(
             state_pb2.GetStateRequest(store_name="nope", key="k"), metadata=AUTH
         ),
-        "ERR_PUBSUB_NOT_FOUND": stub.PublishEvent(
+        "DAPR_PUBSUB_NOT_FOUND": stub.PublishEvent(
             pubsub_pb2.PublishEventRequest(pubsub_name="nope", topic="t"), metadata=AUTH
         ),
         "ERR_SECRET_STORE_NOT_FOUND": stub.GetSecret(
@@ -216,7 +217,8 @@ async def test_a_key_with_the_prefix_separator_is_rejected(stub: Any) -> None:
 async def test_query_on_a_store_without_the_query_api_is_unimplemented(stub: Any) -> None:
     request = state_pb2.QueryStateRequest(store_name="statestore", query="{}")
     error = await failure(stub.QueryStateAlpha1(request, metadata=AUTH))
-    assert error.code() is Code.UNIMPLEMENTED and reason(error) == "ERR_STATE_STORE_NOT_SUPPORTED"
+    assert error.code() is Code.UNIMPLEMENTED
+    assert reason(error) == "DAPR_STATE_QUERYING_NOT_SUPPORTED"
 
 
 async def test_secrets_outside_the_scopes_are_denied_and_missing_ones_not_found(
@@ -390,6 +392,31 @@ def start_sidecar(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sid
 def sidecar(start_sidecar: Sidecar) -> dict[str, str]:
     """``mechakit run`` with an API token."""
     return start_sidecar()
+
+
+def test_sdk_error_accessors_read_daprs_reasons_resources_and_field_violations(
+    sidecar: dict[str, str],
+) -> None:
+    from dapr.clients.exceptions import DaprGrpcError
+
+    with DaprClient() as dapr:
+        with pytest.raises(DaprGrpcError) as illegal:
+            dapr.save_state("statestore", "a||b", "v")
+        error: Any = illegal.value  # the SDK's accessors are untyped
+        assert error.code() is Code.INVALID_ARGUMENT
+        assert error.error_code() == "DAPR_STATE_ILLEGAL_KEY"
+        details = error.status_details()
+        assert details.resource_info["resource_type"] == "state"
+        assert details.resource_info["resource_name"] == "statestore"
+        assert details.bad_request["field_violations"][0]["field"] == "a||b"
+        with pytest.raises(DaprGrpcError) as missing:
+            dapr.get_state("nope", "k")
+        assert cast(Any, missing.value).error_code() == "DAPR_STATE_NOT_FOUND"
+        with pytest.raises(DaprGrpcError) as no_topic:
+            dapr.publish_event("pubsub", " ", "{}")
+        topic_error: Any = no_topic.value
+        assert topic_error.error_code() == "DAPR_PUBSUB_TOPIC_NAME_EMPTY"
+        assert topic_error.status_details().resource_info["resource_name"] == "pubsub"
 
 
 def test_sdk_state_round_trip_with_etags_bulk_delete_and_transactions(

@@ -621,3 +621,21 @@ def _segment(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
+
+
+async def test_errors_carry_daprs_richer_error_details(http: httpx.AsyncClient) -> None:
+    illegal = await http.post("/v1.0/state/statestore", json=[{"key": "a||b", "value": 1}])
+    assert illegal.status_code == 400 and error_code(illegal) == "ERR_MALFORMED_REQUEST"
+    info, resource, bad_request = illegal.json()["details"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert (info["reason"], info["domain"]) == ("DAPR_STATE_ILLEGAL_KEY", "dapr.io")
+    assert (resource["resourceType"], resource["resourceName"]) == ("state", "statestore")
+    assert bad_request["fieldViolations"][0]["field"] == "a||b"
+    missing = await http.get("/v1.0/state/nope/k")
+    assert error_code(missing) == "ERR_STATE_STORE_NOT_FOUND"
+    assert missing.json()["details"][0]["reason"] == "DAPR_STATE_NOT_FOUND"
+    unknown_bus = await http.post("/v1.0/publish/nope/orders", json={})
+    assert unknown_bus.status_code == 404
+    assert unknown_bus.json()["details"][0]["reason"] == "DAPR_PUBSUB_NOT_FOUND"
+    saved = await http.post("/v1.0/state/statestore", json=[{"key": "fine", "value": 1}])
+    assert saved.status_code == 204

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -92,17 +92,35 @@ T = TypeVar("T")
 
 
 class RpcFailure(Exception):
-    """An error answer: the gRPC status code, Dapr's ``ERR_…`` code and a message."""
+    """An error answer: the gRPC status code, the ``ErrorInfo`` reason (Dapr's ``DAPR_…``
+    reason where its richer error model has one, else the legacy ``ERR_…`` code), a
+    message, and the other ``google.rpc`` details (``ResourceInfo``, ``BadRequest``)."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        details: Sequence[Any] = (),
+    ) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.metadata, self.details = dict(metadata or {}), list(details)
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        """``grpc-status-details-bin``: a ``google.rpc.Status`` with an ``ErrorInfo``."""
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[info])
+        """``grpc-status-details-bin``: a ``google.rpc.Status`` with an ``ErrorInfo`` first,
+        where the SDK's ``DaprGrpcError.error_code()`` reads the reason."""
+        packed = []
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+        )
+        for detail in (info, *self.details):
+            entry = any_pb2.Any()
+            entry.Pack(detail)
+            packed.append(entry)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
         return ((_STATUS_DETAILS, status.SerializeToString()),)
 
 
@@ -119,7 +137,23 @@ GRPC_STATUS = {
 
 
 def _rpc_failure(error: DaprError) -> RpcFailure:
-    return RpcFailure(GRPC_STATUS[error.kind], error.code, error.message)
+    details: list[Any] = []
+    if error.error_reason is not None and error.resource is not None:
+        kind, name = error.resource
+        details.append(error_details_pb2.ResourceInfo(resource_type=kind, resource_name=name))
+    if error.error_reason is not None and error.violation is not None:
+        field, description = error.violation
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field, description=description
+        )
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    return RpcFailure(
+        GRPC_STATUS[error.kind],
+        error.error_reason or error.code,
+        error.message,
+        metadata=error.info,
+        details=details,
+    )
 
 
 async def _abort(context: Context, failure: RpcFailure) -> NoReturn:

@@ -83,14 +83,22 @@ T = TypeVar("T")
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status and Dapr's ``errorCode`` and ``message``."""
+    """An error answer: HTTP status, Dapr's ``errorCode`` and ``message``, and the
+    ``details`` of Dapr's richer error model (``ErrorInfo`` with the ``DAPR_…`` reason,
+    ``ResourceInfo``, ``BadRequest``) where there are any."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = details or []
 
     def response(self) -> Response:
-        return JSONResponse({"errorCode": self.code, "message": self.message}, self.status)
+        body: dict[str, Any] = {"errorCode": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return JSONResponse(body, self.status)
 
 
 def create_app(
@@ -540,7 +548,7 @@ def _guarded(handler: Handler) -> Handler:
             try:
                 return await handler(request)
             except DaprError as exc:
-                raise ApiError(http_status(exc), exc.code, exc.message) from exc
+                raise ApiError(http_status(exc), exc.code, exc.message, exc.details()) from exc
         except ApiError as exc:
             if exc.status >= 500:
                 log.warning("%s %s: %s", request.method, request.url.path, exc.message)

@@ -30,7 +30,7 @@ from mechakit.core.state import (
 
 from .service.errors import DaprError, invalid
 from .service.pubsub import EVENTS
-from .service.state import MALFORMED, check_key
+from .service.state import MALFORMED
 
 METADATA_PREFIX = "metadata."
 
@@ -84,9 +84,10 @@ def string_map(value: object, where: str) -> dict[str, str]:
 
 
 def key(value: object, where: str) -> str:
+    """A key's JSON type; the rules of keys are the service's (``check_key``)."""
     if not isinstance(value, str):
         raise malformed(f'{where}: "key" is a required field (a non-empty string)')
-    return check_key(value, where)
+    return value
 
 
 def etag(value: object, where: str) -> str | None:

@@ -28,7 +28,9 @@ class BindingsService:
         binding = self.binding(name)
         if not request.operation.strip():
             raise invalid(MALFORMED, "operation must be non-empty, e.g. create")
-        with failure("ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"):
+        with failure(
+            "ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}", ("binding", name)
+        ):
             if not isinstance(binding, OutputBinding):
                 raise NotSupportedError(
                     "it is an input binding only; it has no operations to invoke",

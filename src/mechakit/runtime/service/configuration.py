@@ -41,7 +41,9 @@ class ConfigurationService:
         store = self.store(name)
         request = GetConfigurationRequest(keys=list(keys), metadata=dict(metadata or {}))
         with failure(
-            "ERR_CONFIGURATION_GET", f"failed to get {list(keys)} from Configuration store {name}"
+            "ERR_CONFIGURATION_GET",
+            f"failed to get {list(keys)} from Configuration store {name}",
+            ("configuration", name),
         ):
             return await store.get(request)
 
@@ -58,6 +60,7 @@ class ConfigurationService:
         with failure(
             "ERR_CONFIGURATION_SUBSCRIBE",
             f"failed to subscribe {list(keys)} from Configuration store {name}",
+            ("configuration", name),
         ):
             return await store.subscribe(request, handler)
 
@@ -68,6 +71,7 @@ class ConfigurationService:
         with failure(
             "ERR_CONFIGURATION_UNSUBSCRIBE",
             f"failed to unsubscribe to configuration request {subscription_id}",
+            ("configuration", name),
         ):
             try:
                 await store.unsubscribe(subscription_id)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from mechakit.core.errors import (
     BulkError,
@@ -47,15 +47,86 @@ class ErrorKind(enum.Enum):
     INTERNAL = "internal"
 
 
-class DaprError(MechakitError):
-    """A failed call of the Dapr service: ``kind``, Dapr's ``ERR_…`` ``code``, a message.
+REASONS = {
+    "ERR_STATE_STORE_NOT_FOUND": "DAPR_STATE_NOT_FOUND",
+    "ERR_STATE_QUERY": "DAPR_STATE_QUERY_FAILED",
+    "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS": "DAPR_STATE_TOO_MANY_TRANSACTIONS",
+    "ERR_PUBSUB_EMPTY": "DAPR_PUBSUB_NAME_EMPTY",
+    "ERR_PUBSUB_NOT_FOUND": "DAPR_PUBSUB_NOT_FOUND",
+    "ERR_TOPIC_NAME_EMPTY": "DAPR_PUBSUB_TOPIC_NAME_EMPTY",
+    "ERR_PUBSUB_FORBIDDEN": "DAPR_PUBSUB_FORBIDDEN",
+    "ERR_PUBSUB_PUBLISH_MESSAGE": "DAPR_PUBSUB_PUBLISH_MESSAGE",
+    "ERR_PUBSUB_REQUEST_METADATA": "DAPR_PUBSUB_METADATA_DESERIALIZATION",
+    "ERR_PUBSUB_CLOUD_EVENTS_SER": "DAPR_PUBSUB_CLOUD_EVENT_CREATION",
+    "ERR_PUBSUB_EVENTS_SER": "DAPR_PUBSUB_UNMARSHAL_EVENTS",
+    "ERR_INVOKE_OUTPUT_BINDING": "DAPR_BINDING_INVOKE_OUTPUT_BINDING",
+    "ERR_TRY_LOCK": "DAPR_LOCK_TRY_LOCK_FAILED",
+    "ERR_UNLOCK": "DAPR_LOCK_UNLOCK_FAILED",
+}
+"""Dapr's richer-error-model ``reason`` for the legacy codes that have one (Dapr's
+``errorcodes`` table); a call may name a more precise one (``DAPR_STATE_ILLEGAL_KEY``)."""
 
-    A component's own error is kept as ``__cause__``.
+
+class DaprError(MechakitError):
+    """A failed call of the Dapr service: ``kind``, Dapr's legacy ``ERR_…`` ``code``, a
+    message, and what Dapr's richer error model adds: the reason (``error_reason``,
+    ``DAPR_…``, from :data:`REASONS` unless given), the ``resource`` (type and component name) and a
+    ``field`` violation (field, description). A component's own error is ``__cause__``.
     """
 
-    def __init__(self, kind: ErrorKind, code: str, message: str) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        code: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        resource: tuple[str, str] | None = None,
+        field: tuple[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.kind, self.code, self.message = kind, code, message
+        self.error_reason = reason or REASONS.get(code)
+        self.resource, self.violation = resource, field
+        self.info = dict(metadata or {})
         super().__init__(message)
+
+    def details(self) -> list[dict[str, Any]]:
+        """The ``details`` of Dapr's error body: ``google.rpc`` messages as protojson."""
+        if self.error_reason is None:
+            return []
+        found: list[dict[str, Any]] = [
+            {
+                "@type": TYPE_URL + "google.rpc.ErrorInfo",
+                "reason": self.error_reason,
+                "domain": DOMAIN,
+                "metadata": self.info,
+            }
+        ]
+        if self.resource is not None:
+            found.append(
+                {
+                    "@type": TYPE_URL + "google.rpc.ResourceInfo",
+                    "resourceType": self.resource[0],
+                    "resourceName": self.resource[1],
+                    "owner": "",
+                    "description": "",
+                }
+            )
+        if self.violation is not None:
+            found.append(
+                {
+                    "@type": TYPE_URL + "google.rpc.BadRequest",
+                    "fieldViolations": [
+                        {"field": self.violation[0], "description": self.violation[1]}
+                    ],
+                }
+            )
+        return found
+
+
+DOMAIN = "dapr.io"
+TYPE_URL = "type.googleapis.com/"
 
 
 HTTP_STATUS = {
@@ -82,16 +153,24 @@ def http_status(error: DaprError) -> int:
     return HTTP_STATUS_BY_CODE.get(error.code, HTTP_STATUS[error.kind])
 
 
-def invalid(code: str, message: str) -> DaprError:
-    return DaprError(ErrorKind.INVALID, code, message)
+def invalid(code: str, message: str, **rich: Any) -> DaprError:
+    """An INVALID error; ``rich``: ``reason``, ``resource``, ``field`` of :class:`DaprError`."""
+    return DaprError(ErrorKind.INVALID, code, message, **rich)
 
 
-def lookup(get: Callable[[str], T], name: str, code: str, message: str = "") -> T:
+def lookup(
+    get: Callable[[str], T],
+    name: str,
+    code: str,
+    message: str = "",
+    resource: tuple[str, str] | None = None,
+) -> T:
     """The component ``name`` from ``get``; an unknown one is INVALID with ``code``."""
     try:
         return get(name)
     except (NotFoundError, ConfigurationError) as exc:
-        raise invalid(code, f"{message}: {exc.reason}" if message else exc.reason) from None
+        text = f"{message}: {exc.reason}" if message else exc.reason
+        raise invalid(code, text, resource=resource) from None
 
 
 def kind_of(error: Exception) -> ErrorKind:
@@ -130,19 +209,22 @@ def _message(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def failure(code: str, what: str) -> Iterator[None]:
-    """Turn a component's error into the service's: ``code`` and ``what`` name the call."""
+def failure(code: str, what: str, resource: tuple[str, str] | None = None) -> Iterator[None]:
+    """Turn a component's error into the service's: ``code`` and ``what`` name the call,
+    ``resource`` the component (type, name) for Dapr's ``ResourceInfo``."""
     try:
         yield
     except DaprError:
         raise
     except PermissionDeniedError as exc:
-        raise DaprError(ErrorKind.DENIED, "ERR_PERMISSION_DENIED", f"{what}: {exc}") from exc
+        raise DaprError(
+            ErrorKind.DENIED, "ERR_PERMISSION_DENIED", f"{what}: {exc}", resource=resource
+        ) from exc
     except Exception as exc:
         kind = kind_of(exc)
         if kind in (ErrorKind.UNAVAILABLE, ErrorKind.INTERNAL):
             log.warning("%s: %s: %s", what, type(exc).__name__, exc)
-        raise DaprError(kind, code, f"{what}: {_message(exc)}") from exc
+        raise DaprError(kind, code, f"{what}: {_message(exc)}", resource=resource) from exc
 
 
 _CORE_ERROR: dict[ErrorKind, type[ComponentError]] = {

@@ -8,7 +8,7 @@ from typing import Any
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
 
-from .errors import failure, invalid, lookup
+from .errors import DaprError, failure, invalid, lookup
 from .state import MALFORMED
 
 
@@ -27,8 +27,8 @@ class LockService:
         try:
             request = TryLockRequest(resource_id, owner, expiry_seconds)
         except InvalidRequestError as exc:
-            raise invalid(MALFORMED, f"{exc.reason} in lock store {name}") from exc
-        with failure("ERR_TRY_LOCK", "failed to try acquiring lock"):
+            raise _bad_request(exc, name) from exc
+        with failure("ERR_TRY_LOCK", "failed to try acquiring lock", ("lock", name)):
             return await store.try_lock(request)
 
     async def unlock(self, name: str, resource_id: str, owner: str) -> UnlockStatus:
@@ -36,6 +36,24 @@ class LockService:
         try:
             request = UnlockRequest(resource_id, owner)
         except InvalidRequestError as exc:
-            raise invalid(MALFORMED, f"{exc.reason} in lock store {name}") from exc
-        with failure("ERR_UNLOCK", "failed to release lock"):
+            raise _bad_request(exc, name) from exc
+        with failure("ERR_UNLOCK", "failed to release lock", ("lock", name)):
             return await store.unlock(request)
+
+
+_REASONS = {
+    "resourceId": "DAPR_LOCK_RESOURCE_ID_EMPTY",
+    "lockOwner": "DAPR_LOCK_OWNER_EMPTY",
+    "expiryInSeconds": "DAPR_LOCK_EXPIRY_NOT_POSITIVE",
+}
+"""Dapr's reason for each lock request field a request got wrong."""
+
+
+def _bad_request(error: InvalidRequestError, store: str) -> DaprError:
+    return invalid(
+        MALFORMED,
+        f"{error.reason} in lock store {store}",
+        reason=_REASONS.get(error.field or ""),
+        resource=("lock", store),
+        field=(error.field, error.reason) if error.field else None,
+    )

@@ -57,7 +57,13 @@ class PubSubService:
         self.max_bulk_keys = max_bulk_keys
 
     def pubsub(self, name: str) -> PubSub[Any]:
-        return lookup(self._find, name, "ERR_PUBSUB_NOT_FOUND", f"pubsub {name} is not found")
+        return lookup(
+            self._find,
+            name,
+            "ERR_PUBSUB_NOT_FOUND",
+            f"pubsub {name} is not found",
+            ("pubsub", name),
+        )
 
     def envelope(
         self,
@@ -104,7 +110,9 @@ class PubSubService:
         raw = raw_payload(metadata)
         data, data_type = self.envelope(pubsub, topic, payload, content_type, metadata, raw=raw)
         with failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            f"error when publishing to topic {topic} in pubsub {name}",
+            ("pubsub", name),
         ):
             await pubsub.publish(PublishRequest(topic, data, data_type, dict(metadata)))
 
@@ -136,11 +144,17 @@ class PubSubService:
                 raise DaprError(exc.kind, exc.code, f"entry {i}: {exc.message}") from None
             ready.append(replace(entry, data=data, content_type=data_type, metadata=entry_metadata))
         with failure(
-            "ERR_PUBSUB_PUBLISH_MESSAGE", f"error when publishing to topic {topic} in pubsub {name}"
+            "ERR_PUBSUB_PUBLISH_MESSAGE",
+            f"error when publishing to topic {topic} in pubsub {name}",
+            ("pubsub", name),
         ):
             return await pubsub.bulk_publish(BulkPublishRequest(topic, ready, dict(metadata)))
 
 
 def _check_topic(topic: str, pubsub: str) -> None:
     if not topic.strip():
-        raise invalid("ERR_TOPIC_NAME_EMPTY", f"topic is empty in pubsub {pubsub}")
+        raise invalid(
+            "ERR_TOPIC_NAME_EMPTY",
+            f"topic is empty in pubsub {pubsub}",
+            resource=("pubsub", pubsub),
+        )

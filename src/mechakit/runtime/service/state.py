@@ -29,23 +29,31 @@ KEY_SEPARATOR = "||"
 """Dapr joins app id and key with ``||``, so a key may not hold it."""
 
 
-def check_key(key: str, where: str = "key") -> str:
-    """A key Dapr accepts: not empty and without ``||``."""
+def check_key(key: str, where: str, store: str) -> str:
+    """A key Dapr accepts: not empty and without ``||`` (``DAPR_STATE_ILLEGAL_KEY``)."""
     if not key:
-        raise invalid(MALFORMED, f'{where}: "key" is a required field (a non-empty string)')
-    if KEY_SEPARATOR in key:
-        raise invalid(MALFORMED, f"{where}: input key/keyPrefix {key!r} can't contain '||'")
-    return key
+        problem = '"key" is a required field (a non-empty string)'
+    elif KEY_SEPARATOR in key:
+        problem = f"input key/keyPrefix {key!r} can't contain '||'"
+    else:
+        return key
+    raise invalid(
+        MALFORMED,
+        f"{where}: {problem}",
+        reason="DAPR_STATE_ILLEGAL_KEY",
+        resource=("state", store),
+        field=(key, problem),
+    )
 
 
-def check_write(request: SetRequest | DeleteRequest, where: str) -> None:
+def check_write(request: SetRequest | DeleteRequest, where: str, store: str) -> None:
     """The rules of a write that need no store: its key, and its TTL when it is a set."""
-    check_key(request.key, where)
+    check_key(request.key, where, store)
     if isinstance(request, SetRequest):
         try:
             parse_ttl(request.metadata)
         except InvalidRequestError as exc:
-            raise invalid(MALFORMED, f"{where}: {exc.reason}") from None
+            raise invalid(MALFORMED, f"{where}: {exc.reason}", resource=("state", store)) from None
 
 
 class StateService:
@@ -65,18 +73,22 @@ class StateService:
 
     async def get(self, name: str, request: GetRequest) -> StateItem | None:
         store = self.store(name)
-        check_key(request.key)
-        with failure("ERR_STATE_GET", f"fail to get {request.key} from state store {name}"):
+        check_key(request.key, "key", name)
+        with failure(
+            "ERR_STATE_GET", f"fail to get {request.key} from state store {name}", ("state", name)
+        ):
             return await store.get(request)
 
     async def bulk_get(self, name: str, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         store = self.store(name)
         self.check_count(len(requests), "keys")
         for i, request in enumerate(requests):
-            check_key(request.key, f"keys[{i}]")
+            check_key(request.key, f"keys[{i}]", name)
         if not requests:
             return []
-        with failure("ERR_STATE_BULK_GET", f"failed getting state from state store {name}"):
+        with failure(
+            "ERR_STATE_BULK_GET", f"failed getting state from state store {name}", ("state", name)
+        ):
             return await bulk.bulk_get(store, requests)
 
     async def save(self, name: str, requests: Sequence[SetRequest], *, bulk: bool = False) -> None:
@@ -85,10 +97,12 @@ class StateService:
         store = self.store(name)
         self.check_count(len(requests), "state items")
         for i, request in enumerate(requests):
-            check_write(request, f"item {i}")
+            check_write(request, f"item {i}", name)
         if not requests:
             return
-        with failure("ERR_STATE_SAVE", f"failed saving state in state store {name}"):
+        with failure(
+            "ERR_STATE_SAVE", f"failed saving state in state store {name}", ("state", name)
+        ):
             if len(requests) == 1 and not bulk:
                 await store.set(requests[0])
             else:
@@ -96,18 +110,22 @@ class StateService:
 
     async def delete(self, name: str, request: DeleteRequest) -> None:
         store = self.store(name)
-        check_key(request.key)
-        with failure("ERR_STATE_DELETE", f"failed deleting state with key {request.key}"):
+        check_key(request.key, "key", name)
+        with failure(
+            "ERR_STATE_DELETE", f"failed deleting state with key {request.key}", ("state", name)
+        ):
             await store.delete(request)
 
     async def bulk_delete(self, name: str, requests: Sequence[DeleteRequest]) -> None:
         store = self.store(name)
         self.check_count(len(requests), "state items")
         for i, request in enumerate(requests):
-            check_write(request, f"item {i}")
+            check_write(request, f"item {i}", name)
         if not requests:
             return
-        with failure("ERR_STATE_DELETE", f"failed deleting state in state store {name}"):
+        with failure(
+            "ERR_STATE_DELETE", f"failed deleting state in state store {name}", ("state", name)
+        ):
             await store.bulk_delete(requests)
 
     def transactional(self, name: str) -> TransactionalStore[Any]:
@@ -117,6 +135,8 @@ class StateService:
                 ErrorKind.UNSUPPORTED,
                 "ERR_STATE_STORE_NOT_SUPPORTED",
                 f"state store {name} doesn't support transactions",
+                reason="DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED",
+                resource=("state", name),
             )
         return store
 
@@ -134,10 +154,12 @@ class StateService:
                     "ERR_NOT_SUPPORTED_STATE_OPERATION",
                     f"operations[{i}]: {operation!r} is not a SetRequest or DeleteRequest",
                 )
-            check_write(operation, f"operations[{i}]")
+            check_write(operation, f"operations[{i}]", name)
         if not operations:
             return
-        with failure("ERR_STATE_TRANSACTION", "error while executing state transaction"):
+        with failure(
+            "ERR_STATE_TRANSACTION", "error while executing state transaction", ("state", name)
+        ):
             await store.transact(operations, dict(metadata or {}))
 
     def queryable(self, name: str) -> QueryableStore[Any]:
@@ -147,6 +169,8 @@ class StateService:
                 ErrorKind.UNSUPPORTED,
                 "ERR_STATE_STORE_NOT_SUPPORTED",
                 f"state store {name} does not support querying",
+                reason="DAPR_STATE_QUERYING_NOT_SUPPORTED",
+                resource=("state", name),
             )
         return store
 
@@ -156,7 +180,7 @@ class StateService:
         store = self.queryable(name)
         what = f"state store {name} query failed"
         if not isinstance(query, Query):
-            with failure("ERR_STATE_QUERY", what):
+            with failure("ERR_STATE_QUERY", what, ("state", name)):
                 query = Query.from_dict(query, metadata)
-        with failure("ERR_STATE_QUERY", what):
+        with failure("ERR_STATE_QUERY", what, ("state", name)):
             return await store.query(query)
