@@ -337,7 +337,6 @@ class StateSettings(Settings):
 
     key_prefix: str = setting(
         "appid",
-        name="keyPrefix",
         description=(
             "Prefix for stored keys: 'appid' (app id||key), 'name' (component name||key), "
             "'none', or any other text used as the prefix."

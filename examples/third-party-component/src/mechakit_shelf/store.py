@@ -28,9 +28,7 @@ from mechakit.core.state import (
 
 
 class ShelfSettings(Settings):
-    path: str = setting(
-        name="path", description="The JSON file holding the store.", example="./shelf.json"
-    )
+    path: str = setting(description="The JSON file holding the store.", example="./shelf.json")
 
 
 Record = dict[str, Any]

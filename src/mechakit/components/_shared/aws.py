@@ -55,39 +55,33 @@ class AwsSettings(Settings):
 
     region: str = setting(
         "",
-        name="region",
         aliases=("awsRegion",),
         description="AWS region; default: AWS_REGION, AWS_DEFAULT_REGION or the profile's region.",
         example="us-east-1",
     )
     endpoint: str = setting(
         "",
-        name="endpoint",
         aliases=("awsEndpoint",),
         description="Endpoint URL instead of AWS's own, e.g. a local emulator (moto, LocalStack).",
         example="http://localhost:4566",
     )
     access_key: Sensitive = setting(
         Sensitive(""),
-        name="accessKey",
         aliases=("awsAccessKey",),
         description="Access key id; without it the default credential chain is used.",
     )
     secret_key: Sensitive = setting(
         Sensitive(""),
-        name="secretKey",
         aliases=("awsSecretKey",),
         description="Secret access key belonging to accessKey.",
     )
     session_token: Sensitive = setting(
         Sensitive(""),
-        name="sessionToken",
         aliases=("awsSessionToken",),
         description="Session token of temporary credentials (with accessKey and secretKey).",
     )
     profile: str = setting(
         "",
-        name="profile",
         description="Named profile of the shared AWS config files, for the default chain.",
         example="dev",
     )

@@ -49,26 +49,22 @@ class PostgreSQLSettings(Settings):
     """Dapr's common PostgreSQL metadata: the connection string, timeout and pool size."""
 
     connection_string: Sensitive = setting(
-        name="connectionString",
         description="libpq connection string: key=value pairs or a postgresql:// URL.",
         example="host=localhost port=5432 user=postgres password=example dbname=dapr",
     )
     timeout: Duration = setting(
         timedelta(seconds=20),
-        name="timeout",
         aliases=("timeoutInSeconds",),
         description="How long one operation (and connecting) may take; 0 for no limit.",
         example="20s",
     )
     max_conns: int | None = setting(
         None,
-        name="maxConns",
         description="Most connections in the pool; default the larger of 4 and the CPU count.",
         example="8",
     )
     connection_max_idle_time: Duration = setting(
         timedelta(minutes=10),
-        name="connectionMaxIdleTime",
         description="Idle pooled connections beyond one are closed after this long.",
         example="5m",
     )

@@ -65,70 +65,52 @@ class RedisSettings(Settings):
     )
 
     redis_host: str = setting(
-        name="redisHost",
         description=(
             "host:port of the Redis server; for a cluster or Sentinel (failover) a "
             "comma-separated list of seed or sentinel addresses."
         ),
         example="localhost:6379",
     )
-    redis_username: str = setting(
-        "", name="redisUsername", description="ACL user name (Redis 6 or later)."
-    )
-    redis_password: Sensitive = setting(
-        Sensitive(""), name="redisPassword", description="Password of the Redis user."
-    )
+    redis_username: str = setting("", description="ACL user name (Redis 6 or later).")
+    redis_password: Sensitive = setting(Sensitive(""), description="Password of the Redis user.")
     redis_db: int = setting(0, name="redisDB", description="Database number (node type only).")
     redis_type: Annotated[RedisType, BeforeValidator(_lower)] = setting(
         RedisType.NODE,
-        name="redisType",
         description="'node' for a single server or Sentinel-managed master, 'cluster' for Redis Cluster.",
         example="node",
     )
     enable_tls: Bool = setting(False, name="enableTLS", description="Connect over TLS.")
     ca_cert: str = setting(
         "",
-        name="caCert",
         description="CA certificate to verify the server: a file path or PEM text (TLS only).",
     )
     client_cert: str = setting(
         "",
-        name="clientCert",
         description="Client certificate for mutual TLS: a file path or PEM text; needs clientKey.",
     )
     client_key: Sensitive = setting(
         Sensitive(""),
-        name="clientKey",
         description="Private key of clientCert: a file path or PEM text.",
     )
     insecure_skip_verify: Bool = setting(
         False,
-        name="insecureSkipVerify",
         description="Accept any server certificate (testing only).",
     )
     failover: Bool = setting(
         False,
-        name="failover",
         description="Use Redis Sentinel: redisHost lists sentinels, sentinelMasterName the master.",
     )
     sentinel_master_name: str = setting(
-        "", name="sentinelMasterName", description="Name of the master watched by the sentinels."
+        "", description="Name of the master watched by the sentinels."
     )
-    sentinel_username: str = setting(
-        "", name="sentinelUsername", description="ACL user name for the sentinels."
-    )
-    sentinel_password: Sensitive = setting(
-        Sensitive(""), name="sentinelPassword", description="Password for the sentinels."
-    )
+    sentinel_username: str = setting("", description="ACL user name for the sentinels.")
+    sentinel_password: Sensitive = setting(Sensitive(""), description="Password for the sentinels.")
     dial_timeout: Duration = setting(
-        timedelta(seconds=5), name="dialTimeout", description="Timeout for opening a connection."
+        timedelta(seconds=5), description="Timeout for opening a connection."
     )
-    read_timeout: Duration = setting(
-        timedelta(seconds=3), name="readTimeout", description="Timeout for a reply."
-    )
+    read_timeout: Duration = setting(timedelta(seconds=3), description="Timeout for a reply.")
     write_timeout: Duration | None = setting(
         None,
-        name="writeTimeout",
         description=(
             "Timeout for sending a command (default: readTimeout). redis-py has one socket "
             "timeout, so the larger of the two applies."
@@ -136,24 +118,20 @@ class RedisSettings(Settings):
     )
     max_retries: int = setting(
         3,
-        name="maxRetries",
         aliases=("redisMaxRetries",),
         description="Retries of a command after a connection error or timeout; 0 disables.",
     )
     max_retry_backoff: Duration = setting(
         timedelta(seconds=2),
-        name="maxRetryBackoff",
         aliases=("redisMaxRetryInterval",),
         description="Upper bound of the exponential backoff between retries; -1 disables backoff.",
     )
     pool_size: int | None = setting(
         None,
-        name="poolSize",
         description="Most connections held open (default: 10 per CPU, as go-redis).",
     )
     pool_timeout: Duration = setting(
         timedelta(seconds=5),
-        name="poolTimeout",
         description=(
             "How long a call waits for a free connection when all poolSize are busy, "
             "before failing with a retriable error."

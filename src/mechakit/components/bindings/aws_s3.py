@@ -55,24 +55,21 @@ class S3Settings(AwsSettings):
     ignored_metadata = frozenset({"direction", "route"})
 
     bucket: str = setting(
-        name="bucket", description="Name of the S3 bucket the binding works on.", example="mybucket"
+        description="Name of the S3 bucket the binding works on.", example="mybucket"
     )
     force_path_style: Bool = setting(
         False,
-        name="forcePathStyle",
         description="Address the bucket in the URL path (endpoint/bucket/key), e.g. for emulators.",
     )
     decode_base64: Bool = setting(
         False,
-        name="decodeBase64",
         description="create: the request data is base64; store it decoded.",
     )
     encode_base64: Bool = setting(
-        False, name="encodeBase64", description="get: return the object's bytes base64-encoded."
+        False, description="get: return the object's bytes base64-encoded."
     )
     storage_class: str = setting(
         "",
-        name="storageClass",
         description="Storage class of created objects; default the bucket's.",
         example="STANDARD_IA",
     )

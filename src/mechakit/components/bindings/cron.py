@@ -30,13 +30,11 @@ class CronSettings(Settings):
     ignored_metadata = frozenset({"direction", "route"})
 
     schedule: str = setting(
-        name="schedule",
         description="When to fire: cron fields (5, or 6 with seconds), @daily-style descriptors, or @every <duration>.",
         example="@every 15m",
     )
     time_zone: str = setting(
         "",
-        name="timeZone",
         description="IANA zone the cron fields are read in; empty means the machine's local zone.",
         example="Europe/Berlin",
     )

@@ -54,19 +54,16 @@ class HTTPSettings(Settings):
     ignored_metadata = frozenset({"direction", "route"})
 
     url: str = setting(
-        name="url",
         description="Base URL every request goes to; request metadata 'path' is appended.",
         example="https://example.com/api",
     )
     response_timeout: Duration | None = setting(
         None,
-        name="responseTimeout",
         description="Longest wait for a whole response; unset waits as long as the server takes.",
         example="30s",
     )
     max_response_body_size: ByteSize = setting(
         100 * 2**20,
-        name="maxResponseBodySize",
         description="Largest response body accepted; a larger one is an error. 0 means no limit.",
         example="10Mi",
     )
@@ -77,12 +74,10 @@ class HTTPSettings(Settings):
     )
     security_token: Sensitive | None = setting(
         None,
-        name="securityToken",
         description="A token sent with every request in the header named by securityTokenHeader.",
     )
     security_token_header: str = setting(
         "",
-        name="securityTokenHeader",
         description="The header that carries securityToken.",
         example="Authorization",
     )

@@ -48,7 +48,6 @@ class LocalStorageSettings(Settings):
     ignored_metadata = frozenset({"direction", "route"})
 
     root_path: str = setting(
-        name="rootPath",
         description="The folder files are read from and written to; created when missing.",
         example="/tmp/files",
     )

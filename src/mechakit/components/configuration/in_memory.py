@@ -33,7 +33,6 @@ from mechakit.core.metadata import Settings, setting
 class InMemoryConfigurationSettings(Settings):
     items: str = setting(
         "",
-        name="items",
         description=(
             'Initial items as a JSON object: {"key": "value"} or '
             '{"key": {"value": "...", "metadata": {"name": "value"}}}.'

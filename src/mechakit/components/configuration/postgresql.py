@@ -72,7 +72,6 @@ _MAX_BACKOFF = 5.0
 
 class PostgreSQLConfigurationSettings(PostgreSQLSettings):
     table: str = setting(
-        name="table",
         description="Table holding the items (key, value, version, metadata); created when missing.",
         example="configuration",
     )

@@ -34,7 +34,6 @@ from mechakit.core.secretstores import (
 class ParameterStoreSettings(AwsSettings):
     prefix: str = setting(
         "",
-        name="prefix",
         description="Added to every secret name; bulk get returns only parameters under it.",
         example="/myapp/prod/",
     )

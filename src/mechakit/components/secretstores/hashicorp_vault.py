@@ -66,24 +66,19 @@ def _kv_version(value: object) -> object:
 class VaultSettings(Settings):
     vault_addr: str = setting(
         "https://127.0.0.1:8200",
-        name="vaultAddr",
         description="Address of the Vault server.",
         example="https://vault.example.com:8200",
     )
     vault_token: Sensitive = setting(
         Sensitive(""),
-        name="vaultToken",
         description="Token to authenticate with; this or vaultTokenMountPath.",
     )
     vault_token_mount_path: str = setting(
         "",
-        name="vaultTokenMountPath",
         description="File holding the token; this or vaultToken.",
         example="/var/run/secrets/vault/token",
     )
-    engine_path: str = setting(
-        "secret", name="enginePath", description="Mount path of the KV engine.", example="kv"
-    )
+    engine_path: str = setting("secret", description="Mount path of the KV engine.", example="kv")
     vault_kv_prefix: str = setting(
         "dapr",
         name="vaultKVPrefix",
@@ -97,28 +92,19 @@ class VaultSettings(Settings):
     )
     vault_value_type: Annotated[ValueType, BeforeValidator(_lower)] = setting(
         ValueType.MAP,
-        name="vaultValueType",
         description="'map': a secret is all its keys; 'text': one key holding the data as JSON.",
         example="map",
     )
     vault_kv_version: Annotated[int, BeforeValidator(_kv_version)] = setting(
         2, name="vaultKVVersion", description="KV engine version: 2 or 1.", example="2"
     )
-    ca_cert: str = setting(
-        "", name="caCert", description="CA certificate file (PEM) to verify the server."
-    )
-    ca_path: str = setting(
-        "", name="caPath", description="Folder of CA certificate files (PEM); over caCert."
-    )
+    ca_cert: str = setting("", description="CA certificate file (PEM) to verify the server.")
+    ca_path: str = setting("", description="Folder of CA certificate files (PEM); over caCert.")
     ca_pem: str = setting(
-        "", name="caPem", description="CA certificate as inline PEM text; over caPath and caCert."
+        "", description="CA certificate as inline PEM text; over caPath and caCert."
     )
-    skip_verify: Bool = setting(
-        False, name="skipVerify", description="Accept any server certificate (testing only)."
-    )
-    tls_server_name: str = setting(
-        "", name="tlsServerName", description="Server name expected in the certificate."
-    )
+    skip_verify: Bool = setting(False, description="Accept any server certificate (testing only).")
+    tls_server_name: str = setting("", description="Server name expected in the certificate.")
 
     @field_validator("vault_kv_version")
     @classmethod

@@ -25,7 +25,6 @@ from mechakit.core.secretstores import (
 class LocalEnvSettings(Settings):
     prefix: str = setting(
         "",
-        name="prefix",
         description="Only variables starting with this are secrets; it is removed from their names.",
         example="MYAPP_",
     )

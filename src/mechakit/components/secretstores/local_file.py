@@ -34,19 +34,16 @@ from mechakit.core.secretstores import (
 
 class LocalFileSettings(Settings):
     secrets_file: str = setting(
-        name="secretsFile",
         description="Path of the JSON file holding the secrets.",
         example="./secrets.json",
     )
     nested_separator: str = setting(
         ":",
-        name="nestedSeparator",
         description="Joins the keys of nested objects into one secret name.",
         example=":",
     )
     multi_valued: Bool = setting(
         False,
-        name="multiValued",
         description="Top-level keys are secrets holding several key/value pairs (their flattened children).",
     )
 

@@ -81,19 +81,16 @@ from mechakit.core.state import (
 
 class DynamoDBStateSettings(AwsSettings, StateSettings):
     table: str = setting(
-        name="table",
         description="Name of an existing table whose partition key is a string named partitionKey.",
         example="dapr-state",
     )
     partition_key: str = setting(
         "key",
-        name="partitionKey",
         description="Name of the table's partition key attribute.",
         example="key",
     )
     ttl_attribute_name: str = setting(
         "",
-        name="ttlAttributeName",
         description=(
             "Attribute holding each item's expiry (epoch seconds); enables ttlInSeconds. "
             "Turn on the table's TTL with the same attribute name."

@@ -82,13 +82,11 @@ T = TypeVar("T")
 class PostgreSQLStateSettings(PostgreSQLSettings, StateSettings):
     table_name: str = setting(
         "state",
-        name="tableName",
         description="Table holding the state, optionally schema-qualified; created when missing.",
         example="state",
     )
     metadata_table_name: str = setting(
         "dapr_metadata",
-        name="metadataTableName",
         description="Table holding schema versions and cleanup times, optionally schema-qualified.",
         example="dapr_metadata",
     )

@@ -75,7 +75,6 @@ from mechakit.core.state import (
 class RedisStateSettings(RedisSettings, StateSettings):
     ttl_in_seconds: int | None = setting(
         None,
-        name="ttlInSeconds",
         description="Default TTL of every write that names none; requests may override it.",
         example="3600",
     )

@@ -64,7 +64,6 @@ T = TypeVar("T")
 
 class SQLiteSettings(StateSettings):
     connection_string: str = setting(
-        name="connectionString",
         description=(
             "The database file: a path, a 'file:' URI (e.g. file:data.db?mode=rwc), "
             "or ':memory:' for a private in-memory database."
@@ -73,26 +72,22 @@ class SQLiteSettings(StateSettings):
     )
     table_name: str = setting(
         "state",
-        name="tableName",
         description="Table holding the state; created when missing.",
         example="state",
     )
     metadata_table_name: str = setting(
         "metadata",
-        name="metadataTableName",
         description="Table holding the schema version and the ETag counter.",
         example="metadata",
     )
     timeout: Duration = setting(
         timedelta(seconds=20),
-        name="timeout",
         aliases=("timeoutInSeconds",),
         description="How long one operation may take before it fails with a timeout; 0 for no limit.",
         example="20s",
     )
     busy_timeout: Duration = setting(
         timedelta(seconds=2),
-        name="busyTimeout",
         description="How long a write waits for another connection's write lock.",
         example="2s",
     )
