@@ -229,3 +229,29 @@ async def test_an_invalid_publish_is_refused_the_same_way(
     door: Door, metadata: dict[str, str]
 ) -> None:
     assert await door.publish("orders", b"{}", metadata) == "invalid"
+
+
+async def test_metadata_an_app_sets_through_one_api_is_read_through_the_other(
+    runtime: Runtime,
+) -> None:
+    from dapr.proto.runtime.v1 import metadata_pb2
+
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    server = await start_server(runtime, "127.0.0.1", 0)
+    try:
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://dapr") as http,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub: Any = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+            assert (await http.put("/v1.0/metadata/color", content=b"blue")).status_code == 204
+            await stub.SetMetadata(metadata_pb2.SetMetadataRequest(key="size", value="L"))
+            over_grpc = await stub.GetMetadata(metadata_pb2.GetMetadataRequest())
+            over_http = (await http.get("/v1.0/metadata")).json()
+    finally:
+        await server.stop(0)
+    assert over_grpc.extended_metadata["color"] == "blue"
+    assert over_http["extended"]["size"] == "L"
+    assert {c.name for c in over_grpc.registered_components} == {
+        c["name"] for c in over_http["components"]
+    }

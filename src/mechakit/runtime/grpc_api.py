@@ -53,7 +53,6 @@ from dapr.proto.runtime.v1 import (
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from mechakit import __version__
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
@@ -243,7 +242,6 @@ class DaprGrpcApi:
         self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
         self.app_port = app_port
         self.app_protocol = app_protocol
-        self.extended_metadata: dict[str, str] = {}
         self._watches: dict[tuple[str, str], asyncio.Queue[ConfigurationUpdate | None]] = {}
 
     def close(self) -> None:
@@ -513,41 +511,18 @@ class DaprGrpcApi:
     async def GetMetadata(
         self, request: metadata_pb2.GetMetadataRequest, context: Context
     ) -> metadata_pb2.GetMetadataResponse:
-        host = self.runtime.host
+        found = self.service.metadata.describe()
         response = metadata_pb2.GetMetadataResponse(
-            id=self.runtime.app_id,
-            runtime_version=__version__,
+            id=found.app_id,
+            runtime_version=found.runtime_version,
             registered_components=[
                 metadata_pb2.RegisteredComponents(
-                    name=hosted.name,
-                    type=hosted.manifest.type,
-                    version=hosted.manifest.version,
-                    capabilities=hosted.features(),
+                    name=c.name, type=c.type, version=c.version, capabilities=c.capabilities
                 )
-                for hosted in host.components.values()
+                for c in found.components
             ],
-            subscriptions=[
-                metadata_pb2.PubsubSubscription(
-                    pubsub_name=s.pubsub_name,
-                    topic=s.topic,
-                    metadata=dict(s.metadata),
-                    rules=metadata_pb2.PubsubSubscriptionRules(
-                        rules=[
-                            metadata_pb2.PubsubSubscriptionRule(match=r.match, path=r.path)
-                            for r in s.rules
-                        ]
-                        + (
-                            [metadata_pb2.PubsubSubscriptionRule(match="", path=s.default_route)]
-                            if s.default_route
-                            else []
-                        )
-                    ),
-                    dead_letter_topic=s.dead_letter_topic or "",
-                    type=metadata_pb2.DECLARATIVE,
-                )
-                for s in host.subscriptions
-            ],
-            extended_metadata={"runtime": "mechakit", **self.extended_metadata},
+            subscriptions=[codec.subscription(s) for s in found.subscriptions],
+            extended_metadata=found.extended,
         )
         if self.app_port is not None:
             response.app_connection_properties.CopyFrom(
@@ -561,7 +536,7 @@ class DaprGrpcApi:
     async def SetMetadata(
         self, request: metadata_pb2.SetMetadataRequest, context: Context
     ) -> empty_pb2.Empty:
-        self.extended_metadata[request.key] = request.value
+        self.service.metadata.set(request.key, request.value)
         return empty_pb2.Empty()
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import state_pb2
+from dapr.proto.runtime.v1 import metadata_pb2, state_pb2
 
 from mechakit.core.configuration import ConfigurationItem
 from mechakit.core.state import (
@@ -22,6 +22,7 @@ from mechakit.core.state import (
     encode_value,
 )
 
+from .routing import AppSubscription
 from .service.errors import invalid
 
 CONCURRENCY = {
@@ -121,3 +122,19 @@ def configuration_items(
         )
         for key, item in items.items()
     }
+
+
+def subscription(found: AppSubscription) -> metadata_pb2.PubsubSubscription:
+    """A subscription as the metadata API lists it (the default route as a rule without match)."""
+    rules = [metadata_pb2.PubsubSubscriptionRule(match=r.match, path=r.path) for r in found.rules]
+    if found.default_route:
+        rules.append(metadata_pb2.PubsubSubscriptionRule(match="", path=found.default_route))
+    kind = metadata_pb2.PROGRAMMATIC if found.type == "PROGRAMMATIC" else metadata_pb2.DECLARATIVE
+    return metadata_pb2.PubsubSubscription(
+        pubsub_name=found.pubsub_name,
+        topic=found.topic,
+        metadata=dict(found.metadata),
+        rules=metadata_pb2.PubsubSubscriptionRules(rules=rules),
+        dead_letter_topic=found.dead_letter_topic or "",
+        type=kind,
+    )

@@ -42,7 +42,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mechakit import __version__
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import (
@@ -60,7 +59,7 @@ from . import http_codec as codec
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .http_routes import API_TOKEN_HEADER, Endpoint, Handler
 from .in_process import Runtime
-from .service import DaprError, DaprService, ErrorKind, http_status
+from .service import AppConnection, DaprError, DaprService, ErrorKind, http_status
 from .service.errors import invalid
 from .service.pubsub import EVENTS
 
@@ -154,7 +153,6 @@ class DaprHttpApi:
         self.app_port = app_port
         self.app_protocol = app_protocol
         self.delivery = delivery
-        self.extended_metadata: dict[str, str] = {}
         self._configuration_watches: set[tuple[str, str]] = set()
         """(store, subscription id) of the configuration subscriptions made here."""
         self.endpoints = http_routes.endpoints(self)
@@ -441,44 +439,29 @@ class DaprHttpApi:
     # --- metadata, health, OpenAPI ---------------------------------------------------------
 
     async def get_metadata(self, request: Request) -> Response:
-        host = self.runtime.host
-        components = [
-            {
-                "name": hosted.name,
-                "type": hosted.manifest.type,
-                "version": hosted.manifest.version,
-                "capabilities": hosted.features(),
-            }
-            for hosted in host.components.values()
-        ]
-        if self.delivery is not None:
-            subscriptions = [_subscription_entry(s) for s in self.delivery.subscriptions]
-        else:
-            subscriptions = [
-                {
-                    "pubsubname": s.pubsub_name,
-                    "topic": s.topic,
-                    "metadata": dict(s.metadata),
-                    "rules": [{"match": r.match, "path": r.path} for r in s.rules]
-                    + ([{"match": "", "path": s.default_route}] if s.default_route else []),
-                    "deadLetterTopic": s.dead_letter_topic or "",
-                    "type": "DECLARATIVE",
-                }
-                for s in host.subscriptions
-            ]
+        delivered = self.delivery.subscriptions if self.delivery is not None else None
+        found = self.service.metadata.describe(subscriptions=delivered, app=self._app())
         body: dict[str, Any] = {
-            "id": self.runtime.app_id,
-            "runtimeVersion": __version__,
+            "id": found.app_id,
+            "runtimeVersion": found.runtime_version,
             "enabledFeatures": [],
-            "components": components,
-            "subscriptions": subscriptions,
-            "extended": {"runtime": "mechakit", **self.extended_metadata},
+            "components": [
+                {
+                    "name": c.name,
+                    "type": c.type,
+                    "version": c.version,
+                    "capabilities": c.capabilities,
+                }
+                for c in found.components
+            ],
+            "subscriptions": [_subscription_entry(s) for s in found.subscriptions],
+            "extended": found.extended,
         }
-        if self.app_port is not None:
+        if found.app is not None:
             body["appConnectionProperties"] = {
-                "port": self.app_port,
-                "protocol": self.app_protocol,
-                "channelAddress": "127.0.0.1",
+                "port": found.app.port,
+                "protocol": found.app.protocol,
+                "channelAddress": found.app.address,
             }
         return JSONResponse(body)
 
@@ -488,8 +471,13 @@ class DaprHttpApi:
             value = body.decode()
         except UnicodeDecodeError:
             raise codec.malformed("the metadata value must be UTF-8 text") from None
-        self.extended_metadata[request.path_params["key"]] = value
+        self.service.metadata.set(request.path_params["key"], value)
         return Response(status_code=204)
+
+    def _app(self) -> AppConnection | None:
+        if self.app_port is None:
+            return None
+        return AppConnection(self.app_port, self.app_protocol)
 
     async def healthz(self, request: Request) -> Response:
         if not self._ready():

@@ -52,6 +52,8 @@ class Runtime:
         self._tracker = SubscriptionTracker()
         self._clients: dict[tuple[str, str], Any] = {}
         self._service: DaprService | None = None
+        self.extended_metadata: dict[str, str] = {}
+        """What apps set through the metadata API (one sidecar, one set, for every door)."""
 
     async def start(self) -> Runtime:
         """Load the manifests and start every component; nothing stays running on failure."""

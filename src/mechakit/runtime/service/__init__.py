@@ -15,6 +15,7 @@ from .bindings import BindingsService
 from .configuration import ConfigurationService
 from .errors import DaprError, ErrorKind, as_component_error, http_status
 from .lock import LockService
+from .metadata import AppConnection, MetadataService, SidecarMetadata
 from .pubsub import PubSubService
 from .secrets import SecretsService
 from .state import StateService
@@ -41,20 +42,24 @@ class DaprService:
             lambda store, secret: runtime.host.allows_secret(store, secret),
         )
         self.lock = LockService(lambda name: runtime.lock(name).component)
+        self.metadata = MetadataService(runtime)
         self.configuration = ConfigurationService(
             lambda name: runtime.configuration(name).component
         )
 
 
 __all__ = [
+    "AppConnection",
     "BindingsService",
     "ConfigurationService",
     "DaprError",
     "DaprService",
     "ErrorKind",
     "LockService",
+    "MetadataService",
     "PubSubService",
     "SecretsService",
+    "SidecarMetadata",
     "StateService",
     "as_component_error",
     "http_status",
