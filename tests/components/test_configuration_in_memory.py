@@ -10,14 +10,19 @@ import pytest
 
 from mechakit.components.configuration.in_memory import InMemoryConfigurationStore
 from mechakit.conformance.suites.configuration import Updates
-from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
+from mechakit.core.component import ComponentMetadata
 from mechakit.core.configuration import (
     ConfigurationItem,
     ConfigurationUpdate,
     GetConfigurationRequest,
     SubscribeConfigurationRequest,
 )
-from mechakit.core.errors import InvalidRequestError, MetadataError, NotFoundError
+from mechakit.core.errors import (
+    ComponentNotOpenError,
+    InvalidRequestError,
+    MetadataError,
+    NotFoundError,
+)
 from mechakit.core.registry import default_registry
 
 Factory = Callable[..., Awaitable[InMemoryConfigurationStore]]

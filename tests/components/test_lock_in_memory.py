@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mechakit.components.lock.in_memory import InMemoryLockStore
-from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import ComponentNotOpenError
 from mechakit.core.lock import TryLockRequest, UnlockRequest, UnlockStatus
 from mechakit.core.registry import default_registry
 

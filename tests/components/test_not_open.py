@@ -16,10 +16,8 @@ import pytest
 
 from mechakit.core.bindings import BindingEvent, InputBinding, InvokeRequest, OutputBinding
 from mechakit.core.component import (
-    NOT_OPEN,
     Component,
     ComponentMetadata,
-    ComponentNotOpenError,
 )
 from mechakit.core.configuration import (
     ConfigurationStore,
@@ -27,6 +25,7 @@ from mechakit.core.configuration import (
     GetConfigurationRequest,
     SubscribeConfigurationRequest,
 )
+from mechakit.core.errors import NOT_OPEN, ComponentNotOpenError
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest
 from mechakit.core.registry import ComponentSpec, default_registry
 from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore

@@ -23,7 +23,7 @@ from mechakit.core import (
     MetadataError,
     OperationTimeoutError,
 )
-from mechakit.core.component import ComponentNotOpenError
+from mechakit.core.errors import ComponentNotOpenError
 from mechakit.core.state import TTL_EXPIRE_TIME, DeleteRequest, GetRequest, SetRequest
 
 Factory = Callable[..., Awaitable[SQLiteStateStore]]

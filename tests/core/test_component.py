@@ -9,8 +9,13 @@ from typing import Any
 
 import pytest
 
-from mechakit.core.component import NOT_OPEN, Component, ComponentMetadata, ComponentNotOpenError
-from mechakit.core.errors import ComponentError, ConnectionFailedError
+from mechakit.core.component import Component, ComponentMetadata
+from mechakit.core.errors import (
+    NOT_OPEN,
+    ComponentError,
+    ComponentNotOpenError,
+    ConnectionFailedError,
+)
 from mechakit.core.metadata import Settings, setting
 from mechakit.core.state import (
     DeleteRequest,

@@ -10,8 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mechakit.core.component import ComponentMetadata, ComponentNotOpenError
-from mechakit.core.errors import ConnectionFailedError, ETagErrorKind, InvalidRequestError
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import (
+    ComponentNotOpenError,
+    ConnectionFailedError,
+    ETagErrorKind,
+    InvalidRequestError,
+)
 from mechakit.core.metadata import Duration
 from mechakit.core.state import (
     TTL_EXPIRE_TIME,

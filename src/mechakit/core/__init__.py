@@ -3,52 +3,20 @@
 Nothing here performs I/O or imports a backend SDK.
 """
 
+from . import errors
 from .component import Component, ComponentMetadata, Subscription, TaskSubscription
-from .errors import (
-    BulkError,
-    ComponentError,
-    ComponentNotFoundError,
-    ConfigurationError,
-    ConnectionFailedError,
-    ETagError,
-    ETagErrorKind,
-    InvalidRequestError,
-    ManifestError,
-    MechakitError,
-    MetadataError,
-    MissingDependencyError,
-    NotFoundError,
-    NotSupportedError,
-    OperationTimeoutError,
-    SecretNotFoundError,
-)
+from .errors import *  # noqa: F403  (the whole hierarchy, as listed in errors.__all__)
 from .metadata import Bool, ByteSize, Duration, Sensitive, Settings, StrList, setting
 from .registry import ComponentSpec, Registry, default_registry, hookimpl
 
 __all__ = [
     "Bool",
-    "BulkError",
     "ByteSize",
     "Component",
-    "ComponentError",
     "ComponentMetadata",
-    "ComponentNotFoundError",
     "ComponentSpec",
-    "ConfigurationError",
-    "ConnectionFailedError",
     "Duration",
-    "ETagError",
-    "ETagErrorKind",
-    "InvalidRequestError",
-    "ManifestError",
-    "MechakitError",
-    "MetadataError",
-    "MissingDependencyError",
-    "NotFoundError",
-    "NotSupportedError",
-    "OperationTimeoutError",
     "Registry",
-    "SecretNotFoundError",
     "Sensitive",
     "Settings",
     "StrList",
@@ -57,4 +25,5 @@ __all__ = [
     "default_registry",
     "hookimpl",
     "setting",
+    *errors.__all__,
 ]

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
-from .errors import ComponentError, NotSupportedError
+from .errors import ComponentError, ComponentNotOpenError, NotSupportedError
 from .metadata import Settings
 
 SettingsT = TypeVar("SettingsT", bound=Settings)
@@ -33,24 +33,6 @@ class ComponentMetadata:
     def label(self) -> str:
         """How errors and logs name the component: ``state.redis 'statestore'``."""
         return f"{self.type} {self.name!r}"
-
-
-NOT_OPEN = "the component is not open (init() has not completed, or it was closed)"
-
-
-class ComponentNotOpenError(ComponentError):
-    """An operation on a component that is not open: ``init`` has not completed, or it was
-    closed. Not retriable: the same call succeeds only after a successful ``init``."""
-
-    def __init__(
-        self,
-        reason: str = NOT_OPEN,
-        *,
-        component: str | None = None,
-        field: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        super().__init__(reason, component=component, field=field, key=key)
 
 
 class _Lifecycle(enum.Enum):

@@ -77,6 +77,24 @@ class ComponentError(MechakitError):
     """An operation on a component failed."""
 
 
+NOT_OPEN = "the component is not open (init() has not completed, or it was closed)"
+
+
+class ComponentNotOpenError(ComponentError):
+    """An operation on a component that is not open: ``init`` has not completed, or it was
+    closed. Not retriable: the same call succeeds only after a successful ``init``."""
+
+    def __init__(
+        self,
+        reason: str = NOT_OPEN,
+        *,
+        component: str | None = None,
+        field: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(reason, component=component, field=field, key=key)
+
+
 class InvalidRequestError(ComponentError):
     """The request itself is wrong (bad option, bad key, bad metadata value)."""
 
@@ -149,9 +167,11 @@ class BulkError(ComponentError):
 
 
 __all__ = [
+    "NOT_OPEN",
     "BulkError",
     "ComponentError",
     "ComponentNotFoundError",
+    "ComponentNotOpenError",
     "ConfigurationError",
     "ConnectionFailedError",
     "ETagError",

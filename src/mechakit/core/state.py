@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from .component import Component, ComponentMetadata, ComponentNotOpenError, FeaturesMixin, SettingsT
+from .component import Component, ComponentMetadata, FeaturesMixin, SettingsT
 from .errors import (
     BulkError,
     ComponentError,
+    ComponentNotOpenError,
     ETagError,
     ETagErrorKind,
     InvalidRequestError,

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import field_validator
 
-from mechakit.core.component import ComponentNotOpenError
 from mechakit.core.errors import (
     ComponentError,
+    ComponentNotOpenError,
     ConfigurationError,
     ConnectionFailedError,
     InvalidRequestError,
