@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mechakit.core.errors import (
         BulkError,
         ComponentError,
+        ComponentNotOpenError,
         ConfigurationError,
         ConnectionFailedError,
         ETagError,
@@ -60,6 +61,7 @@ _LAZY = {
         (
             "BulkError",
             "ComponentError",
+            "ComponentNotOpenError",
             "ConfigurationError",
             "ConnectionFailedError",
             "ETagError",
@@ -108,6 +110,7 @@ __all__ = [
     "BindingClient",
     "BulkError",
     "ComponentError",
+    "ComponentNotOpenError",
     "ConfigurationClient",
     "ConfigurationError",
     "ConnectionFailedError",
