@@ -5,103 +5,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 
 from ._common import extra_hint, missing_modules
-from ._serve import DEFAULT_GRPC_PORT, serve
+from ._serve import serve
+from .dapr_flags import LOG_LEVELS, add_dapr_run_flags, generate_app_id, notices
 
 SIDECAR = ("starlette", "uvicorn", "grpc", "dapr", "httpx")
 """Top-level modules of what the ``sidecar`` extra installs (``google.protobuf`` and
 ``google.rpc`` come with dapr and grpcio)."""
 
 
-LOG_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "fatal": logging.CRITICAL,
-}
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {port}")
-    return port
-
-
 NAME = "run"
 HELP = "serve the Dapr HTTP API over the components of a folder, and run the app"
 DESCRIPTION = (
-    "Start the components, serve the Dapr HTTP API v1.0 on "
-    "--api-listen-address:--dapr-http-port, and run the command after '--' with "
-    "DAPR_HTTP_PORT, DAPR_GRPC_PORT and APP_ID set. SIGINT and SIGTERM are passed on to "
-    "the app; when it exits, mechakit stops and exits with its code, and when mechakit is "
-    "killed the app is killed too. Without a command "
-    "it serves until stopped. Set DAPR_API_TOKEN to require the dapr-api-token header."
+    "A drop-in for 'dapr run': start the components, serve the Dapr HTTP API v1.0 on "
+    "--dapr-listen-addresses:--dapr-http-port and the gRPC API on --dapr-grpc-port, and run "
+    "the command after '--' with DAPR_HTTP_PORT, DAPR_GRPC_PORT, APP_ID and the other "
+    "variables dapr run sets. Every flag of dapr run is accepted; those with no meaning here "
+    "are named in one notice line at start-up. SIGINT and SIGTERM are passed on to the app; "
+    "when it exits, mechakit stops and exits with its code, and when mechakit is killed the "
+    "app is killed too. Without a command it serves until stopped. Set DAPR_API_TOKEN to "
+    "require the dapr-api-token header."
 )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--app-id", required=True, help="the app id (key prefix, event source)")
-    parser.add_argument(
-        "--resources-path",
-        "--components-path",
-        dest="resources_paths",
-        action="append",
-        metavar="DIR",
-        help="a folder (or file) of Component, Subscription and Configuration YAML; "
-        "repeatable (default: $MECHAKIT_HOME/components, ~/.mechakit/components, else "
-        "built-in SQLite state, in-memory pub/sub and locks)",
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="a file with the Configuration (secret scopes) to apply"
-    )
-    parser.add_argument("--dapr-http-port", type=_port, default=3500, metavar="PORT")
-    parser.add_argument(
-        "--dapr-grpc-port",
-        type=_port,
-        default=None,
-        metavar="PORT",
-        help=f"where the Dapr gRPC API listens, given to the app as DAPR_GRPC_PORT (default "
-        f"{DEFAULT_GRPC_PORT}, skipped with a warning when taken; 0: a free port)",
-    )
-    parser.add_argument(
-        "--app-port",
-        type=_port,
-        default=None,
-        metavar="PORT",
-        help="where the app listens: its subscriptions and input-binding events are delivered "
-        "there once it answers",
-    )
-    parser.add_argument(
-        "--app-protocol",
-        choices=("http", "grpc"),
-        default="http",
-        help="how the app is called: HTTP (GET /dapr/subscribe, POST <route>) or gRPC "
-        "(AppCallback)",
-    )
-    parser.add_argument("--log-level", choices=tuple(LOG_LEVELS), default="info")
-    parser.add_argument(
-        "--api-listen-address",
-        default="127.0.0.1",
-        metavar="ADDRESS",
-        help="where the HTTP API listens (default 127.0.0.1; 0.0.0.0 exposes it)",
-    )
-    parser.add_argument(
-        "--dapr-http-max-request-size",
-        type=int,
-        default=4,
-        metavar="MB",
-        help="larger request bodies get 413 (default 4)",
-    )
-    parser.add_argument(
+    add_dapr_run_flags(parser)
+    own = parser.add_argument_group("mechakit flags")
+    own.add_argument(
         "--http-read-header-timeout",
         type=_seconds,
         default=10.0,
@@ -109,7 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close an HTTP connection whose request headers are not complete by then "
         "(default 10, as daprd; 0: no limit)",
     )
-    parser.add_argument(
+    own.add_argument(
         "--http-read-body-timeout",
         type=_seconds,
         default=60.0,
@@ -117,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="answer 408 when a request body is not complete this long after its headers "
         "(default 60; 0: no limit)",
     )
-    parser.add_argument(
+    own.add_argument(
         "--max-bulk-keys",
         type=_count,
         default=10_000,
@@ -154,14 +88,20 @@ def _run(namespace: argparse.Namespace, command: list[str]) -> int:
     if missing:
         print(extra_hint("run", "sidecar", missing), file=sys.stderr)
         return 1
-    logging.basicConfig(
-        level=LOG_LEVELS[namespace.log_level],
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if namespace.dapr_http_max_request_size <= 0:
-        print("error: --dapr-http-max-request-size must be > 0", file=sys.stderr)
-        return 2
+    _configure_logging(namespace)
+    log = logging.getLogger("mechakit.run")
+    if namespace.run_file:
+        print(
+            "error: --run-file (multi-app run) is not supported by mechakit yet: start one "
+            "'mechakit run' per app",
+            file=sys.stderr,
+        )
+        return 1
+    for line in notices(namespace):
+        log.warning("%s", line)
+    if not namespace.app_id:
+        namespace.app_id = generate_app_id()
+        log.info("no --app-id given: the app id is %r", namespace.app_id)
     try:
         return asyncio.run(serve(namespace, command))
     except ModuleNotFoundError as exc:  # installed but incomplete, e.g. no google.rpc
@@ -169,3 +109,28 @@ def _run(namespace: argparse.Namespace, command: list[str]) -> int:
             raise
         print(extra_hint("run", "sidecar", [exc.name or "?"]), file=sys.stderr)
         return 1
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, with daprd's field names (``--log-as-json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower().replace("warning", "warn"),
+            "scope": record.name,
+            "msg": record.getMessage(),
+            "type": "log",
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _configure_logging(namespace: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if namespace.log_as_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=LOG_LEVELS[namespace.log_level], handlers=[handler])
