@@ -13,7 +13,12 @@ import pytest
 from mechakit.components.pubsub.in_memory import InMemoryPubSub, InMemoryPubSubSettings
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata, Subscription
-from mechakit.core.errors import ComponentError, InvalidRequestError, MetadataError
+from mechakit.core.errors import (
+    NOT_OPEN,
+    ComponentNotOpenError,
+    InvalidRequestError,
+    MetadataError,
+)
 from mechakit.core.pubsub import (
     BulkPublishEntry,
     BulkPublishRequest,
@@ -82,12 +87,28 @@ async def test_out_of_range_settings_fail_init_naming_component_and_field(
 
 
 async def test_publishing_before_init_or_after_close_is_refused(make: Factory) -> None:
-    with pytest.raises(ComponentError, match="not initialised"):
+    with pytest.raises(ComponentNotOpenError) as before:
         await InMemoryPubSub().publish(PublishRequest(topic="t", data=b"x"))
+    assert (before.value.reason, before.value.component) == (NOT_OPEN, "InMemoryPubSub")
     pubsub = await make()
     await pubsub.close()
-    with pytest.raises(ComponentError, match="closed"):
+    with pytest.raises(ComponentNotOpenError) as after:
         await publish(pubsub, "t", b"x")
+    assert (after.value.reason, after.value.component) == (NOT_OPEN, "pubsub.in-memory 'messages'")
+    assert not after.value.retriable
+
+
+async def test_a_closed_broker_can_be_initialised_again_and_starts_empty(make: Factory) -> None:
+    pubsub = await make()
+    await publish(pubsub, "kept", b"before close")
+    await pubsub.close()
+    await pubsub.init(ComponentMetadata("messages", "pubsub.in-memory", {}))
+    inbox = Inbox()
+    await pubsub.subscribe(SubscribeRequest(topic="kept"), inbox)
+    await publish(pubsub, "kept", b"after init")
+    await inbox.wait_for_acked(1, TIMEOUT)
+    await asyncio.sleep(0.05)
+    assert inbox.payloads == [b"after init"]
 
 
 async def test_no_more_than_concurrency_handlers_run_at_once(make: Factory) -> None:
@@ -327,7 +348,7 @@ async def test_close_cancels_every_subscription_and_is_idempotent(make: Factory)
     await pubsub.close()
     assert not first.active
     assert not second.active
-    with pytest.raises(ComponentError, match="closed"):
+    with pytest.raises(ComponentNotOpenError):
         await pubsub.subscribe(SubscribeRequest(topic="a"), Inbox())
 
 

@@ -124,8 +124,10 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
         return BulkPublishResponse(failed=[r for r in results if r is not None])
 
 
-class BulkPublisher(PubSub[SettingsT]):
-    """A broker with a native bulk publish (declares ``BULK_PUBLISH``)."""
+class BulkPublisher(PubSub[SettingsT], feature=PubSubFeature.BULK_PUBLISH):
+    """A broker with a native bulk publish: it has ``BULK_PUBLISH`` without listing it, and
+    a ``PubSub`` that lists ``BULK_PUBLISH`` without being a ``BulkPublisher`` is refused
+    when its class is defined."""
 
     @abstractmethod
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse: ...

@@ -31,9 +31,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.component import Subscription
 from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
-from mechakit.core.errors import ComponentError, InvalidRequestError
+from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import Duration, Settings, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
@@ -107,28 +107,20 @@ class InMemoryPubSubSettings(Settings):
 class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
     """Topics in this instance's memory; see the module docstring for delivery rules."""
 
-    settings_model = InMemoryPubSubSettings
-    FEATURES = frozenset({PubSubFeature.BULK_PUBLISH, PubSubFeature.MESSAGE_TTL})
+    FEATURES = frozenset({PubSubFeature.MESSAGE_TTL})
 
     def __init__(self) -> None:
         super().__init__()
-        self._settings: InMemoryPubSubSettings | None = None
         self._subscriptions: dict[str, list[_TopicQueue]] = {}
         self._engines: dict[_TopicQueue, DeliveryEngine] = {}
         self._backlogs: dict[str, collections.deque[_Envelope]] = {}
         self._sequence = itertools.count()
-        self._closed = False
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        self._settings = self.decode_settings(metadata)
-        self._closed = False
+    async def shut(self) -> None:
+        """Cancels every subscription, waiting for running handlers; the backlogs go.
 
-    async def close(self) -> None:
-        """Cancels every subscription, waiting for running handlers.
-
-        Bound it with ``asyncio.wait_for`` to cancel handlers that do not finish in time.
+        Bound ``close`` with ``asyncio.wait_for`` to cancel handlers that do not finish in time.
         """
-        self._closed = True
         engines = list(self._engines.values())
         caller = asyncio.current_task()
         try:
@@ -139,15 +131,15 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
             self._backlogs.clear()
 
     async def ping(self) -> None:
-        self._open_settings()
+        self.require_open()
 
     async def publish(self, request: PublishRequest) -> None:
-        self._open_settings()
+        self.require_open()
         self._route(request.topic, self._envelope(request))
 
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """Queues the entries in their order, in one step; a bad entry fails alone."""
-        self._open_settings()
+        self.require_open()
         validate_topic(request.topic)
         accepted: list[_Envelope] = []
         failed: list[BulkPublishFailure] = []
@@ -170,7 +162,8 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
         return BulkPublishResponse(failed=failed)
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
-        settings = self._open_settings()
+        self.require_open()
+        settings = self.settings
         queue = _TopicQueue(self, request.topic)
         policy = DeliveryPolicy(
             concurrency=settings.concurrency,
@@ -192,12 +185,6 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
         )
 
     # --- broker internals, used by _TopicQueue --------------------------------------------
-
-    def _open_settings(self) -> InMemoryPubSubSettings:
-        if self._settings is None or self._closed:
-            state = "closed" if self._closed else "not initialised"
-            raise ComponentError(f"the component is {state}", component=self.label)
-        return self._settings
 
     def _envelope(self, request: PublishRequest) -> _Envelope:
         try:
@@ -226,9 +213,9 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
 
     def _keep(self, topic: str, envelopes: Iterable[_Envelope]) -> None:
         """Adds messages to the topic's backlog in publish order, dropping the oldest past the bound."""
-        if self._closed or self._settings is None:
+        if not self.is_open:  # closing: what is left goes with the broker
             return
-        limit = self._settings.backlog_size
+        limit = self.settings.backlog_size
         backlog = self._backlogs.setdefault(topic, collections.deque())
         merged = list(heapq.merge(backlog, envelopes, key=lambda e: e.sequence))
         excess = max(0, len(merged) - limit)
