@@ -328,12 +328,11 @@ def _tcp_listeners(
         try:
             listener = listen(host, port)
         except OSError as exc:
-            failures.append(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-            if not (default and not listeners):
+            if not default or listeners:
+                failures.append(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
                 continue
-            listener = listen(host, 0)
+            listener = listen(host, 0)  # the default port is taken: a free one
             log.info("%s: port %d is taken: using %d", what, port, listener.getsockname()[1])
-            failures.pop()
         listeners.append(listener)
         port = listener.getsockname()[1]
     if not listeners:

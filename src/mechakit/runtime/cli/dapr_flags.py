@@ -76,10 +76,7 @@ def port_or_free(text: str) -> int:
 
 def app_port(text: str) -> int | None:
     """The app's port; 0 or negative (the CLI's ``-1``): the app listens on none."""
-    port = _integer(text, "a port number")
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {port}")
-    return port if port > 0 else None
+    return port_or_free(text) or None
 
 
 def flag_bool(text: str) -> bool:
@@ -122,6 +119,14 @@ def non_negative(text: str) -> float:
 
 def whole(text: str) -> int:
     return _integer(text, "a whole number")
+
+
+def count(text: str) -> int:
+    """A whole number >= 0."""
+    value = whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _integer(text: str, what: str) -> int:

@@ -11,7 +11,14 @@ import sys
 
 from ._common import extra_hint, missing_modules
 from ._serve import serve
-from .dapr_flags import LOG_LEVELS, add_dapr_run_flags, generate_app_id, notices
+from .dapr_flags import (
+    LOG_LEVELS,
+    add_dapr_run_flags,
+    count,
+    generate_app_id,
+    non_negative,
+    notices,
+)
 
 SIDECAR = ("starlette", "uvicorn", "grpc", "dapr", "httpx")
 """Top-level modules of what the ``sidecar`` extra installs (``google.protobuf`` and
@@ -37,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     own = parser.add_argument_group("mechakit flags")
     own.add_argument(
         "--http-read-header-timeout",
-        type=_seconds,
+        type=non_negative,
         default=10.0,
         metavar="SECONDS",
         help="close an HTTP connection whose request headers are not complete by then "
@@ -45,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     own.add_argument(
         "--http-read-body-timeout",
-        type=_seconds,
+        type=non_negative,
         default=60.0,
         metavar="SECONDS",
         help="answer 408 when a request body is not complete this long after its headers "
@@ -53,7 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     own.add_argument(
         "--max-bulk-keys",
-        type=_count,
+        type=count,
         default=10_000,
         metavar="N",
         help="most keys, items, operations or entries in one bulk state, transaction or "
@@ -61,26 +68,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(default 10000; 0: no limit)",
     )
     parser.set_defaults(handler=_run, accepts_passthrough=True)
-
-
-def _count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {count}")
-    return count
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
-    return seconds
 
 
 def _run(namespace: argparse.Namespace, command: list[str]) -> int:
