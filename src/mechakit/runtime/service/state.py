@@ -94,10 +94,7 @@ class StateService:
     async def save(self, name: str, requests: Sequence[SetRequest], *, bulk: bool = False) -> None:
         """Dapr's save: one item is a set, more a bulk set (``bulk``: a bulk set always, so
         that failures come back per key in ``BulkError``)."""
-        store = self.store(name)
-        self.check_count(len(requests), "state items")
-        for i, request in enumerate(requests):
-            check_write(request, f"item {i}", name)
+        store = self._checked_writes(name, requests)
         if not requests:
             return
         with failure(
@@ -117,10 +114,7 @@ class StateService:
             await store.delete(request)
 
     async def bulk_delete(self, name: str, requests: Sequence[DeleteRequest]) -> None:
-        store = self.store(name)
-        self.check_count(len(requests), "state items")
-        for i, request in enumerate(requests):
-            check_write(request, f"item {i}", name)
+        store = self._checked_writes(name, requests)
         if not requests:
             return
         with failure(
@@ -128,16 +122,20 @@ class StateService:
         ):
             await store.bulk_delete(requests)
 
+    def _checked_writes(
+        self, name: str, requests: Sequence[SetRequest | DeleteRequest]
+    ) -> StateStore[Any]:
+        """The store, once the batch is within the bulk cap and every item is valid."""
+        store = self.store(name)
+        self.check_count(len(requests), "state items")
+        for i, request in enumerate(requests):
+            check_write(request, f"item {i}", name)
+        return store
+
     def transactional(self, name: str) -> TransactionalStore[Any]:
         store = self.store(name)
         if not isinstance(store, TransactionalStore):
-            raise DaprError(
-                ErrorKind.UNSUPPORTED,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {name} doesn't support transactions",
-                reason="DAPR_STATE_TRANSACTIONS_NOT_SUPPORTED",
-                resource=("state", name),
-            )
+            raise _unsupported(name, "doesn't support transactions", "TRANSACTIONS")
         return store
 
     async def transact(
@@ -165,13 +163,7 @@ class StateService:
     def queryable(self, name: str) -> QueryableStore[Any]:
         store = self.store(name)
         if not isinstance(store, QueryableStore):
-            raise DaprError(
-                ErrorKind.UNSUPPORTED,
-                "ERR_STATE_STORE_NOT_SUPPORTED",
-                f"state store {name} does not support querying",
-                reason="DAPR_STATE_QUERYING_NOT_SUPPORTED",
-                resource=("state", name),
-            )
+            raise _unsupported(name, "does not support querying", "QUERYING")
         return store
 
     async def query(
@@ -184,3 +176,14 @@ class StateService:
                 query = Query.from_dict(query, metadata)
         with failure("ERR_STATE_QUERY", what, ("state", name)):
             return await store.query(query)
+
+
+def _unsupported(store: str, missing: str, what: str) -> DaprError:
+    """A capability the store lacks, as Dapr words it (``DAPR_STATE_<what>_NOT_SUPPORTED``)."""
+    return DaprError(
+        ErrorKind.UNSUPPORTED,
+        "ERR_STATE_STORE_NOT_SUPPORTED",
+        f"state store {store} {missing}",
+        reason=f"DAPR_STATE_{what}_NOT_SUPPORTED",
+        resource=("state", store),
+    )
