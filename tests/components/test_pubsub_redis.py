@@ -25,7 +25,12 @@ from mechakit.components.pubsub.redis import RedisPubSub, RedisPubSubSettings
 from mechakit.conformance.backends import BackendInfo
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.errors import (
+    NOT_OPEN,
+    ComponentNotOpenError,
+    ConnectionFailedError,
+    MetadataError,
+)
 from mechakit.core.pubsub import (
     BulkPublishEntry,
     BulkPublishRequest,
@@ -425,8 +430,32 @@ async def test_closed_component_refuses_to_publish(redis_driver: RedisDriver) ->
     driver = await pubsub(redis_driver)
     await driver.close()
     await driver.close()
-    with pytest.raises(ConnectionFailedError, match="pubsub.redis"):
+    with pytest.raises(ComponentNotOpenError) as info:
         await publish(driver, topic("closed"), b"x")
+    assert (info.value.reason, info.value.component) == (NOT_OPEN, driver.label)
+    assert not info.value.retriable
+
+
+async def test_a_subscription_stopped_by_close_acks_what_its_handlers_finish(
+    redis_driver: RedisDriver, raw_redis: Any
+) -> None:
+    driver, name = await pubsub(redis_driver), topic("close-acks")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(message: Message, seen: int) -> None:
+        started.set()
+        await release.wait()
+
+    inbox = Inbox(slow)
+    await driver.subscribe(SubscribeRequest(topic=name), inbox)
+    await publish(driver, name, b"finishing")
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    closing = asyncio.create_task(driver.close())
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(closing, TIMEOUT)
+    assert inbox.payloads == [b"finishing"]
+    assert await pending(raw_redis, name, driver.consumer_group) == 0
 
 
 @pytest.mark.fault

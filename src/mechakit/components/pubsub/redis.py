@@ -57,9 +57,9 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
-from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.component import Subscription
 from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
-from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, MetadataError
+from mechakit.core.errors import InvalidRequestError, MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
@@ -213,20 +213,18 @@ class RedisPubSubSettings(RedisSettings):
 class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
     """Dapr's Redis Streams pub/sub with per-instance consumers and ack-after-success."""
 
-    settings_model = RedisPubSubSettings
-    FEATURES = frozenset({PubSubFeature.BULK_PUBLISH, PubSubFeature.MESSAGE_TTL})
+    FEATURES = frozenset({PubSubFeature.MESSAGE_TTL})
 
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self._settings: RedisPubSubSettings | None = None
         self._group = ""
         self._consumer = ""
         self._engines: set[DeliveryEngine] = set()
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._group = settings.consumer_id or metadata.app_id
+    async def open(self) -> None:
+        settings = self.settings
+        self._group = settings.consumer_id or self.metadata.app_id
         if not self._group:
             raise MetadataError(
                 "metadata 'consumerID' is required when the component has no app id "
@@ -238,14 +236,13 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
         self._client = await connect(settings, component=self.label)
-        self._settings = settings
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
+        """Stops the subscriptions (their handlers get processingTimeout), then disconnects."""
         engines, self._engines = list(self._engines), set()
         caller = asyncio.current_task()
         await asyncio.gather(*(e.stop(caller=caller) for e in engines), return_exceptions=True)
         client, self._client = self._client, None
-        self._settings = None
         await close_client(client)
 
     async def ping(self) -> None:
@@ -261,11 +258,13 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         return self._consumer
 
     async def publish(self, request: PublishRequest) -> None:
+        client = self._redis
         fields = self._fields(request.topic, request.data, request.content_type, request.metadata)
-        await self._xadd(request.topic, fields)
+        await self._xadd(client, request.topic, fields)
 
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """One pipeline of XADDs; an entry that fails (bad TTL, rejected write) fails alone."""
+        client = self._redis
         validate_topic(request.topic)
         failed: list[BulkPublishFailure] = []
         accepted: list[tuple[str, dict[str, bytes]]] = []
@@ -280,7 +279,7 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         if not accepted:
             return BulkPublishResponse(failed=failed)
         trim = self._trim_args()
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for _entry_id, fields in accepted:
             pipe.xadd(request.topic, fields, **trim.xadd)
         if trim.minid_after_maxlen is not None:
@@ -295,10 +294,13 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         return BulkPublishResponse(failed=failed)
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
-        settings = self._open_settings()
-        await self._ensure_group(request.topic)
+        client, settings = self._redis, self.settings
+        await self._ensure_group(client, request.topic)
         reader = await connect(settings, component=self.label)
-        stream = _Stream(self, settings, request.topic, reader)
+        if self._client is not client:  # closed meanwhile: shut() has stopped the engines
+            await close_client(reader)
+            self.require_open()
+        stream = _Stream(self, client, request.topic, reader)
         engine = DeliveryEngine(stream, _policy(settings), label=self.label, log=self.log)
         self._engines = {e for e in self._engines if not e.stopping}
         self._engines.add(engine)
@@ -309,39 +311,30 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         )
 
     # --- internals shared with _Stream --------------------------------------
+    # They take the client: a stopping subscription still acks and dead-letters while
+    # shut() waits for its handlers, when the public operations already refuse.
 
     @property
     def _redis(self) -> Any:
-        if self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._client
+        return self.opened(self._client)
 
-    def _open_settings(self) -> RedisPubSubSettings:
-        if self._settings is None or self._client is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
-            )
-        return self._settings
-
-    async def _xadd(self, topic: str, fields: dict[str, bytes]) -> None:
+    async def _xadd(self, client: Any, topic: str, fields: dict[str, bytes]) -> None:
         trim = self._trim_args()
         with redis_errors(self.label, key=topic, action=f"publish to {topic!r}"):
             if trim.minid_after_maxlen is None:
-                await self._redis.xadd(topic, fields, **trim.xadd)
+                await client.xadd(topic, fields, **trim.xadd)
             else:
-                pipe = self._redis.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 pipe.xadd(topic, fields, **trim.xadd)
                 pipe.xtrim(topic, minid=trim.minid_after_maxlen, approximate=True)
                 await pipe.execute()
 
-    async def _dead_letter(self, topic: str, message: Message) -> None:
+    async def _dead_letter(self, client: Any, topic: str, message: Message) -> None:
         """Publishes a copy of ``message`` to ``topic``; its TTL does not start again."""
         fields = self._fields(
             topic, message.data, message.content_type, message.metadata, with_ttl=False
         )
-        await self._xadd(topic, fields)
+        await self._xadd(client, topic, fields)
 
     def _fields(
         self,
@@ -368,7 +361,7 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         return fields
 
     def _trim_args(self) -> _Trim:
-        settings = self._open_settings()
+        settings = self.settings
         minid = None
         if settings.stream_ttl:
             cutoff_ms = int(time.time() * 1000 - settings.stream_ttl.total_seconds() * 1000)
@@ -379,15 +372,14 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
             return _Trim({"minid": minid, "approximate": True}, None)
         return _Trim({}, None)
 
-    async def _ensure_group(self, topic: str) -> None:
+    async def _ensure_group(self, client: Any, topic: str) -> None:
         """XGROUP CREATE … MKSTREAM; an existing group is fine (BUSYGROUP)."""
-        settings = self._open_settings()
         try:
             with redis_errors(
                 self.label, key=topic, action=f"create consumer group {self._group!r}"
             ):
-                await self._redis.xgroup_create(
-                    topic, self._group, settings.group_start_id, mkstream=True
+                await client.xgroup_create(
+                    topic, self._group, self.settings.group_start_id, mkstream=True
                 )
         except Exception as exc:
             if "BUSYGROUP" not in str(exc):
@@ -418,13 +410,13 @@ class _Stream(Transport):
     """One topic's stream as this consumer of the group reads it: new entries (XREADGROUP
     BLOCK) and, every redeliverInterval, entries idle for processingTimeout (XAUTOCLAIM)."""
 
-    def __init__(
-        self, pubsub: RedisPubSub, settings: RedisPubSubSettings, topic: str, reader: Any
-    ) -> None:
+    def __init__(self, pubsub: RedisPubSub, client: Any, topic: str, reader: Any) -> None:
+        settings = pubsub.settings
         self.topic = topic
         self.source = f"topic {topic!r}"
         self._pubsub = pubsub
-        self._settings = settings
+        self._client = client
+        """The component's client, for acks and reclaims; ``reader`` blocks in XREADGROUP."""
         self._reader = reader
         self._group = pubsub.consumer_group
         self._consumer = pubsub.consumer_name
@@ -437,7 +429,7 @@ class _Stream(Transport):
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         try:
-            if self._settings.redelivery_enabled and time.monotonic() >= self._next_reclaim:
+            if self._pubsub.settings.redelivery_enabled and time.monotonic() >= self._next_reclaim:
                 reclaimed = await self._reclaim(max_count)
                 if reclaimed:
                     return reclaimed
@@ -452,19 +444,19 @@ class _Stream(Transport):
             self._group,
             self.topic,
         )
-        await self._pubsub._ensure_group(self.topic)
+        await self._pubsub._ensure_group(self._client, self.topic)
         return []
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         ids = [d.message.id for d in deliveries]
-        await self._pubsub._redis.xack(self.topic, self._group, *ids)
+        await self._client.xack(self.topic, self._group, *ids)
 
     async def retry_later(self, delivery: Delivery, delay: float) -> None:
         """Backdates the entry's idle time so the next reclaim pass takes it at once."""
         await self._backdate([delivery])
 
     async def dead_letter(self, delivery: Delivery, topic: str) -> None:
-        await self._pubsub._dead_letter(topic, delivery.message)
+        await self._pubsub._dead_letter(self._client, topic, delivery.message)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Backdated too: any consumer of the group may claim them on its next pass."""
@@ -478,7 +470,7 @@ class _Stream(Transport):
 
     async def _read(self, max_count: int) -> list[Delivery]:
         block = self._block_ms
-        if self._settings.redelivery_enabled:
+        if self._pubsub.settings.redelivery_enabled:
             until_reclaim = int((self._next_reclaim - time.monotonic()) * 1000)
             block = max(1, min(block, until_reclaim))
         reply = await self._reader.xreadgroup(
@@ -493,13 +485,13 @@ class _Stream(Transport):
     async def _reclaim(self, max_count: int) -> list[Delivery]:
         """One XAUTOCLAIM page of entries idle for processingTimeout: failed here, given
         back, or held by a consumer that died. A pass ends when the cursor comes round."""
-        min_idle = int(self._settings.processing_timeout.total_seconds() * 1000)
-        reply = await self._pubsub._redis.xautoclaim(
+        min_idle = int(self._pubsub.settings.processing_timeout.total_seconds() * 1000)
+        reply = await self._client.xautoclaim(
             self.topic, self._group, self._consumer, min_idle, self._reclaim_cursor, count=max_count
         )
         if _text(reply[0]) in ("0-0", "0"):
             self._reclaim_cursor = "0-0"
-            interval = self._settings.redeliver_interval.total_seconds()
+            interval = self._pubsub.settings.redeliver_interval.total_seconds()
             self._next_reclaim = time.monotonic() + interval
         else:
             self._reclaim_cursor = reply[0]
@@ -514,7 +506,7 @@ class _Stream(Transport):
     async def _delivery_counts(self, ids: Sequence[Any]) -> dict[str, int]:
         if not ids:
             return {}
-        pipe = self._pubsub._redis.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xpending_range(self.topic, self._group, entry_id, entry_id, 1)
         counts: dict[str, int] = {}
@@ -525,20 +517,18 @@ class _Stream(Transport):
 
     async def _backdate(self, deliveries: Sequence[Delivery]) -> None:
         """XCLAIM … IDLE processingTimeout JUSTID: idle enough to be reclaimed, not counted."""
-        if not deliveries or not self._settings.redelivery_enabled:
+        if not deliveries or not self._pubsub.settings.redelivery_enabled:
             return
-        idle_ms = int(self._settings.processing_timeout.total_seconds() * 1000)
+        idle_ms = int(self._pubsub.settings.processing_timeout.total_seconds() * 1000)
         ids = [d.message.id for d in deliveries]
-        await self._pubsub._redis.xclaim(
+        await self._client.xclaim(
             self.topic, self._group, self._consumer, 0, ids, idle=idle_ms, justid=True
         )
 
     async def _forget_consumer_if_idle(self) -> None:
         """Removes this consumer from the group when it holds no pending entries."""
         with contextlib.suppress(Exception):
-            await _DELETE_IDLE_CONSUMER(
-                self._pubsub._redis, [self.topic], [self._group, self._consumer]
-            )
+            await _DELETE_IDLE_CONSUMER(self._client, [self.topic], [self._group, self._consumer])
 
 
 _DATA, _CONTENT_TYPE, _METADATA, _EXPIRES_AT = "data", "contentType", "metadata", "expiresAt"
