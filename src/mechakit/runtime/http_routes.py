@@ -96,31 +96,21 @@ def endpoints(api: DaprHttpApi) -> list[Endpoint]:
             "Delete one key (If-Match: ETag)",
             {204: "deleted", 409: "ETag mismatch", **missing},
         ),
-        Endpoint(
-            ("POST", "PUT"),
-            "/v1.0-alpha1/publish/bulk/{pubsub}/{topic:path}",
-            api.bulk_publish,
-            "Publish many events",
-            {
-                204: "all published",
-                400: "malformed request",
-                404: "unknown pub/sub",
-                500: "{failedEntries: [{entryId, error}], errorCode}",
-            },
-            "JSON array of {entryId, event, contentType, metadata?}",
-        ),
-        Endpoint(
-            ("POST", "PUT"),
-            "/v1.0/publish/bulk/{pubsub}/{topic:path}",
-            api.bulk_publish,
-            "Publish many events",
-            {
-                204: "all published",
-                400: "malformed request",
-                404: "unknown pub/sub",
-                500: "{failedEntries: [{entryId, error}], errorCode}",
-            },
-            "JSON array of {entryId, event, contentType, metadata?}",
+        *(
+            Endpoint(
+                ("POST", "PUT"),
+                f"/{version}/publish/bulk/{{pubsub}}/{{topic:path}}",
+                api.bulk_publish,
+                "Publish many events",
+                {
+                    204: "all published",
+                    400: "malformed request",
+                    404: "unknown pub/sub",
+                    500: "{failedEntries: [{entryId, error}], errorCode}",
+                },
+                "JSON array of {entryId, event, contentType, metadata?}",
+            )
+            for version in ("v1.0-alpha1", "v1.0")
         ),
         Endpoint(
             ("POST", "PUT"),
