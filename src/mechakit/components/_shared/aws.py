@@ -1,8 +1,9 @@
 """Connection settings, client factory and error mapping shared by every AWS driver.
 
-A driver subclasses :class:`AwsSettings` for its settings model, builds its boto3 client
-with :func:`client` inside ``init`` and sends every request through :func:`call`, so that
-all AWS components agree on metadata names, credentials and which failures are retriable.
+A driver subclasses :class:`AwsSettings` for its settings model and :class:`AwsDriver`
+(which builds its boto3 client with :func:`client` in ``open`` and closes it in ``shut``),
+and sends every request through :func:`call`, so that all AWS components agree on metadata
+names, credentials and which failures are retriable.
 
 boto3 blocks, so :func:`client` and :func:`call` run it in a worker thread and never on
 the event loop. boto3 and botocore are imported only when a client is made, never when
@@ -35,8 +36,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
+from mechakit.core.component import Component
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
@@ -85,6 +87,44 @@ class AwsSettings(Settings):
         description="Named profile of the shared AWS config files, for the default chain.",
         example="dev",
     )
+
+
+AwsSettingsT = TypeVar("AwsSettingsT", bound=AwsSettings)
+
+
+class AwsDriver(Component[AwsSettingsT]):
+    """Base of a driver over one boto3 client of ``SERVICE``: ``open`` makes it, ``shut``
+    closes it and ``_aws`` hands it out while the component is open.
+
+    A driver that checks more in ``open`` (its bucket, its table) calls ``super().open()``
+    first, or validates its settings and then calls it.
+    """
+
+    SERVICE: ClassVar[str]
+    """The boto3 service name (``"s3"``, ``"dynamodb"``…)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+
+    async def open(self) -> None:
+        self._client = await client(
+            self.settings, self.SERVICE, component=self.label, config=self.client_config()
+        )
+
+    async def shut(self) -> None:
+        made, self._client = self._client, None
+        if made is not None:
+            await asyncio.to_thread(made.close)
+
+    def client_config(self) -> Mapping[str, Any] | None:
+        """Extra ``botocore.config.Config`` arguments for this driver's client."""
+        return None
+
+    @property
+    def _aws(self) -> Any:
+        """The client ``open`` made; ``ComponentNotOpenError`` when the component is not open."""
+        return self.opened(self._client)
 
 
 class ThrottledError(ComponentError):
@@ -466,6 +506,7 @@ _POOL_SIZE = 32
 
 __all__ = [
     "THROTTLING_CODES",
+    "AwsDriver",
     "AwsFailure",
     "AwsSettings",
     "ErrorFactory",

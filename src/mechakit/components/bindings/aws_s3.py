@@ -28,7 +28,6 @@ more, and a request left without an answer is a retriable error saying so.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -39,7 +38,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from mechakit.components._shared import aws
-from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.components._shared.aws import AwsDriver, AwsFailure, AwsSettings
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
 from mechakit.core.errors import (
     InvalidRequestError,
@@ -75,35 +74,25 @@ class S3Settings(AwsSettings):
     )
 
 
-class S3Binding(OutputBinding[S3Settings]):
+class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
     """Create, get, delete, list and presign objects of one bucket."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._client: Any = None
+    SERVICE = "s3"
 
     async def open(self) -> None:
-        settings = self.settings
-        if not settings.bucket.strip():
+        if not self.settings.bucket.strip():
             raise MetadataError(
                 "metadata 'bucket' must not be empty", component=self.label, field="bucket"
             )
-        addressing = "path" if settings.force_path_style else "auto"
-        self._client = await aws.client(
-            settings,
-            "s3",
-            component=self.label,
-            config={"s3": {"addressing_style": addressing}, "signature_version": "s3v4"},
-        )
+        await super().open()
         await self._check_bucket()
 
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
+    def client_config(self) -> Mapping[str, Any]:
+        addressing = "path" if self.settings.force_path_style else "auto"
+        return {"s3": {"addressing_style": addressing}, "signature_version": "s3v4"}
 
     async def ping(self) -> None:
-        await self._call("ping", self._s3.head_bucket, Bucket=self._bucket)
+        await self._call("ping", self._aws.head_bucket, Bucket=self._bucket)
 
     def operations(self) -> Sequence[str]:
         return [
@@ -149,7 +138,7 @@ class S3Binding(OutputBinding[S3Settings]):
             options["StorageClass"] = storage_class
         reply = await self._call(
             "create",
-            self._s3.put_object,
+            self._aws.put_object,
             key=key,
             Bucket=self._bucket,
             Key=key,
@@ -169,7 +158,7 @@ class S3Binding(OutputBinding[S3Settings]):
     async def _get(self, request: InvokeRequest) -> InvokeResponse:
         key = self._required_key(request)
         data, content_type = await self._call(
-            "get", _read_object, self._s3, self._bucket, key, key=key
+            "get", _read_object, self._aws, self._bucket, key, key=key
         )
         if self._flag(request.metadata, "encodeBase64", self.settings.encode_base64):
             data = base64.b64encode(data)
@@ -177,12 +166,12 @@ class S3Binding(OutputBinding[S3Settings]):
 
     async def _delete(self, request: InvokeRequest) -> InvokeResponse:
         key = self._required_key(request)
-        await self._call("delete", self._s3.delete_object, key=key, Bucket=self._bucket, Key=key)
+        await self._call("delete", self._aws.delete_object, key=key, Bucket=self._bucket, Key=key)
         return InvokeResponse(metadata={"key": key})
 
     async def _list(self, request: InvokeRequest) -> InvokeResponse:
         options = self._list_options(request)
-        page = await self._call("list", self._s3.list_objects, Bucket=self._bucket, **options)
+        page = await self._call("list", self._aws.list_objects, Bucket=self._bucket, **options)
         contents = [
             {
                 "Key": item["Key"],
@@ -230,10 +219,6 @@ class S3Binding(OutputBinding[S3Settings]):
     # --- helpers ------------------------------------------------------------------------
 
     @property
-    def _s3(self) -> Any:
-        return self.opened(self._client)
-
-    @property
     def _bucket(self) -> str:
         return self.settings.bucket
 
@@ -260,7 +245,7 @@ class S3Binding(OutputBinding[S3Settings]):
     async def _presigned_url(self, key: str, ttl: timedelta) -> str:
         url: str = await self._call(
             "presign",
-            self._s3.generate_presigned_url,
+            self._aws.generate_presigned_url,
             "get_object",
             key=key,
             Params={"Bucket": self._bucket, "Key": key},
@@ -270,7 +255,7 @@ class S3Binding(OutputBinding[S3Settings]):
 
     def _location(self, key: str) -> str:
         """The object's URL, in the addressing style the client uses."""
-        parts = urlsplit(str(self._s3.meta.endpoint_url))
+        parts = urlsplit(str(self._aws.meta.endpoint_url))
         path = quote(key, safe="/~")
         if self.settings.force_path_style:
             return urlunsplit((parts.scheme, parts.netloc, f"/{self._bucket}/{path}", "", ""))
@@ -364,7 +349,7 @@ class S3Binding(OutputBinding[S3Settings]):
 
     async def _check_bucket(self) -> None:
         try:
-            await self._call("check bucket", self._s3.head_bucket, Bucket=self._bucket)
+            await self._call("check bucket", self._aws.head_bucket, Bucket=self._bucket)
         except PermissionDeniedError as exc:
             self.log.warning(
                 "%s: cannot check bucket %r (%s)", self.label, self._bucket, exc.reason

@@ -11,24 +11,15 @@ the prefix. A missing parameter or version is ``SecretNotFoundError``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from mechakit.components._shared import aws
-from mechakit.components._shared.aws import AwsFailure, AwsSettings
-from mechakit.core.errors import (
-    InvalidRequestError,
-    MechakitError,
-    SecretNotFoundError,
-)
+from mechakit.components._shared.aws import AwsDriver, AwsFailure, AwsSettings
+from mechakit.components._shared.requests import metadata_value, secret_name
+from mechakit.core.errors import MechakitError, SecretNotFoundError
 from mechakit.core.metadata import setting
-from mechakit.core.secretstores import (
-    BulkGetSecretRequest,
-    GetSecretRequest,
-    SecretStore,
-    SecretStoreFeature,
-)
+from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
 
 
 class ParameterStoreSettings(AwsSettings):
@@ -39,37 +30,21 @@ class ParameterStoreSettings(AwsSettings):
     )
 
 
-class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
+class ParameterStoreSecretStore(
+    AwsDriver[ParameterStoreSettings], SecretStore[ParameterStoreSettings]
+):
     """Dapr's AWS SSM Parameter Store: one key per secret, the secret's name."""
 
-    FEATURES = frozenset[SecretStoreFeature]()
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._client: Any = None
-
-    async def open(self) -> None:
-        self._client = await aws.client(self.settings, "ssm", component=self.label)
-
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
+    SERVICE = "ssm"
 
     async def ping(self) -> None:
         await aws.call(
-            self._ssm.describe_parameters, MaxResults=1, component=self.label, action="ping"
+            self._aws.describe_parameters, MaxResults=1, component=self.label, action="ping"
         )
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
-        if not request.name:
-            raise InvalidRequestError(
-                "the secret name is empty", component=self.label, field="name"
-            )
-        parameter = self.settings.prefix + request.name
-        version = next(
-            (v for k, v in request.metadata.items() if k.lower() == "version_id" and v), ""
-        )
+        parameter = self.settings.prefix + secret_name(request, component=self.label)
+        version = metadata_value(request.metadata, "version_id")
         if version:
             parameter = f"{parameter}:{version}"
 
@@ -81,7 +56,7 @@ class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
             )
 
         reply = await aws.call(
-            self._ssm.get_parameter,
+            self._aws.get_parameter,
             component=self.label,
             action="get secret",
             key=request.name,
@@ -97,7 +72,7 @@ class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
     async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
         values: Mapping[str, str] = await aws.call(
             _read_all,
-            self._ssm,
+            self._aws,
             self.settings.prefix,
             component=self.label,
             action="bulk get secrets",
@@ -108,10 +83,6 @@ class ParameterStoreSecretStore(SecretStore[ParameterStoreSettings]):
             if name:
                 secrets[name] = {name: value}
         return secrets
-
-    @property
-    def _ssm(self) -> Any:
-        return self.opened(self._client)
 
 
 def _read_all(client: Any, prefix: str) -> dict[str, str]:

@@ -18,63 +18,41 @@ from collections.abc import Mapping
 from typing import Any
 
 from mechakit.components._shared import aws
-from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.components._shared.aws import AwsDriver, AwsFailure, AwsSettings
+from mechakit.components._shared.requests import metadata_value, secret_name
 from mechakit.core.errors import (
     InvalidRequestError,
     MechakitError,
     SecretNotFoundError,
 )
-from mechakit.core.secretstores import (
-    BulkGetSecretRequest,
-    GetSecretRequest,
-    SecretStore,
-    SecretStoreFeature,
-)
+from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
 
 
 class SecretsManagerSettings(AwsSettings):
     pass
 
 
-class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
+class SecretsManagerSecretStore(
+    AwsDriver[SecretsManagerSettings], SecretStore[SecretsManagerSettings]
+):
     """Dapr's AWS Secrets Manager store: one key per secret, the secret's name."""
 
-    FEATURES = frozenset[SecretStoreFeature]()
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._client: Any = None
-
-    async def open(self) -> None:
-        self._client = await aws.client(self.settings, "secretsmanager", component=self.label)
-
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
+    SERVICE = "secretsmanager"
 
     async def ping(self) -> None:
-        await aws.call(
-            self._secrets.list_secrets, MaxResults=1, component=self.label, action="ping"
-        )
+        await aws.call(self._aws.list_secrets, MaxResults=1, component=self.label, action="ping")
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
-        if not request.name:
-            raise InvalidRequestError(
-                "the secret name is empty", component=self.label, field="name"
-            )
-        version = _version(request.metadata)
-        value = await self._read(request.name, version)
+        name = secret_name(request, component=self.label)
+        value = await self._read(name, _version(request.metadata))
         if value is None:
             raise SecretNotFoundError(
-                f"secret {request.name!r} has no value", component=self.label, key=request.name
+                f"secret {name!r} has no value", component=self.label, key=name
             )
-        return {request.name: value}
+        return {name: value}
 
     async def bulk_get_secret(self, request: BulkGetSecretRequest) -> dict[str, dict[str, str]]:
-        names = await aws.call(
-            _list_names, self._secrets, component=self.label, action="list secrets"
-        )
+        names = await aws.call(_list_names, self._aws, component=self.label, action="list secrets")
         limit = asyncio.Semaphore(_PARALLEL_READS)
 
         async def read(name: str) -> tuple[str, str | None]:
@@ -86,10 +64,6 @@ class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
 
         results = await asyncio.gather(*(read(n) for n in names))
         return {name: {name: value} for name, value in results if value is not None}
-
-    @property
-    def _secrets(self) -> Any:
-        return self.opened(self._client)
 
     async def _read(self, name: str, version: Mapping[str, str]) -> str | None:
         def missing(failure: AwsFailure) -> MechakitError:
@@ -105,7 +79,7 @@ class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
             )
 
         reply = await aws.call(
-            self._secrets.get_secret_value,
+            self._aws.get_secret_value,
             component=self.label,
             action="get secret",
             key=name,
@@ -122,12 +96,10 @@ class SecretsManagerSecretStore(SecretStore[SecretsManagerSettings]):
 
 def _version(metadata: Mapping[str, str]) -> dict[str, str]:
     """``VersionId``/``VersionStage`` from Dapr's ``version_id``/``version_stage`` metadata."""
-    lowered = {k.lower(): v for k, v in metadata.items() if v}
     version = {}
-    if "version_id" in lowered:
-        version["VersionId"] = lowered["version_id"]
-    if "version_stage" in lowered:
-        version["VersionStage"] = lowered["version_stage"]
+    for name, parameter in (("version_id", "VersionId"), ("version_stage", "VersionStage")):
+        if value := metadata_value(metadata, name):
+            version[parameter] = value
     return version
 
 

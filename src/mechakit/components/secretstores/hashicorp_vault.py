@@ -29,6 +29,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, field_validator
 
+from mechakit.components._shared.requests import secret_name
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
@@ -166,10 +167,9 @@ class VaultSecretStore(SecretStore[VaultSettings]):
         await self._call(lambda: self._client.sys.read_health_status(method="GET"), "ping")
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
-        if not request.name:
-            raise InvalidRequestError("the secret name must not be empty", component=self.label)
+        name = secret_name(request, component=self.label)
         version = self._version(request.metadata)
-        data = await self._read(request.name, version)
+        data = await self._read(name, version)
         if data is None:
             raise SecretNotFoundError(
                 f"secret {request.name!r} not found" + (f" (version {version})" if version else ""),

@@ -12,14 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from mechakit.core.errors import InvalidRequestError, SecretNotFoundError
+from mechakit.components._shared.requests import secret_name
+from mechakit.core.errors import SecretNotFoundError
 from mechakit.core.metadata import Settings, setting
-from mechakit.core.secretstores import (
-    BulkGetSecretRequest,
-    GetSecretRequest,
-    SecretStore,
-    SecretStoreFeature,
-)
+from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
 
 
 class LocalEnvSettings(Settings):
@@ -31,8 +27,6 @@ class LocalEnvSettings(Settings):
 
 
 class LocalEnvSecretStore(SecretStore[LocalEnvSettings]):
-    FEATURES = frozenset[SecretStoreFeature]()
-
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         """``environ`` defaults to ``os.environ``, read live on every call."""
         super().__init__()
@@ -44,11 +38,7 @@ class LocalEnvSecretStore(SecretStore[LocalEnvSettings]):
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
         self.require_open()
         prefix = self.settings.prefix
-        if not request.name:
-            raise InvalidRequestError(
-                "the secret name is empty", component=self.label, field="name"
-            )
-        variable = prefix + request.name
+        variable = prefix + secret_name(request, component=self.label)
         value = self._environ.get(variable) if _exposed(variable) else None
         if value is None:
             hint = f" (variable {variable!r})" if prefix else ""

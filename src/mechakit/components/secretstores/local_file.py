@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mechakit.core.errors import InvalidRequestError, MetadataError, SecretNotFoundError
+from mechakit.components._shared.requests import secret_name
+from mechakit.core.errors import MetadataError, SecretNotFoundError
 from mechakit.core.metadata import Bool, Settings, setting
 from mechakit.core.secretstores import (
     BulkGetSecretRequest,
@@ -91,11 +92,7 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
 
     async def get_secret(self, request: GetSecretRequest) -> dict[str, str]:
         self.require_open()
-        if not request.name:
-            raise InvalidRequestError(
-                "the secret name is empty", component=self.label, field="name"
-            )
-        secret = self._secrets.get(request.name)
+        secret = self._secrets.get(secret_name(request, component=self.label))
         if secret is None:
             raise SecretNotFoundError(
                 f"secret {request.name!r} not found", component=self.label, key=request.name

@@ -50,7 +50,7 @@ from typing import Any
 from pydantic import field_validator
 
 from mechakit.components._shared import aws
-from mechakit.components._shared.aws import AwsFailure, AwsSettings
+from mechakit.components._shared.aws import AwsDriver, AwsFailure, AwsSettings
 from mechakit.core.errors import (
     ComponentError,
     ETagError,
@@ -113,14 +113,16 @@ class DynamoDBStateSettings(AwsSettings, StateSettings):
         return value.strip()
 
 
-class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
+class DynamoDBStateStore(
+    AwsDriver[DynamoDBStateSettings], TransactionalStore[DynamoDBStateSettings]
+):
     """Key/value state in DynamoDB: conditional writes for ETags, TTL, transactions."""
 
     FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
+    SERVICE = "dynamodb"
 
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self._table = ""
         self._partition_key = "key"
         self._ttl_attribute = ""
@@ -136,22 +138,17 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         self._table = settings.table
         self._partition_key = settings.partition_key
         self._ttl_attribute = settings.ttl_attribute_name
-        self._client = await aws.client(settings, "dynamodb", component=self.label)
+        await super().open()
         await self._check_table()
 
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await asyncio.to_thread(client.close)
-
     async def ping(self) -> None:
-        await self._call("describe table", self._dynamodb.describe_table, TableName=self._table)
+        await self._call("describe table", self._aws.describe_table, TableName=self._table)
 
     async def get(self, request: GetRequest) -> StateItem | None:
         key = self.stored_key(request.key)
         reply = await self._call(
             "get",
-            self._dynamodb.get_item,
+            self._aws.get_item,
             key=request.key,
             TableName=self._table,
             Key={self._partition_key: {"S": key}},
@@ -164,7 +161,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         with contextlib.suppress(_OwnWrite):
             await self._call(
                 "set",
-                self._dynamodb.put_item,
+                self._aws.put_item,
                 key=request.key,
                 errors=self._condition_errors(write),
                 TableName=self._table,
@@ -176,7 +173,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         write = self._prepare(request)
         await self._call(
             "delete",
-            self._dynamodb.delete_item,
+            self._aws.delete_item,
             key=request.key,
             errors=self._condition_errors(write),
             TableName=self._table,
@@ -238,7 +235,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         with contextlib.suppress(_OwnWrite):
             await self._call(
                 "transaction",
-                self._dynamodb.transact_write_items,
+                self._aws.transact_write_items,
                 errors={
                     "TransactionCanceledException": cancelled,
                     "TransactionInProgressException": in_progress,
@@ -247,10 +244,6 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
             )
 
     # --- preparing requests -------------------------------------------------------------
-
-    @property
-    def _dynamodb(self) -> Any:
-        return self.opened(self._client)
 
     def _key(self, stored_key: str) -> dict[str, Any]:
         return {self._partition_key: {"S": stored_key}}
@@ -384,9 +377,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         }
         found: dict[str, Mapping[str, Any]] = {}
         for attempt in range(_BATCH_ATTEMPTS):
-            reply = await self._call(
-                "bulk get", self._dynamodb.batch_get_item, RequestItems=request
-            )
+            reply = await self._call("bulk get", self._aws.batch_get_item, RequestItems=request)
             for item in reply.get("Responses", {}).get(self._table, []):
                 found[item[self._partition_key]["S"]] = item
             request = reply.get("UnprocessedKeys") or {}
@@ -510,7 +501,7 @@ class DynamoDBStateStore(TransactionalStore[DynamoDBStateSettings]):
         """The table exists and is keyed by the string ``partitionKey`` alone."""
         try:
             reply = await self._call(
-                "describe table", self._dynamodb.describe_table, TableName=self._table
+                "describe table", self._aws.describe_table, TableName=self._table
             )
         except PermissionDeniedError as exc:
             self.log.warning(
