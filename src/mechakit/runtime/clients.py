@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mechakit.core import cloudevents
 from mechakit.core.bindings import (
@@ -75,6 +75,8 @@ from .service.state import StateService
 log = logging.getLogger("mechakit.runtime")
 
 RequestT = TypeVar("RequestT")
+ComponentT = TypeVar("ComponentT", bound=Component[Any])
+ServiceT = TypeVar("ServiceT")
 T = TypeVar("T")
 _UNSET: Any = object()
 
@@ -104,9 +106,21 @@ class SubscriptionTracker:
                 log.warning("a subscription did not stop cleanly: %s", exc)
 
 
-class _Client:
-    def __init__(self, component: Component[Any]) -> None:
+class _Client(Generic[ComponentT, ServiceT]):
+    """A typed client: the component it fronts, the service block its calls go through (the
+    rules of the HTTP and gRPC APIs), and the tracker of the subscriptions it starts, which
+    the runtime stops when it closes."""
+
+    def __init__(
+        self, component: ComponentT, service: ServiceT, *, tracker: SubscriptionTracker
+    ) -> None:
         self._component = component
+        self._service = service
+        self._tracker = tracker
+
+    @property
+    def component(self) -> ComponentT:
+        return self._component
 
     @property
     def name(self) -> str:
@@ -165,24 +179,15 @@ def _with_ttl(metadata: Mapping[str, str] | None, ttl: int | timedelta | None) -
 # --- state ------------------------------------------------------------------------------
 
 
-class StateClient(_Client):
+class StateClient(_Client[StateStore[Any], StateService]):
     """Key/value state: ``await store.set("k", {"n": 1})``, ``item = await store.get("k")``.
 
     Calls go through the Dapr service layer (the rules of the HTTP and gRPC APIs); errors
     are the component's own (``ETagError``, ``BulkError`` …) or core errors of their kind.
     """
 
-    def __init__(self, store: StateStore[Any], service: StateService) -> None:
-        super().__init__(store)
-        self._store = store
-        self._service = service
-
-    @property
-    def component(self) -> StateStore[Any]:
-        return self._store
-
     def features(self) -> frozenset[StateFeature]:
-        return self._store.features()
+        return self._component.features()
 
     async def get(
         self,
@@ -348,23 +353,11 @@ EventHandler = Callable[[TopicEvent], Awaitable[None]]
 """Return to acknowledge; raise to have it redelivered; raise ``DropMessage`` to drop it."""
 
 
-class PubSubClient(_Client):
+class PubSubClient(_Client[PubSub[Any], PubSubService]):
     """``await pubsub.publish("orders", {"id": 1})``; ``await pubsub.subscribe("orders", handler)``."""
 
-    def __init__(
-        self, pubsub: PubSub[Any], service: PubSubService, *, tracker: SubscriptionTracker
-    ) -> None:
-        super().__init__(pubsub)
-        self._pubsub = pubsub
-        self._service = service
-        self._tracker = tracker
-
-    @property
-    def component(self) -> PubSub[Any]:
-        return self._pubsub
-
     def features(self) -> frozenset[PubSubFeature]:
-        return self._pubsub.features()
+        return self._component.features()
 
     async def publish(
         self,
@@ -384,7 +377,7 @@ class PubSubClient(_Client):
         if isinstance(topic, PublishRequest):
             if data is not None or content_type or metadata:
                 raise TypeError("pass data, content_type and metadata inside the PublishRequest")
-            await self._pubsub.publish(topic)
+            await self._component.publish(topic)
             return
         payload, content_type = _encode_payload(data, content_type)
         await _served(
@@ -408,12 +401,15 @@ class PubSubClient(_Client):
             event = to_topic_event(message)
             if event.cloud_event is not None and cloudevents.is_expired(event.cloud_event):
                 log.info(
-                    "%s: event %s on topic %r expired; dropped", self._pubsub.label, event.id, topic
+                    "%s: event %s on topic %r expired; dropped",
+                    self._component.label,
+                    event.id,
+                    topic,
                 )
                 return
             await handler(event)
 
-        subscription = await self._pubsub.subscribe(request, deliver)
+        subscription = await self._component.subscribe(request, deliver)
         return self._tracker.add(subscription)
 
 
@@ -489,17 +485,8 @@ class LockLostError(ComponentError):
     """The lock expired (or was taken) before ``hold``'s block finished: it was not exclusive."""
 
 
-class LockClient(_Client):
+class LockClient(_Client[LockStore[Any], LockService]):
     """``async with locks.hold("order-1", owner="worker-a", expiry_seconds=10): ...``."""
-
-    def __init__(self, store: LockStore[Any], service: LockService) -> None:
-        super().__init__(store)
-        self._store = store
-        self._service = service
-
-    @property
-    def component(self) -> LockStore[Any]:
-        return self._store
 
     async def try_lock(
         self, resource_id: str | TryLockRequest, owner: str = "", expiry_seconds: int = 0
@@ -543,7 +530,7 @@ class LockClient(_Client):
                 raise LockNotAcquiredError(
                     f"lock {resource_id!r} is held by another owner"
                     + (f" (waited {wait:g}s)" if wait else ""),
-                    component=self._store.label,
+                    component=self._component.label,
                     key=resource_id,
                 )
             await asyncio.sleep(min(retry_interval, remaining))
@@ -561,25 +548,16 @@ class LockClient(_Client):
                     f"ended ({status.name}); raise expiry_seconds"
                 )
                 if failed:
-                    log.warning("%s: %s", self._store.label, message)
+                    log.warning("%s: %s", self._component.label, message)
                 else:
-                    raise LockLostError(message, component=self._store.label, key=resource_id)
+                    raise LockLostError(message, component=self._component.label, key=resource_id)
 
 
 # --- secrets ----------------------------------------------------------------------------
 
 
-class SecretsClient(_Client):
+class SecretsClient(_Client[SecretStore[Any], SecretsService]):
     """Secrets, filtered by the Configuration's secret scopes: ``await secrets.get("db")``."""
-
-    def __init__(self, store: SecretStore[Any], service: SecretsService) -> None:
-        super().__init__(store)
-        self._store = store
-        self._service = service
-
-    @property
-    def component(self) -> SecretStore[Any]:
-        return self._store
 
     async def get(
         self, name: str | GetSecretRequest, *, metadata: Mapping[str, str] | None = None
@@ -602,20 +580,8 @@ class SecretsClient(_Client):
 # --- bindings ---------------------------------------------------------------------------
 
 
-class BindingClient(_Client):
+class BindingClient(_Client[Component[Any], BindingsService]):
     """``await binding.invoke("create", b"...", {"fileName": "a.txt"})``."""
-
-    def __init__(
-        self, binding: Component[Any], service: BindingsService, *, tracker: SubscriptionTracker
-    ) -> None:
-        super().__init__(binding)
-        self._binding = binding
-        self._service = service
-        self._tracker = tracker
-
-    @property
-    def component(self) -> Component[Any]:
-        return self._binding
 
     def operations(self) -> list[str]:
         return list(self._output().operations())
@@ -640,17 +606,17 @@ class BindingClient(_Client):
 
     async def read(self, handler: InputHandler) -> Subscription:
         """Deliver input events to ``handler`` until cancelled (or the runtime closes)."""
-        if not isinstance(self._binding, InputBinding):
-            raise NotSupportedError("it is not an input binding", component=self._binding.label)
-        return self._tracker.add(await self._binding.read(handler))
+        if not isinstance(self._component, InputBinding):
+            raise NotSupportedError("it is not an input binding", component=self._component.label)
+        return self._tracker.add(await self._component.read(handler))
 
     def _output(self) -> OutputBinding[Any]:
-        if not isinstance(self._binding, OutputBinding):
+        if not isinstance(self._component, OutputBinding):
             raise NotSupportedError(
                 "it is an input binding only; it has no operations to invoke",
-                component=self._binding.label,
+                component=self._component.label,
             )
-        return self._binding
+        return self._component
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -672,7 +638,7 @@ class _ConfigurationWatch(Subscription):
                 await self.store.unsubscribe(self.subscription_id)
 
 
-class ConfigurationClient(_Client):
+class ConfigurationClient(_Client[ConfigurationStore[Any], ConfigurationService]):
     """``items = await config.get(["flag"])``; ``sub_id = await config.subscribe([], handler)``."""
 
     def __init__(
@@ -682,15 +648,8 @@ class ConfigurationClient(_Client):
         *,
         tracker: SubscriptionTracker,
     ) -> None:
-        super().__init__(store)
-        self._store = store
-        self._service = service
-        self._tracker = tracker
+        super().__init__(store, service, tracker=tracker)
         self._watches: dict[str, _ConfigurationWatch] = {}
-
-    @property
-    def component(self) -> ConfigurationStore[Any]:
-        return self._store
 
     async def get(
         self, keys: str | Sequence[str] = (), *, metadata: Mapping[str, str] | None = None
@@ -709,7 +668,7 @@ class ConfigurationClient(_Client):
         """Watch ``keys`` (empty: every key); returns the id ``unsubscribe`` takes."""
         keys = [keys] if isinstance(keys, str) else list(keys)
         subscription_id = await _served(self._service.subscribe(self.name, keys, handler, metadata))
-        watch = _ConfigurationWatch(self._store, subscription_id)
+        watch = _ConfigurationWatch(self._component, subscription_id)
         self._watches[subscription_id] = watch
         self._tracker.add(watch)
         return subscription_id

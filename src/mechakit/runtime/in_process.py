@@ -119,42 +119,22 @@ class Runtime:
     # --- typed clients -------------------------------------------------------------
 
     def state(self, name: str) -> StateClient:
-        store = self._component(name, "state")
-        return self._client(name, "state", lambda: StateClient(store, self.service.state))
+        return self._client(name, "state", StateClient, self.service.state)
 
     def pubsub(self, name: str) -> PubSubClient:
-        pubsub = self._component(name, "pubsub")
-        return self._client(
-            name,
-            "pubsub",
-            lambda: PubSubClient(pubsub, self.service.pubsub, tracker=self._tracker),
-        )
+        return self._client(name, "pubsub", PubSubClient, self.service.pubsub)
 
     def lock(self, name: str) -> LockClient:
-        store = self._component(name, "lock")
-        return self._client(name, "lock", lambda: LockClient(store, self.service.lock))
+        return self._client(name, "lock", LockClient, self.service.lock)
 
     def secrets(self, name: str) -> SecretsClient:
-        store = self._component(name, "secretstores")
-        return self._client(
-            name, "secretstores", lambda: SecretsClient(store, self.service.secrets)
-        )
+        return self._client(name, "secretstores", SecretsClient, self.service.secrets)
 
     def binding(self, name: str) -> BindingClient:
-        binding = self._component(name, "bindings")
-        return self._client(
-            name,
-            "bindings",
-            lambda: BindingClient(binding, self.service.bindings, tracker=self._tracker),
-        )
+        return self._client(name, "bindings", BindingClient, self.service.bindings)
 
     def configuration(self, name: str) -> ConfigurationClient:
-        store = self._component(name, "configuration")
-        return self._client(
-            name,
-            "configuration",
-            lambda: ConfigurationClient(store, self.service.configuration, tracker=self._tracker),
-        )
+        return self._client(name, "configuration", ConfigurationClient, self.service.configuration)
 
     def _component(self, name: str, category: str) -> Any:
         hosted = self.host.get(name, category)
@@ -169,10 +149,15 @@ class Runtime:
             )
         return instance
 
-    def _client(self, name: str, category: str, make: Callable[[], ClientT]) -> ClientT:
+    def _client(
+        self, name: str, category: str, cls: Callable[..., ClientT], service: object
+    ) -> ClientT:
+        """The one client of component ``name`` (made on first use), checked to implement
+        its building block's contract."""
         key = (category, name)
         if key not in self._clients:
-            self._clients[key] = make()
+            component = self._component(name, category)
+            self._clients[key] = cls(component, service, tracker=self._tracker)
         client: ClientT = self._clients[key]
         return client
 
