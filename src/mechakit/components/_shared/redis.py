@@ -1,10 +1,11 @@
 """Connection settings, client factory and error mapping shared by every Redis driver.
 
-Drivers subclass :class:`RedisSettings` for their settings model, build their client with
-:func:`connect` inside ``init`` and wrap every Redis call in :func:`redis_errors`, so that
-all Redis components agree on metadata names, TLS handling and which failures are
-retriable. ``redis`` (redis-py) is imported only inside :func:`connect` and the error
-mapping, never when this module is imported.
+Drivers subclass :class:`RedisSettings` for their settings model and :class:`RedisDriver`
+(which builds their client with :func:`connect` in ``open`` and closes it in ``shut``),
+and wrap every Redis call in :func:`redis_errors`, so that all Redis components agree on
+metadata names, TLS handling and which failures are retriable. ``redis`` (redis-py) is
+imported only inside :func:`connect` and the error mapping, never when this module is
+imported.
 
 TLS material (``caCert``, ``clientCert``, ``clientKey``) may be given as a file path or as
 inline PEM text (Dapr passes PEM content). Inline client certificates and keys are written
@@ -26,10 +27,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, field_validator
 
+from mechakit.core.component import Component
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
@@ -307,6 +309,38 @@ async def close_client(client: Any) -> None:
             await sentinel.aclose()
 
 
+RedisSettingsT = TypeVar("RedisSettingsT", bound=RedisSettings)
+
+
+class RedisDriver(Component[RedisSettingsT]):
+    """Base of a driver over one redis-py client: ``open`` connects it, ``shut`` closes it,
+    ``ping`` pings it and ``_redis`` hands it out while the component is open.
+
+    A driver that checks its settings first (or connects more) overrides ``open`` and
+    calls ``super().open()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._client: Any = None
+
+    async def open(self) -> None:
+        self._client = await connect(self.settings, component=self.label)
+
+    async def shut(self) -> None:
+        client, self._client = self._client, None
+        await close_client(client)
+
+    async def ping(self) -> None:
+        with redis_errors(self.label, action="ping"):
+            await self._redis.ping()
+
+    @property
+    def _redis(self) -> Any:
+        """The client ``open`` made; ``ComponentNotOpenError`` when the component is not open."""
+        return self.opened(self._client)
+
+
 class redis_errors:  # lower case: used like a function, ``with redis_errors(...)``
     """Turn redis-py and socket errors raised inside the block into core errors.
 
@@ -522,6 +556,7 @@ def _write_private(path: Path, content: str) -> Path:
 
 
 __all__ = [
+    "RedisDriver",
     "RedisScript",
     "RedisSettings",
     "RedisType",

@@ -23,10 +23,16 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from mechakit.components._shared.redis import RedisSettings, close_client, connect, redis_errors
+from mechakit.components._shared.redis import (
+    RedisDriver,
+    RedisSettings,
+    close_client,
+    connect,
+    redis_errors,
+)
+from mechakit.components._shared.requests import metadata_flag, metadata_value
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
 from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, OperationTimeoutError
-from mechakit.core.metadata import parse_bool
 from mechakit.core.state import parse_ttl
 
 INCREMENT = "increment"
@@ -36,33 +42,23 @@ class RedisBindingSettings(RedisSettings):
     """The common Redis settings."""
 
 
-class RedisBinding(OutputBinding[RedisBindingSettings]):
+class RedisBinding(RedisDriver[RedisBindingSettings], OutputBinding[RedisBindingSettings]):
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self._once_client: Any = None
         self._once_lock = asyncio.Lock()
 
-    async def open(self) -> None:
-        self._client = await connect(self.settings, component=self.label)
-
     async def shut(self) -> None:
-        client, self._client = self._client, None
         once, self._once_client = self._once_client, None
-        await close_client(client)
-        if once is not None:
-            await close_client(once)
-
-    async def ping(self) -> None:
-        with redis_errors(self.label, action="ping"):
-            await self._redis.ping()
+        await super().shut()
+        await close_client(once)
 
     def operations(self) -> Sequence[str]:
         return (OperationKind.CREATE, OperationKind.GET, OperationKind.DELETE, INCREMENT)
 
     async def invoke(self, request: InvokeRequest) -> InvokeResponse:
         operation = self.check_operation(request)
-        key = _metadata(request, "key")
+        key = metadata_value(request.metadata, "key")
         if not key:
             raise InvalidRequestError(
                 f"operation {operation!r} needs the key in request metadata 'key'",
@@ -125,19 +121,8 @@ class RedisBinding(OutputBinding[RedisBindingSettings]):
             ) from None
 
     def _flag(self, request: InvokeRequest, name: str, key: str) -> bool:
-        raw = _metadata(request, name)
-        if not raw:
-            return False
-        try:
-            return parse_bool(raw)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"metadata {name!r}: {exc}", component=self.label, key=key, field=name
-            ) from None
-
-    @property
-    def _redis(self) -> Any:
-        return self.opened(self._client)
+        value = metadata_value(request.metadata, name)
+        return metadata_flag(value, name, default=False, component=self.label, key=key)
 
 
 async def _increment(redis: Any, key: str, ttl: int | None) -> int:
@@ -150,10 +135,6 @@ async def _increment(redis: Any, key: str, ttl: int | None) -> int:
             pipe.expire(key, ttl)
         results = await pipe.execute()
     return int(results[0])
-
-
-def _metadata(request: InvokeRequest, name: str) -> str:
-    return next((v for k, v in request.metadata.items() if k.lower() == name.lower()), "")
 
 
 __all__ = ["RedisBinding", "RedisBindingSettings"]

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechakit.components._shared.redis import (
+    RedisDriver,
     RedisSettings,
-    close_client,
-    connect,
     is_cluster,
     map_error,
     redis_errors,
@@ -57,24 +56,17 @@ class RedisConfigurationSettings(RedisSettings):
     """The common Redis settings."""
 
 
-class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
+class RedisConfigurationStore(
+    RedisDriver[RedisConfigurationSettings], ConfigurationStore[RedisConfigurationSettings]
+):
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self._watches: dict[str, _Watch] = {}
-
-    async def open(self) -> None:
-        self._client = await connect(self.settings, component=self.label)
 
     async def shut(self) -> None:
         for subscription_id in list(self._watches):
             await self._stop(subscription_id)
-        client, self._client = self._client, None
-        await close_client(client)
-
-    async def ping(self) -> None:
-        with redis_errors(self.label, action="ping"):
-            await self._redis.ping()
+        await super().shut()
 
     async def get(self, request: GetConfigurationRequest) -> dict[str, ConfigurationItem]:
         with redis_errors(self.label, action="get configuration"):
@@ -128,10 +120,6 @@ class RedisConfigurationStore(ConfigurationStore[RedisConfigurationSettings]):
             )
         await stop_tasks(*(listener.task for listener in watch.listeners if listener.task))
         await _close_listeners(watch)
-
-    @property
-    def _redis(self) -> Any:
-        return self.opened(self._client)
 
     async def _all_keys(self) -> list[str]:
         keys: dict[str, None] = {}

@@ -8,14 +8,11 @@ a lock must live on one primary.
 
 from __future__ import annotations
 
-from typing import Any
-
 from mechakit.components._shared.redis import (
+    RedisDriver,
     RedisScript,
     RedisSettings,
     RedisType,
-    close_client,
-    connect,
     redis_errors,
 )
 from mechakit.core.errors import MetadataError
@@ -26,29 +23,16 @@ class RedisLockSettings(RedisSettings):
     """The common Redis settings; ``redisType: cluster`` is refused at init."""
 
 
-class RedisLockStore(LockStore[RedisLockSettings]):
-    def __init__(self) -> None:
-        super().__init__()
-        self._client: Any = None
-
+class RedisLockStore(RedisDriver[RedisLockSettings], LockStore[RedisLockSettings]):
     async def open(self) -> None:
-        settings = self.settings
-        if settings.redis_type is RedisType.CLUSTER:
+        if self.settings.redis_type is RedisType.CLUSTER:
             raise MetadataError(
                 "metadata 'redisType' 'cluster' is not supported: a lock must live on a single "
                 "primary; use redisType 'node' (with failover: true for Sentinel)",
                 component=self.label,
                 field="redisType",
             )
-        self._client = await connect(settings, component=self.label)
-
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        await close_client(client)
-
-    async def ping(self) -> None:
-        with redis_errors(self.label, action="ping"):
-            await self._redis.ping()
+        await super().open()
 
     async def try_lock(self, request: TryLockRequest) -> bool:
         with redis_errors(self.label, key=request.resource_id, action="lock"):
@@ -61,10 +45,6 @@ class RedisLockStore(LockStore[RedisLockSettings]):
         with redis_errors(self.label, key=request.resource_id, action="unlock"):
             status = await _UNLOCK(self._redis, [request.resource_id], [request.owner])
         return UnlockStatus(int(status))
-
-    @property
-    def _redis(self) -> Any:
-        return self.opened(self._client)
 
 
 # Returns an UnlockStatus number: 0 released, 1 no such lock, 2 held by another owner.

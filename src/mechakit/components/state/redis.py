@@ -36,11 +36,10 @@ from typing import Any
 from pydantic import field_validator
 
 from mechakit.components._shared.redis import (
+    RedisDriver,
     RedisScript,
     RedisSettings,
     ScriptCall,
-    close_client,
-    connect,
     is_cluster,
     map_error,
     redis_errors,
@@ -87,35 +86,26 @@ class RedisStateSettings(RedisSettings, StateSettings):
         return value
 
 
-class RedisStateStore(TransactionalStore[RedisStateSettings]):
+class RedisStateStore(RedisDriver[RedisStateSettings], TransactionalStore[RedisStateSettings]):
     """Dapr's Redis state store, atomic per request and per transaction."""
 
     FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
 
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self._marker_seconds = 0
         """How long a write's marker lives; 0 when the client never sends a command twice."""
         self._cluster = False
 
     async def open(self) -> None:
+        await super().open()
         settings = self.settings
-        self._client = await connect(settings, component=self.label)
         self._cluster = is_cluster(self._client)
         if settings.max_retries:
             # Outlive every copy the client may send: each attempt waits up to the socket
             # timeout plus the backoff; doubled, and at least a minute.
             attempt = settings.socket_timeout + max(settings.max_retry_backoff.total_seconds(), 0)
             self._marker_seconds = max(60, math.ceil(2 * (settings.max_retries + 1) * attempt))
-
-    async def shut(self) -> None:
-        client, self._client = self._client, None
-        await close_client(client)
-
-    async def ping(self) -> None:
-        with redis_errors(self.label, action="ping"):
-            await self._redis.ping()
 
     async def get(self, request: GetRequest) -> StateItem | None:
         with redis_errors(self.label, key=request.key, action="get"):
@@ -205,10 +195,6 @@ class RedisStateStore(TransactionalStore[RedisStateSettings]):
             return None
         name = f"mechakit-applied:{os.urandom(12).hex()}"
         return same_slot_key(stored_key, name) if self._cluster else name
-
-    @property
-    def _redis(self) -> Any:
-        return self.opened(self._client)
 
     def _set_call(self, request: SetRequest) -> ScriptCall:
         """A write with an ETag or first-write runs the checking script; others the plain one."""
