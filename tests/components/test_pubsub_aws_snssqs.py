@@ -474,6 +474,34 @@ async def test_fifo_group_defaults_to_the_component_setting(driver: Driver) -> N
     assert inbox.payloads == sent
 
 
+async def test_a_subscription_stopped_by_close_deletes_what_its_handlers_finish(
+    driver: Driver, sqs: Any
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(message: Message, seen: int) -> None:
+        started.set()
+        await release.wait()
+
+    pubsub, topic, inbox = await driver(), new_name("closing"), Inbox(slow)
+    queue = pubsub.queue_name
+    await subscribe(pubsub, topic, inbox)
+    await publish(pubsub, topic, b"finishing")
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    closing = asyncio.create_task(pubsub.close())
+    await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(closing, TIMEOUT)
+    assert inbox.payloads == [b"finishing"]
+    url = (await asyncio.to_thread(sqs.get_queue_url, QueueName=queue))["QueueUrl"]
+    counts = await asyncio.to_thread(
+        sqs.get_queue_attributes,
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    assert set(counts["Attributes"].values()) == {"0"}
+
+
 # --- a consumer process killed mid-stream ---------------------------------------------
 
 _CONSUMER = """

@@ -60,6 +60,7 @@ import binascii
 import contextlib
 import functools
 import json
+import logging
 import math
 import re
 import types
@@ -71,12 +72,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from mechakit.components._shared.aws import AwsSettings, call, client, map_error
-from mechakit.core.component import ComponentMetadata, Subscription, stop_tasks
+from mechakit.core.component import Subscription, stop_tasks
 from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
 from mechakit.core.errors import (
     BulkError,
     ComponentError,
-    ConnectionFailedError,
+    ComponentNotOpenError,
     InvalidRequestError,
     MetadataError,
     NotFoundError,
@@ -199,39 +200,33 @@ class SnsSqsSettings(AwsSettings):
         return self.message_receive_limit or min(self.message_retry_limit + 1, 1000)
 
 
+# --- the component ----------------------------------------------------------------------
+
+
 class SnsSqsPubSub(PubSub[SnsSqsSettings]):
     """Dapr's SNS/SQS pub/sub that keeps metadata and never drops unhandled messages."""
 
-    settings_model = SnsSqsSettings
-    FEATURES = frozenset()
-
     def __init__(self) -> None:
         super().__init__()
-        self._settings: SnsSqsSettings | None = None
-        self._sns: Any = None
-        self._sqs: Any = None
-        self._consumer_id = ""
-        self._topic_arns: dict[str, str] = {}
-        """Sanitized topic name → ARN."""
-        self._queue: _Queue | None = None
-        self._subscribed_arns: set[str] = set()
-        self._entities = asyncio.Lock()
-        self._receiver: tuple[_QueueTransport, DeliveryEngine] | None = None
+        self._clients: list[Any] = []
+        """The boto3 clients made so far (closed by ``shut``, also after a failed ``open``)."""
+        self._entities: Entities | None = None
+        self._receiver: tuple[QueueTransport, DeliveryEngine] | None = None
         """The queue's transport and engine, while some topic has a handler."""
 
-    async def init(self, metadata: ComponentMetadata) -> None:
-        settings = self.decode_settings(metadata)
-        self._consumer_id = settings.consumer_id or metadata.app_id
-        if not self._consumer_id:
+    async def open(self) -> None:
+        settings = self.settings
+        consumer_id = settings.consumer_id or self.metadata.app_id
+        if not consumer_id:
             raise MetadataError(
                 "metadata 'consumerID' is required when the component has no app id "
                 "(it names the SQS queue)",
                 component=self.label,
                 field="consumerID",
             )
-        if not aws_name(self._consumer_id, settings.fifo).removesuffix(_FIFO):
+        if not aws_name(consumer_id, settings.fifo).removesuffix(_FIFO):
             raise MetadataError(
-                f"metadata 'consumerID' {self._consumer_id!r} has no letter, digit, '-' or '_' "
+                f"metadata 'consumerID' {consumer_id!r} has no letter, digit, '-' or '_' "
                 "to name an SQS queue with",
                 component=self.label,
                 field="consumerID",
@@ -243,53 +238,54 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                 component=self.label,
                 field="disableDeleteOnRetryLimit",
             )
-        self._sns = await client(settings, "sns", component=self.label)
-        self._sqs = await client(settings, "sqs", component=self.label)
-        self._settings = settings
+        sns = await client(settings, "sns", component=self.label)
+        self._clients.append(sns)
+        sqs = await client(settings, "sqs", component=self.label)
+        self._clients.append(sqs)
+        entities = Entities(sns, sqs, settings, consumer_id, label=self.label, log=self.log)
+        self._entities = entities
         if settings.disable_entity_management:
-            await self._queue_entity()
+            await entities.queue()
 
-    async def close(self) -> None:
+    async def shut(self) -> None:
+        """Stops the queue's subscriptions (handlers get messageVisibilityTimeout), then
+        closes the clients."""
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             await receiver[1].stop()
-        clients = [c for c in (self._sns, self._sqs) if c is not None]
-        self._sns = self._sqs = None
-        self._settings = None
+        self._entities = None
+        clients, self._clients = self._clients, []
         for made in clients:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(made.close)
 
     async def ping(self) -> None:
-        await self._call(self._open()[1].list_queues, "ping", MaxResults=1)
+        entities = self._opened()
+        await entities.call(entities.sqs.list_queues, "ping", MaxResults=1)
 
     @property
     def queue_name(self) -> str:
         """The SQS queue of this consumer (consumerID, sanitized)."""
-        return aws_name(self._consumer_id, self._open_settings().fifo)
+        return self._opened().queue_name
 
     async def publish(self, request: PublishRequest) -> None:
-        settings = self._open_settings()
-        body, attributes = self._encode(
-            request.topic, request.data, request.content_type, request.metadata
+        entities = self._opened()
+        group = request.metadata.get(FIFO_GROUP_METADATA) or self.settings.fifo_message_group_id
+        await entities.send(
+            request.topic, request.data, request.content_type, request.metadata, group
         )
-        extra: dict[str, Any] = {}
-        if settings.fifo:
-            extra["MessageGroupId"] = (
-                request.metadata.get(FIFO_GROUP_METADATA)
-                or settings.fifo_message_group_id
-                or request.topic
-            )
-        await self._publish(request.topic, body, attributes, extra)
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
-        settings = self._open_settings()
-        topic_arn = await self._topic_arn(request.topic)
-        queue = await self._queue_entity()
-        await self._connect(topic_arn, request.topic, queue)
+        entities = self._opened()
+        topic_arn = await entities.topic_arn(request.topic)
+        queue = await entities.queue()
+        await entities.connect(topic_arn, request.topic, queue)
+        if self._opened() is not entities:  # closed (and opened again) meanwhile
+            raise ComponentNotOpenError(component=self.label)
         if self._receiver is None or self._receiver[1].stopping:
-            transport = _QueueTransport(self, settings, queue)
-            engine = DeliveryEngine(transport, _policy(settings), label=self.label, log=self.log)
+            transport = QueueTransport(entities, queue, forget=self._forget)
+            policy = delivery_policy(entities.settings)
+            engine = DeliveryEngine(transport, policy, label=self.label, log=self.log)
             self._receiver = (transport, engine)
         transport, engine = self._receiver
         if topic_arn in transport.topics:
@@ -304,50 +300,78 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             request.topic, handler, dead_letter_topic=request.dead_letter_topic or ""
         )
         transport.topics[topic_arn] = request.topic
-        return _TopicSubscription(transport, topic_arn, route)
+        return TopicSubscription(transport, topic_arn, route)
+
+    def _opened(self) -> Entities:
+        return self.opened(self._entities)
+
+    def _forget(self, transport: QueueTransport) -> None:
+        if self._receiver is not None and self._receiver[0] is transport:
+            self._receiver = None
+
+
+# --- naming and entities ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queue:
+    name: str
+    url: str
+    arn: str
+
+
+class Entities:
+    """The SNS and SQS clients of one open component and the entities it uses: topic ARNs
+    (cached), its queue, the queue's subscriptions; found, or created unless
+    ``disableEntityManagement``. Publishing goes through here too, as a topic may be gone.
+
+    The component's operations reach it through ``opened``; a transport holds it, so a
+    subscription that ``close`` stops still settles and dead-letters.
+    """
+
+    def __init__(
+        self,
+        sns: Any,
+        sqs: Any,
+        settings: SnsSqsSettings,
+        consumer_id: str,
+        *,
+        label: str,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.sns = sns
+        self.sqs = sqs
+        self.settings = settings
+        self.label = label
+        self.log = log
+        self.queue_name = aws_name(consumer_id, settings.fifo)
+        """The SQS queue of this consumer (consumerID, sanitized)."""
+        self._topic_arns: dict[str, str] = {}
+        """Sanitized topic name → ARN."""
+        self._queue: Queue | None = None
+        self._subscribed_arns: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def call(
+        self, fn: Callable[..., Any], action: str, /, *args: Any, key: str | None = None, **kw: Any
+    ) -> Any:
+        return await call(fn, *args, component=self.label, action=action, key=key, **kw)
 
     # --- publishing ---------------------------------------------------------------------
 
-    def _encode(
-        self, topic: str, data: bytes, content_type: str | None, metadata: Mapping[str, str]
-    ) -> tuple[str, dict[str, dict[str, str]]]:
-        attributes: dict[str, dict[str, str]] = {}
-        empty: list[str] = []
-        for key, value in metadata.items():
-            if not _ATTRIBUTE_NAME.fullmatch(key) or ".." in key or key.startswith(_RESERVED):
-                raise InvalidRequestError(
-                    f"metadata key {key!r} cannot be an SNS message attribute name (letters, "
-                    "digits, '-', '_' and single '.' inside, at most 256; not starting with "
-                    "'AWS.', 'Amazon.' or 'mechakit.')",
-                    component=self.label,
-                    key=topic,
-                    field=key,
-                )
-            if key == _CONTENT_TYPE:
-                raise InvalidRequestError(
-                    f"metadata key {_CONTENT_TYPE!r} is reserved; set the content type instead",
-                    component=self.label,
-                    key=topic,
-                    field=key,
-                )
-            if value == "":
-                empty.append(key)
-            else:
-                attributes[key] = {"DataType": "String", "StringValue": str(value)}
-        if empty:
-            attributes[_EMPTY] = {"DataType": "String", "StringValue": ",".join(empty)}
-        if content_type:
-            attributes[_CONTENT_TYPE] = {"DataType": "String", "StringValue": content_type}
-        raw = bytes(data)
-        try:
-            body = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            body = ""
-        if not body:
-            encoding = "base64" if raw else "empty"
-            body = base64.b64encode(raw).decode() if raw else "-"
-            attributes[_ENCODING] = {"DataType": "String", "StringValue": encoding}
-        return body, attributes
+    async def send(
+        self,
+        topic: str,
+        data: bytes,
+        content_type: str | None,
+        metadata: Mapping[str, str],
+        group: str | None = None,
+    ) -> None:
+        """Publishes one message; on FIFO topics in message group ``group`` (default: the
+        topic name)."""
+        body, attributes = encode(topic, data, content_type, metadata, component=self.label)
+        extra = {"MessageGroupId": group or topic} if self.settings.fifo else {}
+        await self._publish(topic, body, attributes, extra)
 
     async def _publish(
         self,
@@ -356,12 +380,11 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
         attributes: Mapping[str, Mapping[str, str]],
         extra: Mapping[str, Any],
     ) -> None:
-        sns = self._open()[0]
         for attempt in (1, 2):
-            topic_arn = await self._topic_arn(topic)
+            topic_arn = await self.topic_arn(topic)
             try:
-                await self._call(
-                    sns.publish,
+                await self.call(
+                    self.sns.publish,
                     f"publish to {topic!r}",
                     key=topic,
                     errors={"NotFound": _gone},
@@ -372,22 +395,14 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                 )
                 return
             except _TopicGone:
-                self._topic_arns.pop(aws_name(topic, self._open_settings().fifo), None)
-                if attempt == 2 or self._open_settings().disable_entity_management:
+                self._topic_arns.pop(aws_name(topic, self.settings.fifo), None)
+                if attempt == 2 or self.settings.disable_entity_management:
                     raise self._missing_topic(topic) from None
-
-    async def _dead_letter(self, target: str, message: Message, group: str | None) -> None:
-        """Publishes a copy of ``message`` (metadata and content type too) to ``target``."""
-        body, attributes = self._encode(
-            target, message.data, message.content_type, message.metadata
-        )
-        extra = {"MessageGroupId": group or target} if self._open_settings().fifo else {}
-        await self._publish(target, body, attributes, extra)
 
     # --- entities -----------------------------------------------------------------------
 
-    async def _topic_arn(self, topic: str) -> str:
-        settings = self._open_settings()
+    async def topic_arn(self, topic: str) -> str:
+        settings = self.settings
         name = aws_name(topic, settings.fifo)
         if not name.removesuffix(_FIFO):
             raise InvalidRequestError(
@@ -398,9 +413,10 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
         cached = self._topic_arns.get(name)
         if cached is not None:
             return cached
-        sns = self._open()[0]
         if settings.disable_entity_management:
-            found = await self._call(_find_topic, f"find SNS topic {name!r}", sns, name, key=topic)
+            found = await self.call(
+                _find_topic, f"find SNS topic {name!r}", self.sns, name, key=topic
+            )
             if found is None:
                 raise self._missing_topic(topic)
             arn = str(found)
@@ -408,8 +424,8 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             fifo: dict[str, Any] = {
                 "Attributes": {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
             }
-            reply = await self._call(
-                sns.create_topic,
+            reply = await self.call(
+                self.sns.create_topic,
                 f"create SNS topic {name!r}",
                 key=topic,
                 Name=name,
@@ -420,7 +436,7 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
         return arn
 
     def _missing_topic(self, topic: str) -> NotFoundError:
-        name = aws_name(topic, self._open_settings().fifo)
+        name = aws_name(topic, self.settings.fifo)
         return NotFoundError(
             f"SNS topic {name!r} (topic {topic!r}) does not exist, and metadata "
             "'disableEntityManagement' is true, so it is not created",
@@ -429,12 +445,12 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             field="disableEntityManagement",
         )
 
-    async def _queue_entity(self) -> _Queue:
+    async def queue(self) -> Queue:
         """This consumer's queue (and its dead-letter queue), created unless disabled."""
-        async with self._entities:
+        async with self._lock:
             if self._queue is not None:
                 return self._queue
-            settings = self._open_settings()
+            settings = self.settings
             queue = await self._ensure_queue(self.queue_name, "consumerID")
             if settings.sqs_dead_letters_queue_name:
                 dead = await self._ensure_queue(
@@ -446,8 +462,8 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                         "deadLetterTargetArn": dead.arn,
                         "maxReceiveCount": str(settings.redrive_max_receive_count),
                     }
-                    await self._call(
-                        self._open()[1].set_queue_attributes,
+                    await self.call(
+                        self.sqs.set_queue_attributes,
                         f"set the redrive policy of SQS queue {queue.name!r}",
                         QueueUrl=queue.url,
                         Attributes={"RedrivePolicy": json.dumps(policy)},
@@ -455,9 +471,8 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             self._queue = queue
             return queue
 
-    async def _ensure_queue(self, name: str, field_name: str) -> _Queue:
-        settings = self._open_settings()
-        sqs = self._open()[1]
+    async def _ensure_queue(self, name: str, field_name: str) -> Queue:
+        settings, sqs = self.settings, self.sqs
         if settings.disable_entity_management:
             missing = NotFoundError(
                 f"SQS queue {name!r} (metadata {field_name!r}) does not exist, and metadata "
@@ -465,7 +480,7 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                 component=self.label,
                 field=field_name,
             )
-            reply = await self._call(
+            reply = await self.call(
                 sqs.get_queue_url,
                 f"find SQS queue {name!r}",
                 errors={code: lambda _f: missing for code in _NO_QUEUE},
@@ -475,40 +490,39 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
             fifo: dict[str, Any] = {
                 "Attributes": {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
             }
-            reply = await self._call(
+            reply = await self.call(
                 sqs.create_queue,
                 f"create SQS queue {name!r}",
                 QueueName=name,
                 **(fifo if settings.fifo else {}),
             )
         url = str(reply["QueueUrl"])
-        found = await self._call(
+        found = await self.call(
             sqs.get_queue_attributes,
             f"read the attributes of SQS queue {name!r}",
             QueueUrl=url,
             AttributeNames=["QueueArn"],
         )
-        return _Queue(name, url, str(found["Attributes"]["QueueArn"]))
+        return Queue(name, url, str(found["Attributes"]["QueueArn"]))
 
-    async def _connect(self, topic_arn: str, topic: str, queue: _Queue) -> None:
+    async def connect(self, topic_arn: str, topic: str, queue: Queue) -> None:
         """Lets the topic send to the queue and subscribes the queue to it (once)."""
-        async with self._entities:
+        async with self._lock:
             if topic_arn in self._subscribed_arns:
                 return
-            sns, sqs = self._open()
-            if self._open_settings().disable_entity_management:
+            if self.settings.disable_entity_management:
                 await self._check_subscription(topic_arn, topic, queue)
             else:
-                await self._call(
+                await self.call(
                     _allow_topic,
                     f"allow topic {topic!r} in the policy of SQS queue {queue.name!r}",
-                    sqs,
+                    self.sqs,
                     queue,
                     topic_arn,
                     key=topic,
                 )
-                await self._call(
-                    sns.subscribe,
+                await self.call(
+                    self.sns.subscribe,
                     f"subscribe SQS queue {queue.name!r} to topic {topic!r}",
                     key=topic,
                     TopicArn=topic_arn,
@@ -518,12 +532,12 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                 )
             self._subscribed_arns.add(topic_arn)
 
-    async def _check_subscription(self, topic_arn: str, topic: str, queue: _Queue) -> None:
+    async def _check_subscription(self, topic_arn: str, topic: str, queue: Queue) -> None:
         try:
-            endpoints = await self._call(
+            endpoints = await self.call(
                 _subscribed_endpoints,
                 f"list the subscriptions of topic {topic!r}",
-                self._open()[0],
+                self.sns,
                 topic_arn,
                 key=topic,
             )
@@ -545,275 +559,61 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
                 field="disableEntityManagement",
             )
 
-    # --- internals ------------------------------------------------------------------------
 
-    def _open(self) -> tuple[Any, Any]:
-        if self._sns is None or self._sqs is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
+# --- messages --------------------------------------------------------------------------
+
+
+def encode(
+    topic: str,
+    data: bytes,
+    content_type: str | None,
+    metadata: Mapping[str, str],
+    *,
+    component: str,
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """The SNS message body and String attributes carrying ``data``, ``content_type`` and
+    ``metadata``; an ``InvalidRequestError`` for a key SNS cannot take."""
+    attributes: dict[str, dict[str, str]] = {}
+    empty: list[str] = []
+    for key, value in metadata.items():
+        if not _ATTRIBUTE_NAME.fullmatch(key) or ".." in key or key.startswith(_RESERVED):
+            raise InvalidRequestError(
+                f"metadata key {key!r} cannot be an SNS message attribute name (letters, "
+                "digits, '-', '_' and single '.' inside, at most 256; not starting with "
+                "'AWS.', 'Amazon.' or 'mechakit.')",
+                component=component,
+                key=topic,
+                field=key,
             )
-        return self._sns, self._sqs
-
-    def _open_settings(self) -> SnsSqsSettings:
-        if self._settings is None:
-            raise ConnectionFailedError(
-                "the component is not initialised or closed", component=self.label
+        if key == _CONTENT_TYPE:
+            raise InvalidRequestError(
+                f"metadata key {_CONTENT_TYPE!r} is reserved; set the content type instead",
+                component=component,
+                key=topic,
+                field=key,
             )
-        return self._settings
-
-    async def _call(
-        self, fn: Callable[..., Any], action: str, /, *args: Any, key: str | None = None, **kw: Any
-    ) -> Any:
-        return await call(fn, *args, component=self.label, action=action, key=key, **kw)
-
-    def _forget(self, transport: _QueueTransport) -> None:
-        if self._receiver is not None and self._receiver[0] is transport:
-            self._receiver = None
+        if value == "":
+            empty.append(key)
+        else:
+            attributes[key] = {"DataType": "String", "StringValue": str(value)}
+    if empty:
+        attributes[_EMPTY] = {"DataType": "String", "StringValue": ",".join(empty)}
+    if content_type:
+        attributes[_CONTENT_TYPE] = {"DataType": "String", "StringValue": content_type}
+    raw = bytes(data)
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        body = ""
+    if not body:
+        encoding = "base64" if raw else "empty"
+        body = base64.b64encode(raw).decode() if raw else "-"
+        attributes[_ENCODING] = {"DataType": "String", "StringValue": encoding}
+    return body, attributes
 
 
 @dataclass(frozen=True)
-class _Queue:
-    name: str
-    url: str
-    arn: str
-
-
-class _TopicSubscription(Subscription):
-    """One topic's route on the queue's engine; the queue keeps receiving its messages."""
-
-    def __init__(self, queue: _QueueTransport, topic_arn: str, route: Subscription) -> None:
-        self._queue = queue
-        self._topic_arn = topic_arn
-        self._route = route
-        self._cancelled = False
-
-    @property
-    def active(self) -> bool:
-        return not self._cancelled and self._route.active
-
-    async def cancel(self) -> None:
-        """From now on this topic's messages wait in the queue until it has a handler again."""
-        if not self._cancelled:
-            self._cancelled = True
-            self._queue.topics.pop(self._topic_arn, None)
-        await self._route.cancel()
-
-
-class _QueueTransport(Transport):
-    """This consumer's SQS queue: long polls in a thread of its own, deletes, visibility.
-
-    Messages being handled are kept invisible (renewed every half visibility timeout), so a
-    slow handler gets no duplicate; a message of a topic without a handler is not deleted but
-    made visible again after its receive count in seconds.
-    """
-
-    def __init__(self, pubsub: SnsSqsPubSub, settings: SnsSqsSettings, queue: _Queue) -> None:
-        self.source = f"SQS queue {queue.name!r}"
-        self.topics: dict[str, str] = {}
-        """Topic ARN → the topic name as subscribed, for the topics with a handler."""
-        self._pubsub = pubsub
-        self._settings = settings
-        self._queue = queue
-        self._sqs = pubsub._open()[1]
-        self._label = pubsub.label
-        self._log = pubsub.log
-        self._held: dict[str, Delivery] = {}
-        """Received and not yet settled, by SQS message id: kept invisible."""
-        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"sqs-poll-{queue.name}")
-        self._poll: asyncio.Future[Any] | None = None
-        self._renewer: asyncio.Task[None] | None = None
-
-    async def receive(self, max_count: int) -> Sequence[Delivery]:
-        if self._renewer is None:
-            self._renewer = asyncio.create_task(self._renew_loop(), name=f"renew {self.source}")
-        reply = await self._receive(min(max_count, self._settings.message_max_number))
-        return await self._accept(reply.get("Messages") or [])
-
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """DeleteMessageBatch, ten at a time; failures are reported per message."""
-        for delivery in deliveries:
-            self._held.pop(delivery.key, None)
-        failed: dict[str, Exception] = {}
-        for start in range(0, len(deliveries), 10):
-            batch = deliveries[start : start + 10]
-            entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(batch)]
-            try:
-                reply = await call(
-                    self._sqs.delete_message_batch,
-                    component=self._label,
-                    action=f"delete messages from SQS queue {self._queue.name!r}",
-                    QueueUrl=self._queue.url,
-                    Entries=entries,
-                )
-            except Exception as exc:
-                failed.update((d.key, exc) for d in batch)
-                continue
-            for item in reply.get("Failed") or []:
-                reason = str(item.get("Message") or item.get("Code"))
-                failed[batch[int(item["Id"])].key] = ComponentError(reason, component=self._label)
-        if failed:
-            raise BulkError(failed, component=self._label)
-
-    async def retry_later(self, delivery: Delivery, delay: float) -> None:
-        self._held.pop(delivery.key, None)
-        await self._set_visibility([(delivery.receipt, math.ceil(delay))])
-
-    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
-        await self._pubsub._dead_letter(topic, delivery.message, delivery.ordering_key)
-
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            self._held.pop(delivery.key, None)
-        await self._set_visibility([(d.receipt, 0) for d in deliveries])
-
-    async def close(self) -> None:
-        try:
-            await self._give_back_last_poll()
-            left, self._held = list(self._held.values()), {}
-            await self._set_visibility_or_log([(d.receipt, 0) for d in left])
-        finally:
-            if self._renewer is not None:
-                await stop_tasks(self._renewer)
-            self._poller.shutdown(wait=False, cancel_futures=True)
-            self._pubsub._forget(self)
-
-    async def _receive(self, count: int) -> Any:
-        settings = self._settings
-        loop = asyncio.get_running_loop()
-        self._poll = loop.run_in_executor(
-            self._poller,
-            functools.partial(
-                self._sqs.receive_message,
-                QueueUrl=self._queue.url,
-                MaxNumberOfMessages=count,
-                WaitTimeSeconds=settings.message_wait_time_seconds,
-                VisibilityTimeout=settings.message_visibility_timeout,
-                AttributeNames=["ApproximateReceiveCount", "MessageGroupId"],
-                MessageAttributeNames=["All"],
-            ),
-        )
-        try:
-            result = await asyncio.shield(self._poll)  # cut short: close() gives it back
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._poll = None
-            raise map_error(
-                exc, component=self._label, action=f"receive from SQS queue {self._queue.name!r}"
-            ) from exc
-        self._poll = None
-        return result
-
-    async def _give_back_last_poll(self) -> None:
-        """Waits for a poll cut short by stopping and makes what it got visible again."""
-        poll, self._poll = self._poll, None
-        if poll is None:
-            return
-        wait = self._settings.message_wait_time_seconds + 5
-        try:
-            reply = await asyncio.wait_for(asyncio.shield(poll), wait)
-        except Exception:
-            return
-        receipts = [m["ReceiptHandle"] for m in reply.get("Messages") or []]
-        await self._set_visibility_or_log([(r, 0) for r in receipts])
-
-    async def _accept(self, messages: Sequence[Mapping[str, Any]]) -> list[Delivery]:
-        deliveries: list[Delivery] = []
-        bounce: list[tuple[str, int]] = []
-        vis = self._settings.message_visibility_timeout
-        for raw in messages:
-            attributes = raw.get("Attributes") or {}
-            count = max(int(attributes.get("ApproximateReceiveCount", 1)), 1)
-            sqs_id = str(raw.get("MessageId", ""))
-            receipt = str(raw["ReceiptHandle"])
-            held = self._held.get(sqs_id)
-            if held is not None:
-                held.receipt = receipt  # received again while still being handled here
-                continue
-            envelope = _Envelope.parse(str(raw.get("Body", "")))
-            topic = self.topics.get(envelope.topic_arn) if envelope is not None else None
-            if envelope is None or topic is None:
-                if envelope is None:
-                    self._log.warning(
-                        "%s: message %s in SQS queue %r is not an SNS notification (raw "
-                        "delivery on, or sent to the queue directly); it is left to the "
-                        "queue's redrive policy",
-                        self._label,
-                        sqs_id,
-                        self._queue.name,
-                    )
-                bounce.append((receipt, min(count, vis)))
-                continue
-            delivery = Delivery(
-                envelope.message(topic, count),
-                receipt=receipt,
-                ordering_key=attributes.get("MessageGroupId"),
-                key=sqs_id,
-            )
-            self._held[sqs_id] = delivery
-            deliveries.append(delivery)
-        # Held before this await: if stopping cuts it short, close() gives them back.
-        await self._set_visibility_or_log(bounce)
-        return deliveries
-
-    async def _renew_loop(self) -> None:
-        """Keeps held messages invisible, so a slow handler does not get a duplicate."""
-        vis = self._settings.message_visibility_timeout
-        every = max(vis / 2, 0.5)
-        while True:
-            await asyncio.sleep(every)
-            await self._set_visibility_or_log([(d.receipt, vis) for d in self._held.values()])
-
-    async def _set_visibility(self, changes: Sequence[tuple[str, int]]) -> None:
-        for start in range(0, len(changes), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
-                for i, (receipt, seconds) in enumerate(changes[start : start + 10])
-            ]
-            await call(
-                self._sqs.change_message_visibility_batch,
-                component=self._label,
-                action=f"change message visibility in SQS queue {self._queue.name!r}",
-                QueueUrl=self._queue.url,
-                Entries=entries,
-            )
-
-    async def _set_visibility_or_log(self, changes: Sequence[tuple[str, int]]) -> None:
-        try:
-            await self._set_visibility(changes)
-        except Exception as exc:
-            self._log.warning(
-                "%s: could not change the visibility of %d message(s) in SQS queue %r: %s",
-                self._label,
-                len(changes),
-                self._queue.name,
-                exc,
-            )
-
-
-def _policy(settings: SnsSqsSettings) -> DeliveryPolicy:
-    """Redelivery after 1, 2, 4… s (at most the visibility timeout) after a failure.
-
-    ApproximateReceiveCount also counts receives of a topic without a handler, so a message
-    is never given up before its handler saw it; with a dead-letter queue, or when failed
-    messages are kept, the queue's redrive policy (or nothing) ends its retries.
-    """
-    visibility = float(settings.message_visibility_timeout)
-    return DeliveryPolicy(
-        concurrency=settings.max_in_flight,
-        max_deliveries=settings.message_retry_limit + 1,
-        redelivery_delay=1.0,
-        max_redelivery_delay=visibility,
-        drop_exhausted=not (
-            settings.sqs_dead_letters_queue_name or settings.disable_delete_on_retry_limit
-        ),
-        give_up_on_receive=False,
-        stop_grace=visibility,
-    )
-
-
-@dataclass(frozen=True)
-class _Envelope:
+class Envelope:
     """The SNS notification that SQS holds when raw message delivery is off."""
 
     topic_arn: str
@@ -822,7 +622,7 @@ class _Envelope:
     attributes: Mapping[str, str]
 
     @classmethod
-    def parse(cls, text: str) -> _Envelope | None:
+    def parse(cls, text: str) -> Envelope | None:
         try:
             decoded = json.loads(text)
         except ValueError:
@@ -897,7 +697,7 @@ def _subscribed_endpoints(sns: Any, topic_arn: str) -> set[str]:
     return endpoints
 
 
-def _allow_topic(sqs: Any, queue: _Queue, topic_arn: str) -> None:
+def _allow_topic(sqs: Any, queue: Queue, topic_arn: str) -> None:
     """Adds a statement letting ``topic_arn`` send to the queue, unless one is there."""
     reply = sqs.get_queue_attributes(QueueUrl=queue.url, AttributeNames=["Policy"])
     text = (reply.get("Attributes") or {}).get("Policy")
@@ -920,6 +720,254 @@ def _allow_topic(sqs: Any, queue: _Queue, topic_arn: str) -> None:
         }
     )
     sqs.set_queue_attributes(QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)})
+
+
+# --- the SQS queue as the delivery engine's transport -----------------------------------
+
+
+class TopicSubscription(Subscription):
+    """One topic's route on the queue's engine; the queue keeps receiving its messages."""
+
+    def __init__(self, queue: QueueTransport, topic_arn: str, route: Subscription) -> None:
+        self._queue = queue
+        self._topic_arn = topic_arn
+        self._route = route
+        self._cancelled = False
+
+    @property
+    def active(self) -> bool:
+        return not self._cancelled and self._route.active
+
+    async def cancel(self) -> None:
+        """From now on this topic's messages wait in the queue until it has a handler again."""
+        if not self._cancelled:
+            self._cancelled = True
+            self._queue.topics.pop(self._topic_arn, None)
+        await self._route.cancel()
+
+
+class QueueTransport(Transport):
+    """This consumer's SQS queue: long polls in a thread of its own, deletes, visibility.
+
+    Messages being handled are kept invisible (renewed every half visibility timeout), so a
+    slow handler gets no duplicate; a message of a topic without a handler is not deleted but
+    made visible again after its receive count in seconds.
+    """
+
+    def __init__(
+        self,
+        entities: Entities,
+        queue: Queue,
+        *,
+        forget: Callable[[QueueTransport], None],
+    ) -> None:
+        self.source = f"SQS queue {queue.name!r}"
+        self.topics: dict[str, str] = {}
+        """Topic ARN → the topic name as subscribed, for the topics with a handler."""
+        self._entities = entities
+        self._queue = queue
+        self._sqs = entities.sqs
+        self._label = entities.label
+        self._log = entities.log
+        self._forget = forget
+        """Called once closed: the component then makes a new transport for a new subscriber."""
+        self._held: dict[str, Delivery] = {}
+        """Received and not yet settled, by SQS message id: kept invisible."""
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"sqs-poll-{queue.name}")
+        self._poll: asyncio.Future[Any] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def receive(self, max_count: int) -> Sequence[Delivery]:
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name=f"renew {self.source}")
+        reply = await self._receive(min(max_count, self._entities.settings.message_max_number))
+        return await self._accept(reply.get("Messages") or [])
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """DeleteMessageBatch, ten at a time; failures are reported per message."""
+        for delivery in deliveries:
+            self._held.pop(delivery.key, None)
+        failed: dict[str, Exception] = {}
+        for start in range(0, len(deliveries), 10):
+            batch = deliveries[start : start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(batch)]
+            try:
+                reply = await call(
+                    self._sqs.delete_message_batch,
+                    component=self._label,
+                    action=f"delete messages from SQS queue {self._queue.name!r}",
+                    QueueUrl=self._queue.url,
+                    Entries=entries,
+                )
+            except Exception as exc:
+                failed.update((d.key, exc) for d in batch)
+                continue
+            for item in reply.get("Failed") or []:
+                reason = str(item.get("Message") or item.get("Code"))
+                failed[batch[int(item["Id"])].key] = ComponentError(reason, component=self._label)
+        if failed:
+            raise BulkError(failed, component=self._label)
+
+    async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        self._held.pop(delivery.key, None)
+        await self._set_visibility([(delivery.receipt, math.ceil(delay))])
+
+    async def dead_letter(self, delivery: Delivery, topic: str) -> None:
+        """Publishes a copy (metadata and content type too), in the message's FIFO group."""
+        message = delivery.message
+        await self._entities.send(
+            topic, message.data, message.content_type, message.metadata, delivery.ordering_key
+        )
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self._held.pop(delivery.key, None)
+        await self._set_visibility([(d.receipt, 0) for d in deliveries])
+
+    async def close(self) -> None:
+        try:
+            await self._give_back_last_poll()
+            left, self._held = list(self._held.values()), {}
+            await self._set_visibility_or_log([(d.receipt, 0) for d in left])
+        finally:
+            if self._renewer is not None:
+                await stop_tasks(self._renewer)
+            self._poller.shutdown(wait=False, cancel_futures=True)
+            self._forget(self)
+
+    async def _receive(self, count: int) -> Any:
+        settings = self._entities.settings
+        loop = asyncio.get_running_loop()
+        self._poll = loop.run_in_executor(
+            self._poller,
+            functools.partial(
+                self._sqs.receive_message,
+                QueueUrl=self._queue.url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=settings.message_wait_time_seconds,
+                VisibilityTimeout=settings.message_visibility_timeout,
+                AttributeNames=["ApproximateReceiveCount", "MessageGroupId"],
+                MessageAttributeNames=["All"],
+            ),
+        )
+        try:
+            result = await asyncio.shield(self._poll)  # cut short: close() gives it back
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._poll = None
+            raise map_error(
+                exc, component=self._label, action=f"receive from SQS queue {self._queue.name!r}"
+            ) from exc
+        self._poll = None
+        return result
+
+    async def _give_back_last_poll(self) -> None:
+        """Waits for a poll cut short by stopping and makes what it got visible again."""
+        poll, self._poll = self._poll, None
+        if poll is None:
+            return
+        wait = self._entities.settings.message_wait_time_seconds + 5
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(poll), wait)
+        except Exception:
+            return
+        receipts = [m["ReceiptHandle"] for m in reply.get("Messages") or []]
+        await self._set_visibility_or_log([(r, 0) for r in receipts])
+
+    async def _accept(self, messages: Sequence[Mapping[str, Any]]) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        bounce: list[tuple[str, int]] = []
+        vis = self._entities.settings.message_visibility_timeout
+        for raw in messages:
+            attributes = raw.get("Attributes") or {}
+            count = max(int(attributes.get("ApproximateReceiveCount", 1)), 1)
+            sqs_id = str(raw.get("MessageId", ""))
+            receipt = str(raw["ReceiptHandle"])
+            held = self._held.get(sqs_id)
+            if held is not None:
+                held.receipt = receipt  # received again while still being handled here
+                continue
+            envelope = Envelope.parse(str(raw.get("Body", "")))
+            topic = self.topics.get(envelope.topic_arn) if envelope is not None else None
+            if envelope is None or topic is None:
+                if envelope is None:
+                    self._log.warning(
+                        "%s: message %s in SQS queue %r is not an SNS notification (raw "
+                        "delivery on, or sent to the queue directly); it is left to the "
+                        "queue's redrive policy",
+                        self._label,
+                        sqs_id,
+                        self._queue.name,
+                    )
+                bounce.append((receipt, min(count, vis)))
+                continue
+            delivery = Delivery(
+                envelope.message(topic, count),
+                receipt=receipt,
+                ordering_key=attributes.get("MessageGroupId"),
+                key=sqs_id,
+            )
+            self._held[sqs_id] = delivery
+            deliveries.append(delivery)
+        # Held before this await: if stopping cuts it short, close() gives them back.
+        await self._set_visibility_or_log(bounce)
+        return deliveries
+
+    async def _renew_loop(self) -> None:
+        """Keeps held messages invisible, so a slow handler does not get a duplicate."""
+        vis = self._entities.settings.message_visibility_timeout
+        every = max(vis / 2, 0.5)
+        while True:
+            await asyncio.sleep(every)
+            await self._set_visibility_or_log([(d.receipt, vis) for d in self._held.values()])
+
+    async def _set_visibility(self, changes: Sequence[tuple[str, int]]) -> None:
+        for start in range(0, len(changes), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+                for i, (receipt, seconds) in enumerate(changes[start : start + 10])
+            ]
+            await call(
+                self._sqs.change_message_visibility_batch,
+                component=self._label,
+                action=f"change message visibility in SQS queue {self._queue.name!r}",
+                QueueUrl=self._queue.url,
+                Entries=entries,
+            )
+
+    async def _set_visibility_or_log(self, changes: Sequence[tuple[str, int]]) -> None:
+        try:
+            await self._set_visibility(changes)
+        except Exception as exc:
+            self._log.warning(
+                "%s: could not change the visibility of %d message(s) in SQS queue %r: %s",
+                self._label,
+                len(changes),
+                self._queue.name,
+                exc,
+            )
+
+
+def delivery_policy(settings: SnsSqsSettings) -> DeliveryPolicy:
+    """Redelivery after 1, 2, 4… s (at most the visibility timeout) after a failure.
+
+    ApproximateReceiveCount also counts receives of a topic without a handler, so a message
+    is never given up before its handler saw it; with a dead-letter queue, or when failed
+    messages are kept, the queue's redrive policy (or nothing) ends its retries.
+    """
+    visibility = float(settings.message_visibility_timeout)
+    return DeliveryPolicy(
+        concurrency=settings.max_in_flight,
+        max_deliveries=settings.message_retry_limit + 1,
+        redelivery_delay=1.0,
+        max_redelivery_delay=visibility,
+        drop_exhausted=not (
+            settings.sqs_dead_letters_queue_name or settings.disable_delete_on_retry_limit
+        ),
+        give_up_on_receive=False,
+        stop_grace=visibility,
+    )
 
 
 FIFO_GROUP_METADATA = "fifoMessageGroupID"
