@@ -104,7 +104,9 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
         """Start delivering ``request.topic`` to ``handler`` until the subscription is cancelled."""
 
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
-        """Publish each entry; failures are reported per entry, not raised."""
+        """Publish each entry; failures are reported per entry, not raised (a component that
+        is not open raises ``ComponentNotOpenError``, as every operation does)."""
+        self.require_open()
 
         async def one(entry: BulkPublishEntry) -> BulkPublishFailure | None:
             try:
