@@ -1,9 +1,10 @@
 """Connection settings, pool and error mapping shared by every PostgreSQL driver.
 
-Drivers subclass :class:`PostgreSQLSettings`, call :func:`open_pool` in ``init`` (one
-connection is made first, so a bad address, login or database fails ``init`` with an error
-that says which), and run every statement through :meth:`PostgreSQLPool.run`, which applies
-the timeout and turns psycopg errors into core errors. No statement is ever sent twice
+Drivers subclass :class:`PostgreSQLSettings` and :class:`PostgreSQLDriver`, whose ``open``
+calls :func:`open_pool` (one connection is made first, so a bad address, login or database
+fails ``init`` with an error that says which), and run every statement through
+:meth:`PostgreSQLPool.run`, which applies the timeout and turns psycopg errors into core
+errors. No statement is ever sent twice
 (psycopg and psycopg_pool do not retry, nor does this module): a write whose answer is
 lost is a retriable error saying it may or may not have been applied, never a false
 conflict from a re-run. ``psycopg`` is imported only when a
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import field_validator
 
+from mechakit.core.component import Component
 from mechakit.core.errors import (
     ComponentError,
     ComponentNotOpenError,
@@ -389,6 +391,36 @@ class PostgreSQLPool:
         self._check = asyncio.create_task(check(), name=f"{self.component} pool check")
 
 
+PostgreSQLSettingsT = TypeVar("PostgreSQLSettingsT", bound=PostgreSQLSettings)
+
+
+class PostgreSQLDriver(Component[PostgreSQLSettingsT]):
+    """Base of a driver over one :class:`PostgreSQLPool`: ``open`` opens it (a driver with
+    tables to prepare overrides ``open`` and passes ``prepare`` to :func:`open_pool`),
+    ``shut`` closes it, ``ping`` runs ``SELECT 1`` and ``_pool`` hands it out while the
+    component is open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._db: PostgreSQLPool | None = None
+
+    async def open(self) -> None:
+        self._db = await open_pool(self.settings, component=self.label)
+
+    async def shut(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def ping(self) -> None:
+        await self._pool.run(lambda conn: conn.execute("SELECT 1"), "ping")
+
+    @property
+    def _pool(self) -> PostgreSQLPool:
+        """The pool ``open`` made; ``ComponentNotOpenError`` when the component is not open."""
+        return self.opened(self._db)
+
+
 # libpq reports a refused login without a SQLSTATE; the server's English text is all there is.
 _LOGIN_REFUSED = re.compile(
     r"FATAL:\s+(database \S+ does not exist|role \S+ does not exist|"
@@ -397,6 +429,7 @@ _LOGIN_REFUSED = re.compile(
 
 __all__ = [
     "QUALIFIED_NAME",
+    "PostgreSQLDriver",
     "PostgreSQLPool",
     "PostgreSQLSettings",
     "checked_conninfo",

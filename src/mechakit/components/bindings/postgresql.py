@@ -31,10 +31,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from mechakit.components._shared.postgresql import (
-    PostgreSQLPool,
+    PostgreSQLDriver,
     PostgreSQLSettings,
     first_line,
-    open_pool,
 )
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OutputBinding
 from mechakit.core.errors import InvalidRequestError, MechakitError
@@ -54,23 +53,10 @@ class PostgreSQLBindingSettings(PostgreSQLSettings):
     """The common PostgreSQL settings."""
 
 
-class PostgreSQLBinding(OutputBinding[PostgreSQLBindingSettings]):
+class PostgreSQLBinding(
+    PostgreSQLDriver[PostgreSQLBindingSettings], OutputBinding[PostgreSQLBindingSettings]
+):
     """An output binding that runs parameterised SQL."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._db: PostgreSQLPool | None = None
-
-    async def open(self) -> None:
-        self._db = await open_pool(self.settings, component=self.label)
-
-    async def shut(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    async def ping(self) -> None:
-        await self._pool.run(lambda conn: conn.execute("SELECT 1"), "ping")
 
     def operations(self) -> Sequence[str]:
         return (EXEC, QUERY, CLOSE)
@@ -118,10 +104,6 @@ class PostgreSQLBinding(OutputBinding[PostgreSQLBindingSettings]):
             metadata=_timing(operation, sql, started),
             content_type="application/json",
         )
-
-    @property
-    def _pool(self) -> PostgreSQLPool:
-        return self.opened(self._db)
 
     def _params(self, request: InvokeRequest) -> list[Any]:
         raw = request.metadata.get(PARAMS)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import field_validator
 
 from mechakit.components._shared.postgresql import (
-    PostgreSQLPool,
+    PostgreSQLDriver,
     PostgreSQLSettings,
     connect,
     first_line,
@@ -98,12 +98,14 @@ class PostgreSQLConfigurationSettings(PostgreSQLSettings):
         return value
 
 
-class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSettings]):
+class PostgreSQLConfigurationStore(
+    PostgreSQLDriver[PostgreSQLConfigurationSettings],
+    ConfigurationStore[PostgreSQLConfigurationSettings],
+):
     """Configuration items in a PostgreSQL table, with subscriptions through LISTEN/NOTIFY."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._db: PostgreSQLPool | None = None
         self._table = ""
         self._channel = ""
         self._trigger_ready = False
@@ -135,12 +137,7 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
         for _, waiter in self._pending:
             waiter.cancel()
         self._pending.clear()
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    async def ping(self) -> None:
-        await self._pool.run(lambda conn: conn.execute("SELECT 1"), "ping")
+        await super().shut()
 
     async def get(self, request: GetConfigurationRequest) -> dict[str, ConfigurationItem]:
         keys = list(dict.fromkeys(request.keys))
@@ -176,10 +173,6 @@ class PostgreSQLConfigurationStore(ConfigurationStore[PostgreSQLConfigurationSet
             )
 
     # --- the table ----------------------------------------------------------------------
-
-    @property
-    def _pool(self) -> PostgreSQLPool:
-        return self.opened(self._db)
 
     async def _prepare_table(self, conn: AsyncConnection[Any]) -> None:
         cursor = await conn.execute(_COLUMNS, (self._table,))

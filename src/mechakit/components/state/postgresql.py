@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import field_validator
 
 from mechakit.components._shared.postgresql import (
-    PostgreSQLPool,
+    PostgreSQLDriver,
     PostgreSQLSettings,
     open_pool,
     qualified_name,
@@ -99,7 +99,9 @@ class PostgreSQLStateSettings(PostgreSQLSettings, StateSettings):
 
 
 class PostgreSQLStateStore(
-    TransactionalStore[PostgreSQLStateSettings], QueryableStore[PostgreSQLStateSettings]
+    PostgreSQLDriver[PostgreSQLStateSettings],
+    TransactionalStore[PostgreSQLStateSettings],
+    QueryableStore[PostgreSQLStateSettings],
 ):
     """Key/value state in PostgreSQL: atomic ETag checks, TTL, transactions and queries."""
 
@@ -107,7 +109,6 @@ class PostgreSQLStateStore(
 
     def __init__(self) -> None:
         super().__init__()
-        self._db: PostgreSQLPool | None = None
         self._sql = _Statements("state", "dapr_metadata")
 
     async def open(self) -> None:
@@ -121,14 +122,6 @@ class PostgreSQLStateStore(
             prepare_what=f"table {settings.table_name!r}",
         )
         self.clean_expired_every(settings.cleanup_interval, self._purge_expired)
-
-    async def shut(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1"), "ping")
 
     async def get(self, request: GetRequest) -> StateItem | None:
         stored_key = self.stored_key(request.key)
@@ -325,7 +318,7 @@ class PostgreSQLStateStore(
         write: bool = False,
     ) -> T:
         """``body`` on a pooled connection within the timeout; driver errors become core errors."""
-        return await self.opened(self._db).run(body, what, key, write=write)
+        return await self._pool.run(body, what, key, write=write)
 
     async def _execute(
         self, conn: AsyncConnection[Any], ops: Sequence[_Operation], *, atomic: bool
