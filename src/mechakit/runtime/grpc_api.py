@@ -272,7 +272,7 @@ class DaprGrpcApi:
         self, request: state_pb2.GetBulkStateRequest, context: Context
     ) -> state_pb2.GetBulkStateResponse:
         name = request.store_name
-        self.service.state.store(name)
+        self.service.state.component(name)
         self.service.state.check_count(len(request.keys), "keys")
         metadata = dict(request.metadata)
         requests = await bulk.map_chunked(lambda _, k: GetRequest(k, metadata), request.keys)
@@ -285,7 +285,7 @@ class DaprGrpcApi:
         self, request: state_pb2.SaveStateRequest, context: Context
     ) -> empty_pb2.Empty:
         name = request.store_name
-        self.service.state.store(name)
+        self.service.state.component(name)
         self.service.state.check_count(len(request.states), "state items")
         requests = await bulk.map_chunked(lambda _, item: codec.set_request(item), request.states)
         await self.service.state.save(name, requests)
@@ -309,7 +309,7 @@ class DaprGrpcApi:
         self, request: state_pb2.DeleteBulkStateRequest, context: Context
     ) -> empty_pb2.Empty:
         name = request.store_name
-        self.service.state.store(name)
+        self.service.state.component(name)
         self.service.state.check_count(len(request.states), "state items")
         requests = await bulk.map_chunked(
             lambda _, item: codec.delete_request(item), request.states
@@ -490,7 +490,7 @@ class DaprGrpcApi:
     ) -> configuration_pb2.UnsubscribeConfigurationResponse:
         """Stop a subscription and end its stream; an unknown id is ``ok=False``."""
         name = request.store_name
-        self.service.configuration.store(name)
+        self.service.configuration.component(name)
         updates = self._watches.pop((name, request.id), None)
         if updates is None:
             return configuration_pb2.UnsubscribeConfigurationResponse(

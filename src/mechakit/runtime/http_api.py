@@ -173,7 +173,7 @@ class DaprHttpApi:
 
     async def save_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.state.store(name)
+        self.service.state.component(name)
         items = codec.json_body(await request.body())
         if not isinstance(items, list):
             raise codec.malformed(f"expected a JSON array of state items, got {codec.kind(items)}")
@@ -187,7 +187,7 @@ class DaprHttpApi:
 
     async def get_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.state.store(name)
+        self.service.state.component(name)
         options = codec.state_options(None, request.query_params.get("consistency"), "query")
         get = GetRequest(
             request.path_params["key"],
@@ -205,7 +205,7 @@ class DaprHttpApi:
 
     async def get_bulk_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.state.store(name)
+        self.service.state.component(name)
         body = codec.json_object(codec.json_body(await request.body()), "request body")
         keys = body.get("keys") or []
         if not isinstance(keys, list):
@@ -229,7 +229,7 @@ class DaprHttpApi:
 
     async def delete_state(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.state.store(name)
+        self.service.state.component(name)
         query = request.query_params
         options = codec.state_options(query.get("concurrency"), query.get("consistency"), "query")
         delete = DeleteRequest(
@@ -285,7 +285,7 @@ class DaprHttpApi:
 
     async def publish(self, request: Request) -> Response:
         name = request.path_params["pubsub"]
-        self.service.pubsub.pubsub(name)
+        self.service.pubsub.component(name)
         await self.service.pubsub.publish(
             name,
             str(request.path_params["topic"]),
@@ -297,7 +297,7 @@ class DaprHttpApi:
 
     async def bulk_publish(self, request: Request) -> Response:
         name = request.path_params["pubsub"]
-        self.service.pubsub.pubsub(name)
+        self.service.pubsub.component(name)
         body = codec.json_body(await request.body(), code=EVENTS)
         if not isinstance(body, list):
             raise invalid(EVENTS, f"expected a JSON array of entries, got {codec.kind(body)}")
@@ -317,7 +317,7 @@ class DaprHttpApi:
 
     async def invoke_binding(self, request: Request) -> Response:
         name = request.path_params["name"]
-        self.service.bindings.binding(name)
+        self.service.bindings.component(name)
         body = codec.json_object(codec.json_body(await request.body()), "request body")
         operation = body.get("operation")
         if not isinstance(operation, str):
@@ -357,7 +357,7 @@ class DaprHttpApi:
 
     async def try_lock(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.lock.store(name)
+        self.service.lock.component(name)
         body = codec.json_object(codec.json_body(await request.body()), "request body")
         success = await self.service.lock.try_lock(
             name,
@@ -371,7 +371,7 @@ class DaprHttpApi:
 
     async def unlock(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.lock.store(name)
+        self.service.lock.component(name)
         body = codec.json_object(codec.json_body(await request.body()), "request body")
         status = await self.service.lock.unlock(
             name,
@@ -399,7 +399,7 @@ class DaprHttpApi:
 
     async def subscribe_configuration(self, request: Request) -> Response:
         name = request.path_params["store"]
-        self.service.configuration.store(name)
+        self.service.configuration.component(name)
         delivery = self.delivery
         if delivery is None:
             raise invalid(
@@ -421,7 +421,7 @@ class DaprHttpApi:
         name = request.path_params["store"]
         subscription_id = request.path_params["id"]
         watch = (name, subscription_id)
-        self.service.configuration.store(name)
+        self.service.configuration.component(name)
         try:
             if watch not in self._configuration_watches:
                 raise DaprError(

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OutputBinding
 from mechakit.core.component import Component
 from mechakit.core.errors import NotSupportedError
 
-from .errors import failure, invalid, lookup
+from .errors import BlockService, failure, invalid
 from .state import MALFORMED
 
 
-class BindingsService:
+class BindingsService(BlockService[Component[Any]]):
     """The output bindings ``find`` looks up by name."""
 
-    def __init__(self, find: Callable[[str], Component[Any]]) -> None:
-        self._find = find
-
-    def binding(self, name: str) -> Component[Any]:
-        return lookup(
-            self._find, name, "ERR_INVOKE_OUTPUT_BINDING", f"error invoking output binding {name}"
-        )
+    NOT_FOUND = "ERR_INVOKE_OUTPUT_BINDING"
+    NOT_FOUND_MESSAGE = "error invoking output binding {name}"
 
     async def invoke(self, name: str, request: InvokeRequest) -> InvokeResponse:
-        binding = self.binding(name)
+        binding = self.component(name)
         if not request.operation.strip():
             raise invalid(MALFORMED, "operation must be non-empty, e.g. create")
         with failure(

@@ -5,7 +5,7 @@ Which subscriptions a door made (and how it delivers their updates) stays with t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mechakit.core.configuration import (
@@ -17,28 +17,20 @@ from mechakit.core.configuration import (
 )
 from mechakit.core.errors import NotFoundError
 
-from .errors import failure, lookup
+from .errors import BlockService, failure
 
 
-class ConfigurationService:
+class ConfigurationService(BlockService[ConfigurationStore[Any]]):
     """The configuration stores ``find`` looks up by name."""
 
-    def __init__(self, find: Callable[[str], ConfigurationStore[Any]]) -> None:
-        self._find = find
-
-    def store(self, name: str) -> ConfigurationStore[Any]:
-        return lookup(
-            self._find,
-            name,
-            "ERR_CONFIGURATION_STORE_NOT_FOUND",
-            f"configuration store {name} not found",
-        )
+    NOT_FOUND = "ERR_CONFIGURATION_STORE_NOT_FOUND"
+    NOT_FOUND_MESSAGE = "configuration store {name} not found"
 
     async def get(
         self, name: str, keys: Sequence[str], metadata: Mapping[str, str] | None = None
     ) -> dict[str, ConfigurationItem]:
         """The items that exist among ``keys`` (no keys: every item)."""
-        store = self.store(name)
+        store = self.component(name)
         request = GetConfigurationRequest(keys=list(keys), metadata=dict(metadata or {}))
         with failure(
             "ERR_CONFIGURATION_GET",
@@ -55,7 +47,7 @@ class ConfigurationService:
         metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Watch ``keys`` (empty: every key); the id ``unsubscribe`` takes."""
-        store = self.store(name)
+        store = self.component(name)
         request = SubscribeConfigurationRequest(keys=list(keys), metadata=dict(metadata or {}))
         with failure(
             "ERR_CONFIGURATION_SUBSCRIBE",
@@ -67,7 +59,7 @@ class ConfigurationService:
     async def unsubscribe(self, name: str, subscription_id: str, *, missing_ok: bool) -> None:
         """Stop a subscription; with ``missing_ok`` one the store no longer knows counts as
         stopped (a door that made it knows it existed), else it is NOT_FOUND."""
-        store = self.store(name)
+        store = self.component(name)
         with failure(
             "ERR_CONFIGURATION_UNSUBSCRIBE",
             f"failed to unsubscribe to configuration request {subscription_id}",

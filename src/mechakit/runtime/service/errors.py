@@ -11,7 +11,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from mechakit.core.errors import (
     BulkError,
@@ -171,6 +171,30 @@ def lookup(
     except (NotFoundError, ConfigurationError) as exc:
         text = f"{message}: {exc.reason}" if message else exc.reason
         raise invalid(code, text, resource=resource) from None
+
+
+C = TypeVar("C")
+
+
+class BlockService(Generic[C]):
+    """A building block's service over the components ``find`` looks up by name.
+
+    A subclass says how Dapr answers for a name no component has: ``NOT_FOUND`` (the
+    code), ``NOT_FOUND_MESSAGE`` (``{name}`` is the name) and ``RESOURCE`` (the
+    ``ResourceInfo`` type Dapr adds, or None).
+    """
+
+    NOT_FOUND: ClassVar[str]
+    NOT_FOUND_MESSAGE: ClassVar[str]
+    RESOURCE: ClassVar[str | None] = None
+
+    def __init__(self, find: Callable[[str], C]) -> None:
+        self._find = find
+
+    def component(self, name: str) -> C:
+        resource = (self.RESOURCE, name) if self.RESOURCE else None
+        message = self.NOT_FOUND_MESSAGE.format(name=name)
+        return lookup(self._find, name, self.NOT_FOUND, message, resource)
 
 
 def kind_of(error: Exception) -> ErrorKind:

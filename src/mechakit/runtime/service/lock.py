@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.lock import LockStore, TryLockRequest, UnlockRequest, UnlockStatus
 
-from .errors import DaprError, failure, invalid, lookup
+from .errors import BlockService, DaprError, failure, invalid
 from .state import MALFORMED
 
 
-class LockService:
+class LockService(BlockService[LockStore[Any]]):
     """Locks of the stores ``find`` looks up by name."""
 
-    def __init__(self, find: Callable[[str], LockStore[Any]]) -> None:
-        self._find = find
-
-    def store(self, name: str) -> LockStore[Any]:
-        return lookup(self._find, name, "ERR_LOCK_STORE_NOT_FOUND", f"lock store {name} not found")
+    NOT_FOUND = "ERR_LOCK_STORE_NOT_FOUND"
+    NOT_FOUND_MESSAGE = "lock store {name} not found"
 
     async def try_lock(self, name: str, resource_id: str, owner: str, expiry_seconds: int) -> bool:
         """True when acquired; False when anyone holds it (the same owner included)."""
-        store = self.store(name)
+        store = self.component(name)
         try:
             request = TryLockRequest(resource_id, owner, expiry_seconds)
         except InvalidRequestError as exc:
@@ -32,7 +28,7 @@ class LockService:
             return await store.try_lock(request)
 
     async def unlock(self, name: str, resource_id: str, owner: str) -> UnlockStatus:
-        store = self.store(name)
+        store = self.component(name)
         try:
             request = UnlockRequest(resource_id, owner)
         except InvalidRequestError as exc:

@@ -21,7 +21,7 @@ from mechakit.core.pubsub import (
 from mechakit.core.state import parse_ttl
 from mechakit.runtime import bulk
 
-from .errors import DaprError, failure, invalid, lookup
+from .errors import BlockService, DaprError, failure, invalid
 
 RAW_PAYLOAD = "rawPayload"
 REQUEST_METADATA = "ERR_PUBSUB_REQUEST_METADATA"
@@ -46,24 +46,19 @@ def message_ttl(metadata: Mapping[str, str]) -> int | None:
         raise invalid(REQUEST_METADATA, exc.reason) from None
 
 
-class PubSubService:
+class PubSubService(BlockService[PubSub[Any]]):
     """The publish API over the brokers that ``find`` looks up by name."""
+
+    NOT_FOUND = "ERR_PUBSUB_NOT_FOUND"
+    NOT_FOUND_MESSAGE = "pubsub {name} is not found"
+    RESOURCE = "pubsub"
 
     def __init__(
         self, find: Callable[[str], PubSub[Any]], *, source: str, max_bulk_keys: int
     ) -> None:
-        self._find = find
+        super().__init__(find)
         self._source = source or "mechakit"
         self.max_bulk_keys = max_bulk_keys
-
-    def pubsub(self, name: str) -> PubSub[Any]:
-        return lookup(
-            self._find,
-            name,
-            "ERR_PUBSUB_NOT_FOUND",
-            f"pubsub {name} is not found",
-            ("pubsub", name),
-        )
 
     def envelope(
         self,
@@ -105,7 +100,7 @@ class PubSubService:
         content_type: str | None,
         metadata: Mapping[str, str],
     ) -> None:
-        pubsub = self.pubsub(name)
+        pubsub = self.component(name)
         _check_topic(topic, name)
         raw = raw_payload(metadata)
         data, data_type = self.envelope(pubsub, topic, payload, content_type, metadata, raw=raw)
@@ -125,7 +120,7 @@ class PubSubService:
     ) -> BulkPublishResponse:
         """Entries carry their payload as given; each gets the request's metadata under its
         own, and its envelope unless the request says ``rawPayload``."""
-        pubsub = self.pubsub(name)
+        pubsub = self.component(name)
         _check_topic(topic, name)
         raw = raw_payload(metadata)
         bulk.check_count(len(entries), self.max_bulk_keys, "entries")

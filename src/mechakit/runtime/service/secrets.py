@@ -8,30 +8,25 @@ from typing import Any
 from mechakit.core.errors import PermissionDeniedError
 from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
 
-from .errors import failure, invalid, lookup
+from .errors import BlockService, failure, invalid
 from .state import MALFORMED
 
 
-class SecretsService:
+class SecretsService(BlockService[SecretStore[Any]]):
     """Secrets of the stores ``find`` looks up, filtered by ``allows(store, secret)``."""
+
+    NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
+    NOT_FOUND_MESSAGE = "failed finding secret store with key {name}"
 
     def __init__(
         self, find: Callable[[str], SecretStore[Any]], allows: Callable[[str, str], bool]
     ) -> None:
-        self._find = find
+        super().__init__(find)
         self._allows = allows
-
-    def store(self, name: str) -> SecretStore[Any]:
-        return lookup(
-            self._find,
-            name,
-            "ERR_SECRET_STORE_NOT_FOUND",
-            f"failed finding secret store with key {name}",
-        )
 
     async def get(self, name: str, request: GetSecretRequest) -> dict[str, str]:
         """The secret's keys and values; DENIED outside the scopes, NOT_FOUND when missing."""
-        store = self.store(name)
+        store = self.component(name)
         if not request.name:
             raise invalid(MALFORMED, "the secret name (key) is empty")
         with failure(
@@ -51,7 +46,7 @@ class SecretsService:
         self, name: str, metadata: Mapping[str, str] | None = None
     ) -> dict[str, dict[str, str]]:
         """Every secret the app may read: name → (key → value)."""
-        store = self.store(name)
+        store = self.component(name)
         with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {name}"):
             found = await store.bulk_get_secret(BulkGetSecretRequest(metadata=dict(metadata or {})))
         return {secret: values for secret, values in found.items() if self._allows(name, secret)}

@@ -22,7 +22,7 @@ from mechakit.core.state import (
 )
 from mechakit.runtime import bulk
 
-from .errors import DaprError, ErrorKind, failure, invalid, lookup
+from .errors import BlockService, DaprError, ErrorKind, failure, invalid
 
 MALFORMED = "ERR_MALFORMED_REQUEST"
 KEY_SEPARATOR = "||"
@@ -56,23 +56,21 @@ def check_write(request: SetRequest | DeleteRequest, where: str, store: str) -> 
             raise invalid(MALFORMED, f"{where}: {exc.reason}", resource=("state", store)) from None
 
 
-class StateService:
+class StateService(BlockService[StateStore[Any]]):
     """The state API over the stores that ``find`` looks up by name."""
 
-    def __init__(self, find: Callable[[str], StateStore[Any]], *, max_bulk_keys: int) -> None:
-        self._find = find
-        self.max_bulk_keys = max_bulk_keys
+    NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
+    NOT_FOUND_MESSAGE = "state store {name} is not found"
 
-    def store(self, name: str) -> StateStore[Any]:
-        return lookup(
-            self._find, name, "ERR_STATE_STORE_NOT_FOUND", f"state store {name} is not found"
-        )
+    def __init__(self, find: Callable[[str], StateStore[Any]], *, max_bulk_keys: int) -> None:
+        super().__init__(find)
+        self.max_bulk_keys = max_bulk_keys
 
     def check_count(self, count: int, what: str) -> None:
         bulk.check_count(count, self.max_bulk_keys, what)
 
     async def get(self, name: str, request: GetRequest) -> StateItem | None:
-        store = self.store(name)
+        store = self.component(name)
         check_key(request.key, "key", name)
         with failure(
             "ERR_STATE_GET", f"fail to get {request.key} from state store {name}", ("state", name)
@@ -80,7 +78,7 @@ class StateService:
             return await store.get(request)
 
     async def bulk_get(self, name: str, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
-        store = self.store(name)
+        store = self.component(name)
         self.check_count(len(requests), "keys")
         for i, request in enumerate(requests):
             check_key(request.key, f"keys[{i}]", name)
@@ -106,7 +104,7 @@ class StateService:
                 await store.bulk_set(requests)
 
     async def delete(self, name: str, request: DeleteRequest) -> None:
-        store = self.store(name)
+        store = self.component(name)
         check_key(request.key, "key", name)
         with failure(
             "ERR_STATE_DELETE", f"failed deleting state with key {request.key}", ("state", name)
@@ -126,14 +124,14 @@ class StateService:
         self, name: str, requests: Sequence[SetRequest | DeleteRequest]
     ) -> StateStore[Any]:
         """The store, once the batch is within the bulk cap and every item is valid."""
-        store = self.store(name)
+        store = self.component(name)
         self.check_count(len(requests), "state items")
         for i, request in enumerate(requests):
             check_write(request, f"item {i}", name)
         return store
 
     def transactional(self, name: str) -> TransactionalStore[Any]:
-        store = self.store(name)
+        store = self.component(name)
         if not isinstance(store, TransactionalStore):
             raise _unsupported(name, "doesn't support transactions", "TRANSACTIONS")
         return store
@@ -161,7 +159,7 @@ class StateService:
             await store.transact(operations, dict(metadata or {}))
 
     def queryable(self, name: str) -> QueryableStore[Any]:
-        store = self.store(name)
+        store = self.component(name)
         if not isinstance(store, QueryableStore):
             raise _unsupported(name, "does not support querying", "QUERYING")
         return store
