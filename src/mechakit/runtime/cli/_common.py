@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,14 @@ def missing_modules(modules: Sequence[str]) -> list[str]:
         if not found:
             missing.append(DISTRIBUTIONS.get(module, module))
     return missing
+
+
+def lacks_extra(command: str, extra: str, modules: Sequence[str]) -> bool:
+    """Whether any of ``modules`` is missing; if so, say on stderr what to install."""
+    missing = missing_modules(modules)
+    if missing:
+        print(extra_hint(command, extra, missing), file=sys.stderr)
+    return bool(missing)
 
 
 def extra_hint(command: str, extra: str, missing: Sequence[str]) -> str:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ._common import extra_hint, missing_modules
+from ._common import lacks_extra
 
 NEEDS = ("pytest", "pytest_asyncio")
 """What the ``conformance`` extra installs for running the suite."""
@@ -40,9 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _conformance(namespace: argparse.Namespace, passthrough: list[str]) -> int:
-    missing = missing_modules(NEEDS)
-    if missing:
-        print(extra_hint("conformance", "conformance", missing), file=sys.stderr)
+    if lacks_extra("conformance", "conformance", NEEDS):
         return 1
     from mechakit.conformance.runner import run_conformance
 

@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 
-from ._common import extra_hint, missing_modules
+from ._common import extra_hint, lacks_extra
 from ._serve import serve
 from .dapr_flags import (
     LOG_LEVELS,
@@ -71,9 +71,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(namespace: argparse.Namespace, command: list[str]) -> int:
-    missing = missing_modules(SIDECAR)
-    if missing:
-        print(extra_hint("run", "sidecar", missing), file=sys.stderr)
+    if lacks_extra("run", "sidecar", SIDECAR):
         return 1
     _configure_logging(namespace)
     log = logging.getLogger("mechakit.run")
