@@ -61,3 +61,39 @@ def test_an_unknown_short_name_is_an_error_listing_the_known_ones() -> None:
 def test_short_backend_names_resolve_without_registration() -> None:
     assert isinstance(resolve_backend("redis"), RedisBackend)
     assert set(known_backends()) >= {"redis", "redis-cluster", "postgresql", "moto", "vault"}
+
+
+class _FakeContainer:
+    """What ``started`` needs of a testcontainers container (no Docker here)."""
+
+    def __init__(self, fail_start: bool = False) -> None:
+        self.fail_start, self.stopped = fail_start, False
+
+    def start(self) -> None:
+        if self.fail_start:
+            raise RuntimeError("no Docker")
+
+    def get_container_host_ip(self) -> str:
+        return "10.0.0.2"
+
+    def get_exposed_port(self, port: int) -> int:
+        return port + 30000
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_started_container_gives_its_host_and_port_and_a_failed_one_is_unavailable() -> None:
+    from mechakit.conformance.backends import BackendUnavailable, started
+
+    assert started(_FakeContainer(), "img:1", port=6379) == ("10.0.0.2", "36379")
+    never_ready = _FakeContainer()
+
+    def ready(host: str, port: str) -> None:
+        raise TimeoutError(f"{host}:{port} never answered")
+
+    with pytest.raises(BackendUnavailable, match=r"could not start img:1: 10.0.0.2:36379"):
+        started(never_ready, "img:1", ready, port=6379)
+    assert never_ready.stopped
+    with pytest.raises(BackendUnavailable, match="no Docker"):
+        started(_FakeContainer(fail_start=True), "img:1")

@@ -33,6 +33,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
+    started,
+    testcontainers,
 )
 
 MOTO_IMAGE = "motoserver/moto:latest"
@@ -104,23 +106,15 @@ class MotoBackend(Backend):
         return BackendInfo(values, source="local binary", stop=stop)
 
     def start_container(self) -> BackendInfo:
-        try:
-            from testcontainers.core.container import (  # type: ignore[import-not-found]
-                DockerContainer,
-            )
-            from testcontainers.core.waiting_utils import (  # type: ignore[import-not-found]
-                wait_for_logs,
-            )
-        except ImportError:
-            raise BackendUnavailable("testcontainers is not installed") from None
-        container = DockerContainer(MOTO_IMAGE).with_exposed_ports(5000)
-        try:
-            container.start()
-            wait_for_logs(container, "Running on", timeout=60)
-        except Exception as exc:
-            raise BackendUnavailable(f"could not start {MOTO_IMAGE}: {exc}") from None
-        host = str(container.get_container_host_ip())
-        values = _values(f"http://{host}:{container.get_exposed_port(5000)}")
+        container = testcontainers("core.container", "DockerContainer")(MOTO_IMAGE)
+        wait_for_logs = testcontainers("core.waiting_utils", "wait_for_logs")
+        host, port = started(
+            container.with_exposed_ports(5000),
+            MOTO_IMAGE,
+            lambda *_: wait_for_logs(container, "Running on", timeout=60),
+            port=5000,
+        )
+        values = _values(f"http://{host}:{port}")
         seed(values)
         return BackendInfo(values, source="testcontainers", stop=container.stop)
 

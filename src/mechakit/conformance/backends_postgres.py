@@ -33,6 +33,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
+    started,
+    testcontainers,
 )
 
 POSTGRES_IMAGE = "postgres:16-alpine"
@@ -105,19 +107,8 @@ class PostgresBackend(Backend):
         )
 
     def start_container(self) -> BackendInfo:
-        try:
-            from testcontainers.postgres import (  # type: ignore[import-not-found]
-                PostgresContainer,
-            )
-        except ImportError:
-            raise BackendUnavailable("testcontainers is not installed") from None
-        container = PostgresContainer(POSTGRES_IMAGE, driver=None)
-        try:
-            container.start()
-        except Exception as exc:
-            raise BackendUnavailable(f"could not start {POSTGRES_IMAGE}: {exc}") from None
-        host = str(container.get_container_host_ip())
-        port = str(container.get_exposed_port(5432))
+        container = testcontainers("postgres", "PostgresContainer")(POSTGRES_IMAGE, driver=None)
+        host, port = started(container, POSTGRES_IMAGE, port=5432)
         values = _values(host, port, container.username, container.dbname, container.password)
         return BackendInfo(values, source="testcontainers", stop=container.stop)
 

@@ -27,6 +27,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
+    started,
+    testcontainers,
 )
 
 REDIS_IMAGE = "redis:7-alpine"
@@ -71,19 +73,10 @@ class RedisBackend(Backend):
         )
 
     def start_container(self) -> BackendInfo:
-        try:
-            from testcontainers.redis import RedisContainer  # type: ignore[import-not-found]
-        except ImportError:
-            raise BackendUnavailable("testcontainers is not installed") from None
-        container = RedisContainer(REDIS_IMAGE).with_command(
+        container = testcontainers("redis", "RedisContainer")(REDIS_IMAGE).with_command(
             "redis-server --save '' --appendonly no --notify-keyspace-events KEA"
         )
-        try:
-            container.start()
-        except Exception as exc:
-            raise BackendUnavailable(f"could not start {REDIS_IMAGE}: {exc}") from None
-        host = str(container.get_container_host_ip())
-        port = str(container.get_exposed_port(6379))
+        host, port = started(container, REDIS_IMAGE, port=6379)
         return BackendInfo(_values(host, port), source="testcontainers", stop=container.stop)
 
 

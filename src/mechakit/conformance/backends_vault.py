@@ -34,6 +34,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
+    started,
+    testcontainers,
 )
 
 OPENBAO_IMAGE = "openbao/openbao:latest"
@@ -102,28 +104,20 @@ class VaultBackend(Backend):
         return BackendInfo(_values(address, token), source="local binary", stop=stop)
 
     def start_container(self) -> BackendInfo:
-        try:
-            from testcontainers.core.container import (  # type: ignore[import-not-found]
-                DockerContainer,
-            )
-        except ImportError:
-            raise BackendUnavailable("testcontainers is not installed") from None
         token = f"mechakit-{uuid.uuid4().hex}"
         container = (
-            DockerContainer(OPENBAO_IMAGE)
+            testcontainers("core.container", "DockerContainer")(OPENBAO_IMAGE)
             .with_env("BAO_DEV_ROOT_TOKEN_ID", token)
             .with_env("BAO_DEV_LISTEN_ADDRESS", "0.0.0.0:8200")
             .with_exposed_ports(8200)
         )
-        try:
-            container.start()
-            host = container.get_container_host_ip()
-            address = f"http://{host}:{container.get_exposed_port(8200)}"
-            _wait_until_unsealed(address)
-            seed(address, token)
-        except Exception as exc:
-            container.stop()
-            raise BackendUnavailable(f"could not start {OPENBAO_IMAGE}: {exc}") from None
+
+        def ready(host: str, port: str) -> None:
+            _wait_until_unsealed(f"http://{host}:{port}")
+            seed(f"http://{host}:{port}", token)
+
+        host, port = started(container, OPENBAO_IMAGE, ready, port=8200)
+        address = f"http://{host}:{port}"
         return BackendInfo(_values(address, token), source="testcontainers", stop=container.stop)
 
 
