@@ -28,18 +28,17 @@ more, and a request left without an answer is a retriable error saying so.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from mechakit.components._shared import aws
 from mechakit.components._shared.aws import AwsDriver, AwsFailure, AwsSettings
-from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
+from mechakit.components._shared.requests import metadata_value
+from mechakit.components.bindings._storage import StorageBinding, json_response
+from mechakit.core.bindings import InvokeRequest, InvokeResponse
 from mechakit.core.errors import (
     InvalidRequestError,
     MechakitError,
@@ -47,7 +46,9 @@ from mechakit.core.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from mechakit.core.metadata import Bool, parse_bool, parse_duration, setting
+from mechakit.core.metadata import Bool, parse_duration, setting
+
+_PRESIGN = "presign"
 
 
 class S3Settings(AwsSettings):
@@ -74,10 +75,11 @@ class S3Settings(AwsSettings):
     )
 
 
-class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
+class S3Binding(AwsDriver[S3Settings], StorageBinding[S3Settings]):
     """Create, get, delete, list and presign objects of one bucket."""
 
     SERVICE = "s3"
+    EXTRA_OPERATIONS = (_PRESIGN,)
 
     async def open(self) -> None:
         if not self.settings.bucket.strip():
@@ -94,46 +96,17 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
     async def ping(self) -> None:
         await self._call("ping", self._aws.head_bucket, Bucket=self._bucket)
 
-    def operations(self) -> Sequence[str]:
-        return [
-            OperationKind.CREATE,
-            OperationKind.GET,
-            OperationKind.DELETE,
-            OperationKind.LIST,
-            _PRESIGN,
-        ]
-
-    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
-        operation = self.check_operation(request)
-        if operation == OperationKind.CREATE:
-            return await self._create(request)
-        if operation == OperationKind.GET:
-            return await self._get(request)
-        if operation == OperationKind.DELETE:
-            return await self._delete(request)
-        if operation == OperationKind.LIST:
-            return await self._list(request)
-        return await self._presign(request)
-
-    async def _create(self, request: InvokeRequest) -> InvokeResponse:
-        key = _meta(request.metadata, "key") or str(uuid.uuid4())
-        data = request.data
-        if self._flag(request.metadata, "decodeBase64", self.settings.decode_base64):
-            try:
-                data = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidRequestError(
-                    f"data of object {key!r} is not valid base64 (decodeBase64=true)",
-                    component=self.label,
-                    field="data",
-                    key=key,
-                ) from None
+    async def create_object(self, request: InvokeRequest) -> InvokeResponse:
+        key = metadata_value(request.metadata, "key") or str(uuid.uuid4())
+        data = self.data_to_store(request, key, decode=self.settings.decode_base64)
         ttl = self._presign_ttl(request.metadata, required=False)
         options: dict[str, Any] = {}
-        content_type = _meta(request.metadata, "contentType")
+        content_type = metadata_value(request.metadata, "contentType")
         if content_type:
             options["ContentType"] = content_type
-        storage_class = _meta(request.metadata, "storageClass") or self.settings.storage_class
+        storage_class = (
+            metadata_value(request.metadata, "storageClass") or self.settings.storage_class
+        )
         if storage_class:
             options["StorageClass"] = storage_class
         reply = await self._call(
@@ -151,25 +124,22 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
             metadata["versionID"] = str(reply["VersionId"])
         if ttl is not None:
             body["presignURL"] = metadata["presignURL"] = await self._presigned_url(key, ttl)
-        return InvokeResponse(
-            data=json.dumps(body).encode(), metadata=metadata, content_type="application/json"
-        )
+        return json_response(body, metadata)
 
-    async def _get(self, request: InvokeRequest) -> InvokeResponse:
-        key = self._required_key(request)
+    async def get_object(self, request: InvokeRequest) -> InvokeResponse:
+        key = self.required_option(request, "key")
         data, content_type = await self._call(
             "get", _read_object, self._aws, self._bucket, key, key=key
         )
-        if self._flag(request.metadata, "encodeBase64", self.settings.encode_base64):
-            data = base64.b64encode(data)
+        data = self.data_to_return(request, data, encode=self.settings.encode_base64)
         return InvokeResponse(data=data, metadata={"key": key}, content_type=content_type)
 
-    async def _delete(self, request: InvokeRequest) -> InvokeResponse:
-        key = self._required_key(request)
+    async def delete_object(self, request: InvokeRequest) -> InvokeResponse:
+        key = self.required_option(request, "key")
         await self._call("delete", self._aws.delete_object, key=key, Bucket=self._bucket, Key=key)
         return InvokeResponse(metadata={"key": key})
 
-    async def _list(self, request: InvokeRequest) -> InvokeResponse:
+    async def list_objects(self, request: InvokeRequest) -> InvokeResponse:
         options = self._list_options(request)
         page = await self._call("list", self._aws.list_objects, Bucket=self._bucket, **options)
         contents = [
@@ -201,20 +171,15 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
         metadata = {"isTruncated": "true" if truncated else "false"}
         if next_marker:
             metadata["nextMarker"] = next_marker
-        return InvokeResponse(
-            data=json.dumps(body).encode(), metadata=metadata, content_type="application/json"
-        )
+        return json_response(body, metadata)
 
-    async def _presign(self, request: InvokeRequest) -> InvokeResponse:
-        key = self._required_key(request)
+    async def invoke_extra(self, operation: str, request: InvokeRequest) -> InvokeResponse:
+        """``presign``, the one operation beyond Dapr's storage four."""
+        key = self.required_option(request, "key")
         ttl = self._presign_ttl(request.metadata, required=True)
         assert ttl is not None
         url = await self._presigned_url(key, ttl)
-        return InvokeResponse(
-            data=json.dumps({"presignURL": url}).encode(),
-            metadata={"key": key, "presignURL": url},
-            content_type="application/json",
-        )
+        return json_response({"presignURL": url}, {"key": key, "presignURL": url})
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -261,18 +226,8 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
             return urlunsplit((parts.scheme, parts.netloc, f"/{self._bucket}/{path}", "", ""))
         return urlunsplit((parts.scheme, f"{self._bucket}.{parts.netloc}", f"/{path}", "", ""))
 
-    def _required_key(self, request: InvokeRequest) -> str:
-        key = _meta(request.metadata, "key")
-        if not key:
-            raise InvalidRequestError(
-                f"operation {request.operation!r} needs metadata 'key'",
-                component=self.label,
-                field="key",
-            )
-        return key
-
     def _presign_ttl(self, metadata: Mapping[str, str], *, required: bool) -> timedelta | None:
-        raw = _meta(metadata, "presignTTL")
+        raw = metadata_value(metadata, "presignTTL")
         if not raw:
             if required:
                 raise InvalidRequestError(
@@ -296,24 +251,11 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
         return ttl
 
     def _list_options(self, request: InvokeRequest) -> dict[str, Any]:
-        given: dict[str, Any] = {}
-        if request.data.strip():
-            try:
-                parsed = json.loads(request.data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise InvalidRequestError(
-                    'list data must be empty or a JSON object such as {"prefix": "logs/", '
-                    '"maxResults": 10, "marker": "logs/9"}',
-                    component=self.label,
-                    field="data",
-                )
-            given.update(parsed)
-        for name in ("prefix", "maxResults", "marker", "delimiter"):
-            value = _meta(request.metadata, name)
-            if value:
-                given[name] = value
+        given = self.list_options(
+            request,
+            ("prefix", "maxResults", "marker", "delimiter"),
+            example='{"prefix": "logs/", "maxResults": 10, "marker": "logs/9"}',
+        )
         options: dict[str, Any] = {}
         for name, boto_name in (
             ("prefix", "Prefix"),
@@ -322,30 +264,9 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
         ):
             if given.get(name):
                 options[boto_name] = str(given[name])
-        if given.get("maxResults") not in (None, ""):
-            try:
-                limit = int(str(given["maxResults"]))
-            except ValueError:
-                limit = 0
-            if limit <= 0:
-                raise InvalidRequestError(
-                    f"maxResults must be a positive whole number, got {given['maxResults']!r}",
-                    component=self.label,
-                    field="maxResults",
-                )
-            options["MaxKeys"] = limit
+        if "maxResults" in given:
+            options["MaxKeys"] = given["maxResults"]
         return options
-
-    def _flag(self, metadata: Mapping[str, str], name: str, default: bool) -> bool:
-        value = _meta(metadata, name)
-        if not value:
-            return default
-        try:
-            return parse_bool(value)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"metadata {name!r}: {exc}", component=self.label, field=name
-            ) from None
 
     async def _check_bucket(self) -> None:
         try:
@@ -354,12 +275,6 @@ class S3Binding(AwsDriver[S3Settings], OutputBinding[S3Settings]):
             self.log.warning(
                 "%s: cannot check bucket %r (%s)", self.label, self._bucket, exc.reason
             )
-
-
-def _meta(metadata: Mapping[str, str], name: str) -> str:
-    """A request metadata value by case-insensitive name; '' when absent."""
-    lowered = name.lower()
-    return next((v for k, v in metadata.items() if k.lower() == lowered), "")
 
 
 def _read_object(client: Any, bucket: str, key: str) -> tuple[bytes, str | None]:
@@ -374,7 +289,6 @@ def _iso(value: object) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else None
 
 
-_PRESIGN = "presign"
 _MAX_PRESIGN_TTL = timedelta(days=7)
 
 __all__ = ["S3Binding", "S3Settings"]

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
+from mechakit.components._shared.requests import metadata_flag
 from mechakit.core.bindings import InvokeRequest, InvokeResponse, OutputBinding
 from mechakit.core.errors import (
     ComponentError,
@@ -42,7 +43,6 @@ from mechakit.core.metadata import (
     Duration,
     Sensitive,
     Settings,
-    parse_bool,
     setting,
 )
 
@@ -242,14 +242,9 @@ class HTTPBinding(OutputBinding[HTTPSettings]):
 
     def _error_if_not_2xx(self, metadata: Mapping[str, str], settings: HTTPSettings) -> bool:
         value = metadata.get("errorIfNot2XX", "")
-        if not value:
-            return settings.error_if_not_2xx
-        try:
-            return parse_bool(value)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"metadata 'errorIfNot2XX': {exc}", component=self.label, field="errorIfNot2XX"
-            ) from None
+        return metadata_flag(
+            value, "errorIfNot2XX", default=settings.error_if_not_2xx, component=self.label
+        )
 
 
 _OPERATIONS = {

@@ -21,27 +21,28 @@ request is wrong, not the binding. A missing file on get or delete is ``NotFound
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import errno
-import json
 import os
 import stat
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TypeVar
 
-from mechakit.core.bindings import InvokeRequest, InvokeResponse, OperationKind, OutputBinding
+from mechakit.components._shared.requests import metadata_value
+from mechakit.components.bindings._storage import StorageBinding, json_response
+from mechakit.core.bindings import InvokeRequest, InvokeResponse
 from mechakit.core.errors import (
     ComponentError,
     InvalidRequestError,
     MetadataError,
     NotFoundError,
 )
-from mechakit.core.metadata import Settings, parse_bool, setting
+from mechakit.core.metadata import Settings, setting
+
+T = TypeVar("T")
 
 
 class LocalStorageSettings(Settings):
@@ -53,7 +54,9 @@ class LocalStorageSettings(Settings):
     )
 
 
-class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
+class LocalStorageBinding(StorageBinding[LocalStorageSettings]):
+    OBJECT = "file"
+
     def __init__(self) -> None:
         super().__init__()
         self._root: Path | None = None
@@ -73,136 +76,46 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
                 f"rootPath {str(root)!r} is no longer a folder", component=self.label
             )
 
-    def operations(self) -> Sequence[str]:
-        return [OperationKind.CREATE, OperationKind.GET, OperationKind.DELETE, OperationKind.LIST]
-
-    async def invoke(self, request: InvokeRequest) -> InvokeResponse:
-        operation = self.check_operation(request)
-        if operation == OperationKind.CREATE:
-            return await self._create(request)
-        if operation == OperationKind.GET:
-            return await self._get(request)
-        if operation == OperationKind.DELETE:
-            return await self._delete(request)
-        return await self._list(request)
-
-    async def _create(self, request: InvokeRequest) -> InvokeResponse:
-        name = request.metadata.get("fileName") or str(uuid.uuid4())
+    async def create_object(self, request: InvokeRequest) -> InvokeResponse:
+        name = metadata_value(request.metadata, "fileName") or str(uuid.uuid4())
         path = await self._resolve(name)
-        data = request.data
-        if self._flag(request.metadata, "decodeBase64"):
-            try:
-                data = base64.b64decode(data, validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidRequestError(
-                    f"data of file {name!r} is not valid base64 (decodeBase64=true)",
-                    component=self.label,
-                    field="data",
-                    key=name,
-                ) from None
+        data = self.data_to_store(request, name, decode=False)
         try:
             await asyncio.to_thread(_write_atomically, path, data)
         except OSError as exc:
             raise await self._os_error(exc, name, path, "write") from exc
         relative = self._relative(path)
-        return InvokeResponse(
-            data=json.dumps({"fileName": relative}).encode(),
-            metadata={"fileName": relative},
-            content_type="application/json",
-        )
+        return json_response({"fileName": relative}, {"fileName": relative})
 
-    async def _get(self, request: InvokeRequest) -> InvokeResponse:
-        name = self._required_name(request)
+    async def get_object(self, request: InvokeRequest) -> InvokeResponse:
+        name = self.required_option(request, "fileName")
         path = await self._resolve(name)
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise NotFoundError(
-                f"file {name!r} not found", component=self.label, key=name
-            ) from None
-        except OSError as exc:
-            raise await self._os_error(exc, name, path, "read") from exc
-        if self._flag(request.metadata, "encodeBase64"):
-            data = base64.b64encode(data)
+        data = await self._on_disk("read", name, path, path.read_bytes)
+        data = self.data_to_return(request, data, encode=False)
         return InvokeResponse(data=data, metadata={"fileName": self._relative(path)})
 
-    async def _delete(self, request: InvokeRequest) -> InvokeResponse:
-        name = self._required_name(request)
+    async def delete_object(self, request: InvokeRequest) -> InvokeResponse:
+        name = self.required_option(request, "fileName")
         path = await self._resolve(name)
-        try:
-            await asyncio.to_thread(_unlink_file, path)
-        except FileNotFoundError:
-            raise NotFoundError(
-                f"file {name!r} not found", component=self.label, key=name
-            ) from None
-        except OSError as exc:
-            raise await self._os_error(exc, name, path, "delete") from exc
+        await self._on_disk("delete", name, path, lambda: _unlink_file(path))
         return InvokeResponse()
 
-    async def _list(self, request: InvokeRequest) -> InvokeResponse:
-        options = self._list_options(request)
+    async def list_objects(self, request: InvokeRequest) -> InvokeResponse:
+        options = self.list_options(
+            request, ("prefix", "maxResults"), example='{"prefix": "logs/", "maxResults": 10}'
+        )
         root = self._require_root()
-        folder_name = request.metadata.get("fileName") or ""
+        folder_name = metadata_value(request.metadata, "fileName")
         folder = await self._resolve(folder_name, folder=True) if folder_name else root
         prefix = str(options.get("prefix") or "")
-        limit = self._max_results(options.get("maxResults"))
-        try:
-            names = await asyncio.to_thread(_walk_files, root, folder)
-        except FileNotFoundError:
-            raise NotFoundError(
-                f"folder {folder_name!r} not found", component=self.label, key=folder_name
-            ) from None
-        except OSError as exc:
-            raise await self._os_error(exc, folder_name, folder, "list", folder=True) from exc
+        limit = options.get("maxResults")
+        names = await self._on_disk(
+            "list", folder_name, folder, lambda: _walk_files(root, folder), folder=True
+        )
         selected = [name for name in names if name.startswith(prefix)]
         if limit is not None:
             selected = selected[:limit]
-        return InvokeResponse(data=json.dumps(selected).encode(), content_type="application/json")
-
-    def _list_options(self, request: InvokeRequest) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if request.data.strip():
-            try:
-                parsed = json.loads(request.data)
-            except ValueError:
-                parsed = None
-            if not isinstance(parsed, dict):
-                raise InvalidRequestError(
-                    "list data must be empty or a JSON object such as "
-                    '{"prefix": "logs/", "maxResults": 10}',
-                    component=self.label,
-                    field="data",
-                )
-            options.update(parsed)
-        for key in ("prefix", "maxResults"):
-            if key in request.metadata:
-                options[key] = request.metadata[key]
-        return options
-
-    def _max_results(self, value: object) -> int | None:
-        if value is None or value == "":
-            return None
-        try:
-            limit = int(str(value))
-        except ValueError:
-            limit = 0
-        if limit <= 0:
-            raise InvalidRequestError(
-                f"maxResults must be a positive whole number, got {value!r}",
-                component=self.label,
-                field="maxResults",
-            )
-        return limit
-
-    def _required_name(self, request: InvokeRequest) -> str:
-        name = request.metadata.get("fileName", "")
-        if not name:
-            raise InvalidRequestError(
-                f"operation {request.operation!r} needs metadata 'fileName'",
-                component=self.label,
-                field="fileName",
-            )
-        return name
+        return json_response(selected)
 
     async def _resolve(self, name: str, *, folder: bool = False) -> Path:
         """The absolute path of ``name``, refusing any name that would leave the root.
@@ -230,6 +143,21 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
         raise InvalidRequestError(
             f"fileName {_shown(name)} {why}", component=self.label, field="fileName", key=name
         )
+
+    async def _on_disk(
+        self, action: str, name: str, path: Path, work: Callable[[], T], *, folder: bool = False
+    ) -> T:
+        """``work`` on ``path`` in a worker thread: a missing file (or ``folder``) is
+        ``NotFoundError``, any other OS error the one :meth:`_os_error` words."""
+        try:
+            return await asyncio.to_thread(work)
+        except FileNotFoundError:
+            what = "folder" if folder else "file"
+            raise NotFoundError(
+                f"{what} {name!r} not found", component=self.label, key=name
+            ) from None
+        except OSError as exc:
+            raise await self._os_error(exc, name, path, action, folder=folder) from exc
 
     async def _os_error(
         self, exc: OSError, name: str, path: Path, action: str, *, folder: bool = False
@@ -283,17 +211,6 @@ class LocalStorageBinding(OutputBinding[LocalStorageSettings]):
 
     def _require_root(self) -> Path:
         return self.opened(self._root)
-
-    def _flag(self, metadata: Mapping[str, str], name: str) -> bool:
-        value = metadata.get(name, "")
-        if not value:
-            return False
-        try:
-            return parse_bool(value)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"metadata {name!r}: {exc}", component=self.label, field=name
-            ) from None
 
     def _prepare_root(self, configured: str) -> Path:
         """Creates the root when missing and resolves its symlinks, so later checks compare real paths."""
