@@ -57,7 +57,6 @@ NonNegativeDuration = Annotated[Duration, Field(ge=timedelta(0))]
 class InMemoryPubSubSettings(Settings):
     max_deliveries: Annotated[int, Field(ge=1)] = setting(
         3,
-        name="maxDeliveries",
         aliases=("maxDeliveryCount",),
         description=(
             "Deliveries of a message (the first included) before it goes to the "
@@ -67,26 +66,22 @@ class InMemoryPubSubSettings(Settings):
     )
     redelivery_interval: NonNegativeDuration = setting(
         timedelta(milliseconds=500),
-        name="redeliveryInterval",
         aliases=("redeliverInterval",),
         description="Wait before the first redelivery of a failed message; doubles each time.",
         example="500ms",
     )
     max_redelivery_interval: NonNegativeDuration = setting(
         timedelta(seconds=10),
-        name="maxRedeliveryInterval",
         description="Upper bound of the doubling redelivery wait.",
         example="10s",
     )
     concurrency: Annotated[int, Field(ge=1)] = setting(
         10,
-        name="concurrency",
         description="Handler calls that may run at once, per subscription.",
         example="10",
     )
     dead_letter_topic: str = setting(
         "",
-        name="deadLetterTopic",
         description=(
             "Where messages go once their deliveries are used up, for subscriptions "
             "that name none. Empty: such messages are dropped with an error log."
@@ -95,7 +90,6 @@ class InMemoryPubSubSettings(Settings):
     )
     backlog_size: Annotated[int, Field(ge=0)] = setting(
         1000,
-        name="backlogSize",
         description=(
             "Messages kept per topic while nobody subscribes, handed to the next "
             "subscriber; the oldest go first when full. 0 drops them, as Dapr does."

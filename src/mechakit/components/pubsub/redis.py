@@ -111,7 +111,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     consumer_name: str = setting(
         "",
-        name="consumerName",
         description=(
             "Consumer name inside the group; must differ between replicas "
             "(default: host-pid-random, new for every component instance)."
@@ -119,7 +118,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     processing_timeout: MillisDuration = setting(
         timedelta(seconds=60),
-        name="processingTimeout",
         description=(
             "How long a message may stay unacked before another consumer of the group "
             "claims it (a crashed or stuck consumer). 0 disables redelivery. A bare "
@@ -129,7 +127,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     redeliver_interval: MillisDuration = setting(
         timedelta(seconds=15),
-        name="redeliverInterval",
         aliases=("redeliveryInterval",),
         description=(
             "How often pending messages are checked for redelivery. 0 disables redelivery. "
@@ -139,13 +136,11 @@ class RedisPubSubSettings(RedisSettings):
     )
     queue_depth: Annotated[int, Field(ge=1)] = setting(
         100,
-        name="queueDepth",
         description="Messages per subscription read but not yet acked, at most.",
         example="100",
     )
     concurrency: Annotated[int, Field(ge=1)] = setting(
         10,
-        name="concurrency",
         description=(
             "Handler calls that may run at once, per subscription (1: in publish order, "
             "redeliveries aside)."
@@ -154,7 +149,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     max_len_approx: Annotated[int, Field(ge=1)] | None = setting(
         None,
-        name="maxLenApprox",
         description="Trim each stream to about this many entries on publish (default: unbounded).",
         example="10000",
     )
@@ -166,7 +160,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     max_deliveries: Annotated[int, Field(ge=0)] = setting(
         10,
-        name="maxDeliveries",
         aliases=("maxDeliveryCount",),
         description=(
             "Deliveries of a message (the first included) before it goes to the dead-letter "
@@ -176,7 +169,6 @@ class RedisPubSubSettings(RedisSettings):
     )
     dead_letter_topic: str = setting(
         "",
-        name="deadLetterTopic",
         description="Dead-letter topic for subscriptions that name none.",
         example="poison",
     )

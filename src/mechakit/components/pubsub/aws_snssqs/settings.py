@@ -21,7 +21,6 @@ class SnsSqsSettings(AwsSettings):
     )
     message_visibility_timeout: Annotated[int, Field(ge=1, le=43200)] = setting(
         10,
-        name="messageVisibilityTimeout",
         description=(
             "Seconds a received message stays hidden from other consumers; it is extended "
             "while the handler runs, and bounds the redelivery delay of a failed message."
@@ -30,7 +29,6 @@ class SnsSqsSettings(AwsSettings):
     )
     message_retry_limit: Annotated[int, Field(ge=0)] = setting(
         10,
-        name="messageRetryLimit",
         description=(
             "Redeliveries of a failed message before it is given up: moved to the dead-letter "
             "topic or queue, or deleted."
@@ -39,7 +37,6 @@ class SnsSqsSettings(AwsSettings):
     )
     message_receive_limit: Annotated[int, Field(ge=1, le=1000)] | None = setting(
         None,
-        name="messageReceiveLimit",
         description=(
             "maxReceiveCount of the redrive policy to sqsDeadLettersQueueName "
             "(default: messageRetryLimit + 1)."
@@ -48,30 +45,25 @@ class SnsSqsSettings(AwsSettings):
     )
     sqs_dead_letters_queue_name: str = setting(
         "",
-        name="sqsDeadLettersQueueName",
         description="SQS queue that receives messages after messageReceiveLimit receives.",
         example="myapp-dlq",
     )
     disable_delete_on_retry_limit: Bool = setting(
         False,
-        name="disableDeleteOnRetryLimit",
         description="Keep retrying a message past messageRetryLimit instead of deleting it.",
     )
     message_wait_time_seconds: Annotated[int, Field(ge=0, le=20)] = setting(
         2,
-        name="messageWaitTimeSeconds",
         description="Long-polling wait of each receive call, in seconds.",
         example="2",
     )
     message_max_number: Annotated[int, Field(ge=1, le=10)] = setting(
         10,
-        name="messageMaxNumber",
         description="Messages fetched per receive call (SQS allows at most 10).",
         example="10",
     )
     fifo: Bool = setting(
         False,
-        name="fifo",
         description="Use FIFO topics and queues (ordered per message group, deduplicated).",
     )
     fifo_message_group_id: str = setting(
@@ -85,18 +77,15 @@ class SnsSqsSettings(AwsSettings):
     )
     disable_entity_management: Bool = setting(
         False,
-        name="disableEntityManagement",
         description="Use existing topics, queues and subscriptions only; never create them.",
     )
     concurrency_mode: Literal["single", "parallel"] = setting(
         "parallel",
-        name="concurrencyMode",
         description="'single' handles one message at a time; 'parallel' up to concurrencyLimit.",
         example="parallel",
     )
     concurrency_limit: Annotated[int, Field(ge=0)] = setting(
         0,
-        name="concurrencyLimit",
         description=(
             "Handler calls at once in parallel mode (0: no limit, but at most 100 messages "
             "received and not yet handled)."
