@@ -33,7 +33,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import field_validator
@@ -45,31 +45,25 @@ from mechakit.components._shared.postgresql import (
     qualified_name,
     quote_name,
 )
+from mechakit.components.state._sql import SQLStateStore
 from mechakit.core.errors import (
-    BulkError,
     ConfigurationError,
     InvalidRequestError,
 )
 from mechakit.core.metadata import Duration, setting
 from mechakit.core.state import (
-    BulkGetItem,
-    DeleteRequest,
     Filter,
-    GetRequest,
     KeyPrefix,
     Query,
     QueryableStore,
     QueryItem,
     QueryResponse,
-    SetRequest,
     StateFeature,
     StateItem,
     StateSettings,
-    TransactionalStore,
     TransactionOperation,
     cleanup_interval_setting,
     decode_value,
-    prepare_each,
     ttl_metadata,
 )
 
@@ -100,7 +94,7 @@ class PostgreSQLStateSettings(PostgreSQLSettings, StateSettings):
 
 class PostgreSQLStateStore(
     PostgreSQLDriver[PostgreSQLStateSettings],
-    TransactionalStore[PostgreSQLStateSettings],
+    SQLStateStore[PostgreSQLStateSettings, "_Operation"],
     QueryableStore[PostgreSQLStateSettings],
 ):
     """Key/value state in PostgreSQL: atomic ETag checks, TTL, transactions and queries."""
@@ -123,51 +117,6 @@ class PostgreSQLStateStore(
         )
         self.clean_expired_every(settings.cleanup_interval, self._purge_expired)
 
-    async def get(self, request: GetRequest) -> StateItem | None:
-        stored_key = self.stored_key(request.key)
-        rows = await self._run(
-            lambda conn: self._select(conn, stored_key, one=True), "get", request.key
-        )
-        row = rows.get(stored_key)
-        return None if row is None else _item(request.key, row)
-
-    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
-        """One query for all keys; a missing or expired key is an entry with ``found`` False."""
-
-        async def fetch(keys: list[str]) -> dict[str, StateItem]:
-            rows = await self._run(lambda conn: self._select(conn, keys), "bulk get")
-            return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
-
-        return await self.bulk_get_stored(requests, fetch)
-
-    async def set(self, request: SetRequest) -> None:
-        op = self._prepare(request)
-        await self._run(
-            lambda conn: self._execute(conn, [op], atomic=True), "set", op.key, write=True
-        )
-
-    async def delete(self, request: DeleteRequest) -> None:
-        op = self._prepare(request)
-        await self._run(
-            lambda conn: self._execute(conn, [op], atomic=True), "delete", op.key, write=True
-        )
-
-    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
-        await self._bulk(requests, "bulk set")
-
-    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
-        await self._bulk(requests, "bulk delete")
-
-    async def transact(
-        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
-    ) -> None:
-        """All operations in order in one database transaction; a failed check rolls back all."""
-        ops = [self._prepare(op) for op in operations]
-        if ops:
-            await self._run(
-                lambda conn: self._execute(conn, ops, atomic=True), "transaction", write=True
-            )
-
     async def query(self, query: Query) -> QueryResponse:
         """JSON values of this component's keys matching ``query``, one page at a time."""
         statement, params = self._query_sql(query)
@@ -183,7 +132,7 @@ class PostgreSQLStateStore(
 
     # --- preparing requests -----------------------------------------------------------
 
-    def _prepare(self, request: TransactionOperation) -> _Operation:
+    def _prepare_write(self, request: TransactionOperation) -> _Operation:
         """Validate everything that does not depend on stored data, before anything is sent."""
         op = self.prepare(request)
         if op.value is None:
@@ -213,20 +162,24 @@ class PostgreSQLStateStore(
             return _Operation(op.key, self._sql.insert_new, params, True, first_write=True)
         return _Operation(op.key, self._sql.upsert, params, False)
 
-    async def _bulk(
-        self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
-    ) -> None:
-        errors: dict[str, Exception] = {}
-        ops = prepare_each(requests, self._prepare, component=self.label)
-        if ops:
-            matched = await self._run(
-                lambda conn: self._execute(conn, ops, atomic=False), what, write=True
-            )
-            for op, ok in zip(ops, matched, strict=True):
-                if not ok:
-                    errors[op.key] = self.etag_mismatch(op.key, first_write=op.first_write)
-        if errors:
-            raise BulkError(errors, component=self.label)
+    async def _read(
+        self, stored_keys: Sequence[str], what: str, key: str | None = None
+    ) -> dict[str, StateItem]:
+        one = len(stored_keys) == 1
+        keys = stored_keys[0] if one else list(stored_keys)
+        return await self._run(lambda conn: self._select(conn, keys, one=one), what, key)
+
+    async def _write(
+        self, ops: Sequence[_Operation], what: str, key: str | None = None, *, atomic: bool
+    ) -> dict[str, Exception]:
+        matched = await self._run(
+            lambda conn: self._execute(conn, ops, atomic=atomic), what, key, write=True
+        )
+        return {
+            op.key: self.etag_mismatch(op.key, first_write=op.first_write)
+            for op, ok in zip(ops, matched, strict=True)
+            if not ok
+        }
 
     def _query_sql(self, query: Query) -> tuple[str, list[Any]]:
         params: list[Any] = [_like_prefix(self.key_prefix)]
@@ -349,18 +302,20 @@ class PostgreSQLStateStore(
 
     async def _select(
         self, conn: AsyncConnection[Any], keys: list[str] | str, *, one: bool = False
-    ) -> dict[str, _Row]:
-        """Live rows by stored key; ``one`` uses the single-key statement (an index lookup
+    ) -> dict[str, StateItem]:
+        """Live items by stored key; ``one`` uses the single-key statement (an index lookup
         the planner handles faster than ``= ANY`` of one element)."""
         cursor = await conn.execute(self._sql.select_one if one else self._sql.select, (keys,))
-        rows = {}
+        items = {}
         for key, text, value_bytes, etag, expires_at in await cursor.fetchall():
             if value_bytes is not None:
                 value = decode_value(bytes(value_bytes), True)
             else:
                 value = decode_value(text.encode(), False)
-            rows[key] = _Row(value, etag, expires_at)
-        return rows
+            items[key] = StateItem(
+                self.key_prefix.strip(key), value, str(etag), ttl_metadata(expires_at)
+            )
+        return items
 
     async def _migrate(self, conn: AsyncConnection[Any]) -> None:
         """Create or upgrade the tables; the advisory lock serialises concurrent starters."""
@@ -370,14 +325,8 @@ class PostgreSQLStateStore(
             cursor = await conn.execute(self._sql.read_meta, (self._sql.version_key,))
             found = await cursor.fetchone()
             version = int(found[0]) if found else 0
-            if version > _SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"table {self._sql.table_name!r} has schema version {version}, newer than "
-                    f"the {_SCHEMA_VERSION} this mechakit knows; upgrade mechakit",
-                    component=self.label,
-                    field="tableName",
-                )
-            if version == _SCHEMA_VERSION:
+            self.check_schema_version(self._sql.table_name, version)
+            if version == self.SCHEMA_VERSION:
                 return
             cursor = await conn.execute(self._sql.columns, (self._sql.table,))
             existing = {name for (name,) in await cursor.fetchall()}
@@ -391,7 +340,9 @@ class PostgreSQLStateStore(
                 )
             for statement in self._sql.schema:
                 await conn.execute(statement)
-            await conn.execute(self._sql.write_meta, (self._sql.version_key, str(_SCHEMA_VERSION)))
+            await conn.execute(
+                self._sql.write_meta, (self._sql.version_key, str(self.SCHEMA_VERSION))
+            )
 
     async def _purge_expired(self) -> None:
         """Delete expired rows, unless another process did within ``cleanupInterval``."""
@@ -408,7 +359,6 @@ class PostgreSQLStateStore(
         await self._run(purge, "delete expired rows")
 
 
-_SCHEMA_VERSION = 1
 _MIGRATION_LOCK = "mechakit state.postgresql schema"
 _COLUMNS = frozenset({"key", "value", "value_bytes", "etag", "expires_at", "updated_at"})
 _OFFSET = re.compile(r"[0-9]{1,18}", re.ASCII)
@@ -433,13 +383,6 @@ class _Operation:
     params: Mapping[str, Any]
     checked: bool
     first_write: bool = False
-
-
-@dataclass(frozen=True)
-class _Row:
-    value: Any
-    etag: int
-    expires_at: datetime | None
 
 
 class _Statements:
@@ -551,10 +494,6 @@ async def _fetch_all(
 ) -> list[tuple[Any, ...]]:
     cursor = await conn.execute(statement, params)
     return list(await cursor.fetchall())
-
-
-def _item(key: str, row: _Row) -> StateItem:
-    return StateItem(key, row.value, str(row.etag), ttl_metadata(row.expires_at))
 
 
 __all__ = ["PostgreSQLStateSettings", "PostgreSQLStateStore"]

@@ -25,17 +25,15 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import field_validator
 
+from mechakit.components.state._sql import SQLStateStore
 from mechakit.core.errors import (
-    BulkError,
-    ConfigurationError,
     ConnectionFailedError,
     ETagError,
     InvalidRequestError,
@@ -43,19 +41,13 @@ from mechakit.core.errors import (
 )
 from mechakit.core.metadata import Bool, Duration, setting
 from mechakit.core.state import (
-    BulkGetItem,
-    DeleteRequest,
-    GetRequest,
     PreparedOperation,
-    SetRequest,
     StateFeature,
     StateItem,
     StateSettings,
-    TransactionalStore,
     TransactionOperation,
     cleanup_interval_setting,
     decode_value,
-    prepare_each,
     ttl_metadata,
 )
 
@@ -107,7 +99,7 @@ class SQLiteSettings(StateSettings):
         return value
 
 
-class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
+class SQLiteStateStore(SQLStateStore[SQLiteSettings, PreparedOperation]):
     """Key/value state in a SQLite file; ETags, TTL and transactions across processes."""
 
     FEATURES = frozenset({StateFeature.ETAG, StateFeature.TTL})
@@ -149,66 +141,29 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchall(), "ping")
 
-    async def get(self, request: GetRequest) -> StateItem | None:
-        stored_key = self.stored_key(request.key)
-        rows = await self._run(
-            lambda conn: self._select(conn, [stored_key], time.time()), "get", request.key
+    # --- reading and writing -----------------------------------------------------------
+
+    def _prepare_write(self, request: TransactionOperation) -> PreparedOperation:
+        return self.prepare(request)
+
+    async def _read(
+        self, stored_keys: Sequence[str], what: str, key: str | None = None
+    ) -> dict[str, StateItem]:
+        return await self._run(lambda conn: self._select(conn, stored_keys, time.time()), what, key)
+
+    async def _write(
+        self,
+        ops: Sequence[PreparedOperation],
+        what: str,
+        key: str | None = None,
+        *,
+        atomic: bool,
+    ) -> dict[str, Exception]:
+        return await self._run(
+            lambda conn: self._in_transaction(conn, lambda: self._apply(conn, ops, atomic=atomic)),
+            what,
+            key,
         )
-        row = rows.get(stored_key)
-        return None if row is None else _item(request.key, row)
-
-    async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
-        """One read for all keys; a missing or expired key is an entry with ``found`` False."""
-
-        async def fetch(keys: list[str]) -> dict[str, StateItem]:
-            rows = await self._run(lambda conn: self._select(conn, keys, time.time()), "bulk get")
-            return {stored_key: _item(stored_key, row) for stored_key, row in rows.items()}
-
-        return await self.bulk_get_stored(requests, fetch)
-
-    async def set(self, request: SetRequest) -> None:
-        op = self.prepare(request)
-        await self._run(
-            lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "set", op.key
-        )
-
-    async def delete(self, request: DeleteRequest) -> None:
-        op = self.prepare(request)
-        await self._run(
-            lambda conn: self._write(conn, lambda: self._apply(conn, [op])), "delete", op.key
-        )
-
-    async def bulk_set(self, requests: Sequence[SetRequest]) -> None:
-        await self._bulk(requests, "bulk set")
-
-    async def bulk_delete(self, requests: Sequence[DeleteRequest]) -> None:
-        await self._bulk(requests, "bulk delete")
-
-    async def transact(
-        self, operations: Sequence[TransactionOperation], metadata: Mapping[str, str] | None = None
-    ) -> None:
-        """All operations in order in one write transaction; any failure rolls back all."""
-        ops = [self.prepare(op) for op in operations]
-        if ops:
-            await self._run(
-                lambda conn: self._write(conn, lambda: self._apply(conn, ops)), "transaction"
-            )
-
-    # --- preparing requests -----------------------------------------------------------
-
-    async def _bulk(
-        self, requests: Sequence[SetRequest] | Sequence[DeleteRequest], what: str
-    ) -> None:
-        errors: dict[str, Exception] = {}
-        ops = prepare_each(requests, self.prepare, component=self.label)
-        if ops:
-            errors.update(
-                await self._run(
-                    lambda conn: self._write(conn, lambda: self._apply_each(conn, ops)), what
-                )
-            )
-        if errors:
-            raise BulkError(errors, component=self.label)
 
     # --- running on the database thread -----------------------------------------------
 
@@ -264,20 +219,13 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             for statement in self._sql.schema:
                 conn.execute(statement)
             found = conn.execute(self._sql.read_meta, (self._sql.version_key,)).fetchall()
-            version = int(found[0][0]) if found else 0
-            if version > _SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"table {self._sql.table!r} has schema version {version}, newer than the "
-                    f"{_SCHEMA_VERSION} this mechakit knows; upgrade mechakit",
-                    component=self.label,
-                    field="tableName",
-                )
-            conn.execute(self._sql.write_meta, (self._sql.version_key, str(_SCHEMA_VERSION)))
+            self.check_schema_version(self._sql.table, int(found[0][0]) if found else 0)
+            conn.execute(self._sql.write_meta, (self._sql.version_key, str(self.SCHEMA_VERSION)))
 
-        self._write(conn, create)
+        self._in_transaction(conn, create)
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+    def _in_transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
         """``body`` in a ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on any error."""
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -291,29 +239,27 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
 
     def _select(
         self, conn: sqlite3.Connection, stored_keys: Sequence[str], now: float
-    ) -> dict[str, _Row]:
-        rows: dict[str, _Row] = {}
+    ) -> dict[str, StateItem]:
+        items: dict[str, StateItem] = {}
         for start in range(0, len(stored_keys), _CHUNK):
             chunk = list(dict.fromkeys(stored_keys[start : start + _CHUNK]))
             sql = self._sql.select.format(marks=",".join("?" * len(chunk)))
             for key, value, is_binary, etag, expires_at in conn.execute(
                 sql, (*chunk, now)
             ).fetchall():
-                rows[key] = _Row(decode_value(bytes(value), bool(is_binary)), etag, expires_at)
-        return rows
+                items[key] = StateItem(
+                    self.key_prefix.strip(key),
+                    decode_value(bytes(value), bool(is_binary)),
+                    str(etag),
+                    ttl_metadata(expires_at),
+                )
+        return items
 
-    def _apply(self, conn: sqlite3.Connection, ops: Sequence[PreparedOperation]) -> None:
-        """Check and write each operation in order; the first ETag failure raises."""
-        now = time.time()
-        etags = self._reserve_etags(conn, sum(op.value is not None for op in ops))
-        for op in ops:
-            self._check(conn, op, now)
-            self._store(conn, op, etags, now)
-
-    def _apply_each(
-        self, conn: sqlite3.Connection, ops: Sequence[PreparedOperation]
+    def _apply(
+        self, conn: sqlite3.Connection, ops: Sequence[PreparedOperation], *, atomic: bool
     ) -> dict[str, Exception]:
-        """Check and write each operation; failures are collected per key, not raised."""
+        """Check and write each operation in order. A failed ETag check raises when
+        ``atomic``; otherwise it is collected by key and its operation skipped."""
         now = time.time()
         etags = self._reserve_etags(conn, sum(op.value is not None for op in ops))
         errors: dict[str, Exception] = {}
@@ -321,6 +267,8 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
             try:
                 self._check(conn, op, now)
             except ETagError as exc:
+                if atomic:
+                    raise
                 errors[op.key] = exc
                 continue
             self._store(conn, op, etags, now)
@@ -356,24 +304,16 @@ class SQLiteStateStore(TransactionalStore[SQLiteSettings]):
 
     async def _purge_expired(self) -> None:
         await self._run(
-            lambda conn: self._write(
+            lambda conn: self._in_transaction(
                 conn, lambda: conn.execute(self._sql.purge, (time.time(),)).rowcount
             ),
             "delete expired rows",
         )
 
 
-_SCHEMA_VERSION = 1
 _ETAG_KEY = "etag-sequence"
 _CHUNK = 500
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-
-
-@dataclass(frozen=True)
-class _Row:
-    value: Any
-    etag: int
-    expires_at: float | None
 
 
 class _Statements:
@@ -411,7 +351,3 @@ class _Statements:
         )
         self.delete = f"DELETE FROM {t} WHERE key = ?"
         self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
-
-
-def _item(key: str, row: _Row) -> StateItem:
-    return StateItem(key, row.value, str(row.etag), ttl_metadata(row.expires_at))
