@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -171,6 +172,21 @@ Sensitive = SecretStr
 """A value never logged, printed, or shown in errors; read it with ``get_secret_value()``."""
 
 
+def _at_least(minimum: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return AfterValidator(check)
+
+
+PositiveInt = Annotated[int, _at_least(1)]
+"""A whole number of at least 1 (a pool size, a connection count)."""
+NonNegativeInt = Annotated[int, _at_least(0)]
+"""A whole number of at least 0 (a database number, a retry count)."""
+
+
 def setting(
     default: Any = ...,
     *,
@@ -191,6 +207,17 @@ def setting(
     if example is not None:
         extra["examples"] = [example]
     return Field(default, alias=name, description=description or None, json_schema_extra=extra)
+
+
+def timeout_setting(default: timedelta, *, description: str) -> Any:
+    """Dapr's ``timeout`` field of a database driver, also accepted under its older name
+    ``timeoutInSeconds``; the default is the example."""
+    return setting(
+        default,
+        aliases=("timeoutInSeconds",),
+        description=description,
+        example=format_duration(default),
+    )
 
 
 @dataclass(frozen=True)
@@ -423,6 +450,8 @@ __all__ = [
     "ByteSize",
     "Duration",
     "FieldDoc",
+    "NonNegativeInt",
+    "PositiveInt",
     "Sensitive",
     "Settings",
     "StrList",
@@ -432,4 +461,5 @@ __all__ = [
     "parse_duration",
     "parse_list",
     "setting",
+    "timeout_setting",
 ]

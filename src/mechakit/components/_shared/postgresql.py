@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import field_validator
-
 from mechakit.core.component import Component
 from mechakit.core.errors import (
     ComponentError,
@@ -37,7 +35,14 @@ from mechakit.core.errors import (
     MissingDependencyError,
     OperationTimeoutError,
 )
-from mechakit.core.metadata import Duration, Sensitive, Settings, setting
+from mechakit.core.metadata import (
+    Duration,
+    PositiveInt,
+    Sensitive,
+    Settings,
+    setting,
+    timeout_setting,
+)
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -54,13 +59,11 @@ class PostgreSQLSettings(Settings):
         description="libpq connection string: key=value pairs or a postgresql:// URL.",
         example="host=localhost port=5432 user=postgres password=example dbname=dapr",
     )
-    timeout: Duration = setting(
+    timeout: Duration = timeout_setting(
         timedelta(seconds=20),
-        aliases=("timeoutInSeconds",),
         description="How long one operation (and connecting) may take; 0 for no limit.",
-        example="20s",
     )
-    max_conns: int | None = setting(
+    max_conns: PositiveInt | None = setting(
         None,
         description="Most connections in the pool; default the larger of 4 and the CPU count.",
         example="8",
@@ -70,13 +73,6 @@ class PostgreSQLSettings(Settings):
         description="Idle pooled connections beyond one are closed after this long.",
         example="5m",
     )
-
-    @field_validator("max_conns")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @property
     def timeout_seconds(self) -> float | None:

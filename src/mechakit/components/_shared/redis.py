@@ -40,7 +40,15 @@ from mechakit.core.errors import (
     MetadataError,
     OperationTimeoutError,
 )
-from mechakit.core.metadata import Bool, Duration, Sensitive, Settings, setting
+from mechakit.core.metadata import (
+    Bool,
+    Duration,
+    NonNegativeInt,
+    PositiveInt,
+    Sensitive,
+    Settings,
+    setting,
+)
 
 
 class RedisType(enum.StrEnum):
@@ -75,7 +83,9 @@ class RedisSettings(Settings):
     )
     redis_username: str = setting("", description="ACL user name (Redis 6 or later).")
     redis_password: Sensitive = setting(Sensitive(""), description="Password of the Redis user.")
-    redis_db: int = setting(0, name="redisDB", description="Database number (node type only).")
+    redis_db: NonNegativeInt = setting(
+        0, name="redisDB", description="Database number (node type only)."
+    )
     redis_type: Annotated[RedisType, BeforeValidator(_lower)] = setting(
         RedisType.NODE,
         description="'node' for a single server or Sentinel-managed master, 'cluster' for Redis Cluster.",
@@ -118,7 +128,7 @@ class RedisSettings(Settings):
             "timeout, so the larger of the two applies."
         ),
     )
-    max_retries: int = setting(
+    max_retries: NonNegativeInt = setting(
         3,
         aliases=("redisMaxRetries",),
         description="Retries of a command after a connection error or timeout; 0 disables.",
@@ -128,7 +138,7 @@ class RedisSettings(Settings):
         aliases=("redisMaxRetryInterval",),
         description="Upper bound of the exponential backoff between retries; -1 disables backoff.",
     )
-    pool_size: int | None = setting(
+    pool_size: PositiveInt | None = setting(
         None,
         description="Most connections held open (default: 10 per CPU, as go-redis).",
     )
@@ -146,20 +156,6 @@ class RedisSettings(Settings):
     def _check_hosts(cls, value: str) -> str:
         parse_addresses(value)
         return value.strip()
-
-    @field_validator("redis_db", "max_retries")
-    @classmethod
-    def _non_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be >= 0")
-        return value
-
-    @field_validator("pool_size")
-    @classmethod
-    def _positive(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("must be >= 1")
-        return value
 
     def check_combinations(self, *, component: str) -> None:
         """Rules across fields; ``connect`` calls it so every Redis driver fails at init."""

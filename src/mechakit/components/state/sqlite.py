@@ -39,7 +39,7 @@ from mechakit.core.errors import (
     InvalidRequestError,
     OperationTimeoutError,
 )
-from mechakit.core.metadata import Bool, Duration, setting
+from mechakit.core.metadata import Bool, Duration, setting, timeout_setting
 from mechakit.core.state import (
     PreparedOperation,
     StateFeature,
@@ -72,11 +72,9 @@ class SQLiteSettings(StateSettings):
         description="Table holding the schema version and the ETag counter.",
         example="metadata",
     )
-    timeout: Duration = setting(
+    timeout: Duration = timeout_setting(
         timedelta(seconds=20),
-        aliases=("timeoutInSeconds",),
         description="How long one operation may take before it fails with a timeout; 0 for no limit.",
-        example="20s",
     )
     busy_timeout: Duration = setting(
         timedelta(seconds=2),
