@@ -13,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import types
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mechakit.components.configuration._subscriptions import SubscribingStore
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
-    ConfigurationStore,
-    ConfigurationUpdate,
     GetConfigurationRequest,
     SubscribeConfigurationRequest,
 )
-from mechakit.core.errors import InvalidRequestError, MetadataError, NotFoundError
+from mechakit.core.errors import InvalidRequestError, MetadataError
 from mechakit.core.metadata import Settings, setting
 
 
@@ -41,20 +39,18 @@ class InMemoryConfigurationSettings(Settings):
     )
 
 
-class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSettings]):
+class InMemoryConfigurationStore(SubscribingStore[InMemoryConfigurationSettings, "_Watch"]):
     def __init__(self) -> None:
         super().__init__()
         self._items: dict[str, ConfigurationItem] = {}
         self._versions: dict[str, int] = {}
-        self._watches: dict[str, _Watch] = {}
 
     async def open(self) -> None:
         if self.settings.items.strip():
             await self.set_items(self._parse_items(self.settings.items))
 
     async def shut(self) -> None:
-        for subscription_id in list(self._watches):
-            await self._stop(subscription_id)
+        await self._stop_all()
 
     async def ping(self) -> None:
         self.require_open()
@@ -69,7 +65,7 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
         self, request: SubscribeConfigurationRequest, handler: ConfigurationHandler
     ) -> str:
         self.require_open()
-        subscription_id = str(uuid.uuid4())
+        subscription_id = self.new_subscription_id()
         watch = _Watch(frozenset(request.keys), handler)
         watch.task = asyncio.create_task(
             self._deliver(subscription_id, watch), name=f"configuration:{subscription_id}"
@@ -77,19 +73,8 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
         self._watches[subscription_id] = watch
         return subscription_id
 
-    async def unsubscribe(self, subscription_id: str) -> None:
+    async def stop_watch(self, watch: _Watch) -> None:
         """Stops delivery at once; a handler call already running is allowed to finish."""
-        self.require_open()
-        await self._stop(subscription_id)
-
-    async def _stop(self, subscription_id: str) -> None:
-        watch = self._watches.pop(subscription_id, None)
-        if watch is None:
-            raise NotFoundError(
-                f"no configuration subscription with id {subscription_id!r}",
-                component=self.label,
-                key=subscription_id,
-            )
         while not watch.queue.empty():
             watch.queue.get_nowait()
         watch.queue.put_nowait(None)
@@ -137,24 +122,14 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
     def _notify(self, changed: Mapping[str, ConfigurationItem]) -> None:
         if not changed:
             return
-        for subscription_id, watch in self._watches.items():
+        for watch in self._watches.values():
             seen = {k: v for k, v in changed.items() if not watch.keys or k in watch.keys}
             if seen:
-                watch.queue.put_nowait(
-                    ConfigurationUpdate(subscription_id, types.MappingProxyType(seen))
-                )
+                watch.queue.put_nowait(types.MappingProxyType(seen))
 
     async def _deliver(self, subscription_id: str, watch: _Watch) -> None:
-        while (update := await watch.queue.get()) is not None:
-            try:
-                await watch.handler(update)
-            except Exception:
-                self.log.exception(
-                    "%s: handler of configuration subscription %s failed on keys %s",
-                    self.label,
-                    subscription_id,
-                    ", ".join(sorted(update.items)),
-                )
+        while (items := await watch.queue.get()) is not None:
+            await self._hand_over(watch.handler, subscription_id, items)
 
     def _check_key(self, key: object) -> None:
         if not isinstance(key, str) or not key:
@@ -201,7 +176,9 @@ class InMemoryConfigurationStore(ConfigurationStore[InMemoryConfigurationSetting
 class _Watch:
     keys: frozenset[str]
     handler: ConfigurationHandler
-    queue: asyncio.Queue[ConfigurationUpdate | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Mapping[str, ConfigurationItem] | None] = field(
+        default_factory=asyncio.Queue
+    )
     task: asyncio.Task[None] | None = None
 
 

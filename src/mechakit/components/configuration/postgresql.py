@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,11 +43,10 @@ from mechakit.components._shared.postgresql import (
     qualified_name,
     quote_name,
 )
+from mechakit.components.configuration._subscriptions import SubscribingStore
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
-    ConfigurationStore,
-    ConfigurationUpdate,
     GetConfigurationRequest,
     SubscribeConfigurationRequest,
 )
@@ -57,7 +55,6 @@ from mechakit.core.errors import (
     ConnectionFailedError,
     InvalidRequestError,
     MechakitError,
-    NotFoundError,
 )
 from mechakit.core.metadata import setting
 
@@ -100,7 +97,7 @@ class PostgreSQLConfigurationSettings(PostgreSQLSettings):
 
 class PostgreSQLConfigurationStore(
     PostgreSQLDriver[PostgreSQLConfigurationSettings],
-    ConfigurationStore[PostgreSQLConfigurationSettings],
+    SubscribingStore[PostgreSQLConfigurationSettings, "_Watch"],
 ):
     """Configuration items in a PostgreSQL table, with subscriptions through LISTEN/NOTIFY."""
 
@@ -110,7 +107,6 @@ class PostgreSQLConfigurationStore(
         self._channel = ""
         self._trigger_ready = False
         self._has_metadata = True
-        self._watches: dict[str, _Watch] = {}
         self._listener: AsyncConnection[Any] | None = None
         self._listening: set[str] = set()
         self._pending: list[tuple[str, asyncio.Future[None]]] = []
@@ -159,18 +155,11 @@ class PostgreSQLConfigurationStore(
             await self._pool.run(self._ensure_trigger, "create the notify trigger")
             self._trigger_ready = True
         await self._listen(channel)
-        subscription_id = str(uuid.uuid4())
+        subscription_id = self.new_subscription_id()
         self._watches[subscription_id] = _Watch(
             keys=frozenset(request.keys), handler=handler, channel=channel
         )
         return subscription_id
-
-    async def unsubscribe(self, subscription_id: str) -> None:
-        self.require_open()
-        if self._watches.pop(subscription_id, None) is None:
-            raise NotFoundError(
-                f"no subscription with id {subscription_id!r}", component=self.label
-            )
 
     # --- the table ----------------------------------------------------------------------
 
@@ -378,14 +367,9 @@ class PostgreSQLConfigurationStore(
         if self._watches.get(subscription_id) is not watch:
             return  # unsubscribed meanwhile
         watch.last[key] = _marker(item)
-        try:
-            await watch.handler(
-                ConfigurationUpdate(subscription_id, {key: item or ConfigurationItem(value="")})
-            )
-        except Exception:
-            self.log.exception(
-                "%s: configuration handler of subscription %s failed", self.label, subscription_id
-            )
+        await self._hand_over(
+            watch.handler, subscription_id, {key: item or ConfigurationItem(value="")}
+        )
 
     def _is_our_table(self, payload: dict[str, Any]) -> bool:
         schema, _, table = self._table.rpartition(".")

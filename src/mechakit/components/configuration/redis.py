@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,19 +30,17 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
+from mechakit.components.configuration._subscriptions import SubscribingStore
 from mechakit.core.component import stop_tasks
 from mechakit.core.configuration import (
     ConfigurationHandler,
     ConfigurationItem,
-    ConfigurationStore,
-    ConfigurationUpdate,
     GetConfigurationRequest,
     SubscribeConfigurationRequest,
 )
 from mechakit.core.errors import (
     ComponentError,
     ConnectionFailedError,
-    NotFoundError,
 )
 
 SEPARATOR = "||"
@@ -57,15 +54,11 @@ class RedisConfigurationSettings(RedisSettings):
 
 
 class RedisConfigurationStore(
-    RedisDriver[RedisConfigurationSettings], ConfigurationStore[RedisConfigurationSettings]
+    RedisDriver[RedisConfigurationSettings],
+    SubscribingStore[RedisConfigurationSettings, "_Watch"],
 ):
-    def __init__(self) -> None:
-        super().__init__()
-        self._watches: dict[str, _Watch] = {}
-
     async def shut(self) -> None:
-        for subscription_id in list(self._watches):
-            await self._stop(subscription_id)
+        await self._stop_all()
         await super().shut()
 
     async def get(self, request: GetConfigurationRequest) -> dict[str, ConfigurationItem]:
@@ -88,7 +81,7 @@ class RedisConfigurationStore(
         nodes = await self._nodes()
         for node in nodes:
             await self._enable_notifications(node)
-        subscription_id = str(uuid.uuid4())
+        subscription_id = self.new_subscription_id()
         watch = _Watch(
             keys=tuple(dict.fromkeys(request.keys)),
             handler=handler,
@@ -108,16 +101,7 @@ class RedisConfigurationStore(
         self._watches[subscription_id] = watch
         return subscription_id
 
-    async def unsubscribe(self, subscription_id: str) -> None:
-        self.require_open()
-        await self._stop(subscription_id)
-
-    async def _stop(self, subscription_id: str) -> None:
-        watch = self._watches.pop(subscription_id, None)
-        if watch is None:
-            raise NotFoundError(
-                f"no subscription with id {subscription_id!r}", component=self.label
-            )
+    async def stop_watch(self, watch: _Watch) -> None:
         await stop_tasks(*(listener.task for listener in watch.listeners if listener.task))
         await _close_listeners(watch)
 
@@ -261,13 +245,7 @@ class RedisConfigurationStore(
             return
         if resync and marker is None and key not in watch.last:
             return
-        try:
-            await watch.handler(ConfigurationUpdate(subscription_id, {key: item}))
-        except Exception:
-            self.log.exception(
-                "%s: configuration handler of subscription %s failed", self.label, subscription_id
-            )
-        else:
+        if await self._hand_over(watch.handler, subscription_id, {key: item}):
             watch.last[key] = marker
 
 
