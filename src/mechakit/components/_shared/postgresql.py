@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,7 +50,17 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 T = TypeVar("T")
-Prepare = Callable[["AsyncConnection[Any]"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """A step run on the first connection, before the pool opens (creating or checking a
+    driver's table), with what its failure is about: the setting to name and the thing
+    (``table 'state'``)."""
+
+    run: Callable[[AsyncConnection[Any]], Awaitable[None]]
+    field: str
+    what: str
 
 
 class PostgreSQLSettings(Settings):
@@ -153,18 +164,13 @@ def first_line(exc: BaseException) -> str:
 
 
 def connect_error(
-    exc: Exception,
-    conninfo: str,
-    *,
-    component: str,
-    prepare_field: str | None = None,
-    prepare_what: str = "the database",
+    exc: Exception, conninfo: str, *, component: str, prepare: Preparation | None = None
 ) -> MechakitError:
     """A failure while connecting (or preparing the schema) as a core error.
 
     A refused login or missing database is a configuration error naming
     ``connectionString``; an unreachable server is retriable; anything else happened while
-    preparing ``prepare_what`` and names ``prepare_field``.
+    preparing (what ``prepare`` says, naming its field).
     """
     import psycopg
 
@@ -184,9 +190,9 @@ def connect_error(
             field="connectionString",
         )
     return ConfigurationError(
-        f"cannot prepare {prepare_what} on {target}: {reason}",
+        f"cannot prepare {prepare.what if prepare else 'the database'} on {target}: {reason}",
         component=component,
-        field=prepare_field,
+        field=prepare.field if prepare else None,
     )
 
 
@@ -224,12 +230,7 @@ def connection_lost(exc: Exception) -> bool:
 
 
 async def connect(
-    settings: PostgreSQLSettings,
-    *,
-    component: str,
-    prepare: Prepare | None = None,
-    prepare_field: str | None = None,
-    prepare_what: str = "the database",
+    settings: PostgreSQLSettings, *, component: str, prepare: Preparation | None = None
 ) -> AsyncConnection[Any]:
     """One autocommit connection (e.g. for LISTEN), after ``prepare`` ran on it."""
     psycopg = load_psycopg(component)
@@ -240,7 +241,7 @@ async def connect(
     async def open_and_prepare() -> None:
         connection.append(await psycopg.AsyncConnection.connect(conninfo, autocommit=True))
         if prepare is not None:
-            await prepare(connection[0])
+            await prepare.run(connection[0])
 
     try:
         await asyncio.wait_for(open_and_prepare(), timeout)
@@ -257,39 +258,22 @@ async def connect(
                 field="connectionString",
             ) from None
         if isinstance(exc, psycopg.Error):
-            raise connect_error(
-                exc,
-                conninfo,
-                component=component,
-                prepare_field=prepare_field,
-                prepare_what=prepare_what,
-            ) from None
+            raise connect_error(exc, conninfo, component=component, prepare=prepare) from None
         raise
     return connection[0]
 
 
 async def open_pool(
-    settings: PostgreSQLSettings,
-    *,
-    component: str,
-    prepare: Prepare | None = None,
-    prepare_field: str | None = None,
-    prepare_what: str = "the database",
+    settings: PostgreSQLSettings, *, component: str, prepare: Preparation | None = None
 ) -> PostgreSQLPool:
     """A connection pool, opened after one connection succeeded and ran ``prepare``.
 
     ``prepare`` (e.g. a schema migration) failing with a database error becomes a
-    :class:`ConfigurationError` about ``prepare_what`` naming ``prepare_field``.
+    :class:`ConfigurationError` about what it prepares, naming its field.
     """
     from psycopg_pool import AsyncConnectionPool
 
-    conn = await connect(
-        settings,
-        component=component,
-        prepare=prepare,
-        prepare_field=prepare_field,
-        prepare_what=prepare_what,
-    )
+    conn = await connect(settings, component=component, prepare=prepare)
     await conn.close()
     pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
         checked_conninfo(settings, component),
@@ -391,17 +375,20 @@ PostgreSQLSettingsT = TypeVar("PostgreSQLSettingsT", bound=PostgreSQLSettings)
 
 
 class PostgreSQLDriver(Component[PostgreSQLSettingsT]):
-    """Base of a driver over one :class:`PostgreSQLPool`: ``open`` opens it (a driver with
-    tables to prepare overrides ``open`` and passes ``prepare`` to :func:`open_pool`),
-    ``shut`` closes it, ``ping`` runs ``SELECT 1`` and ``_pool`` hands it out while the
-    component is open."""
+    """Base of a driver over one :class:`PostgreSQLPool`: ``open`` opens it (after the
+    driver's :meth:`preparation`, if any), ``shut`` closes it, ``ping`` runs ``SELECT 1``
+    and ``_pool`` hands it out while the component is open."""
 
     def __init__(self) -> None:
         super().__init__()
         self._db: PostgreSQLPool | None = None
 
+    def preparation(self) -> Preparation | None:
+        """What to prepare on the first connection (the driver's table); None: nothing."""
+        return None
+
     async def open(self) -> None:
-        self._db = await open_pool(self.settings, component=self.label)
+        self._db = await open_pool(self.settings, component=self.label, prepare=self.preparation())
 
     async def shut(self) -> None:
         db, self._db = self._db, None
@@ -428,6 +415,7 @@ __all__ = [
     "PostgreSQLDriver",
     "PostgreSQLPool",
     "PostgreSQLSettings",
+    "Preparation",
     "checked_conninfo",
     "connect",
     "connect_error",

@@ -37,9 +37,9 @@ from pydantic import field_validator
 from mechakit.components._shared.postgresql import (
     PostgreSQLDriver,
     PostgreSQLSettings,
+    Preparation,
     connect,
     first_line,
-    open_pool,
     qualified_name,
     quote_name,
 )
@@ -117,13 +117,10 @@ class PostgreSQLConfigurationStore(
         settings = self.settings
         self._table = settings.table
         self._channel = settings.notify_channel or default_channel(settings.table)
-        self._db = await open_pool(
-            settings,
-            component=self.label,
-            prepare=self._prepare_table,
-            prepare_field="table",
-            prepare_what=f"table {settings.table!r}",
-        )
+        await super().open()
+
+    def preparation(self) -> Preparation:
+        return Preparation(self._prepare_table, "table", f"table {self.settings.table!r}")
 
     async def shut(self) -> None:
         """The listener task is stopped already (the base stops the tasks it started)."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +41,7 @@ from pydantic import field_validator
 from mechakit.components._shared.postgresql import (
     PostgreSQLDriver,
     PostgreSQLSettings,
-    open_pool,
+    Preparation,
     qualified_name,
     quote_name,
 )
@@ -108,19 +108,16 @@ class PostgreSQLStateStore(
     async def open(self) -> None:
         settings = self.settings
         self._sql = _Statements(settings.table_name, settings.metadata_table_name)
-        self._db = await open_pool(
-            settings,
-            component=self.label,
-            prepare=self._migrate,
-            prepare_field="tableName",
-            prepare_what=f"table {settings.table_name!r}",
-        )
+        await super().open()
         self.clean_expired_every(settings.cleanup_interval, self._purge_expired)
+
+    def preparation(self) -> Preparation:
+        return Preparation(self._migrate, "tableName", f"table {self.settings.table_name!r}")
 
     async def query(self, query: Query) -> QueryResponse:
         """JSON values of this component's keys matching ``query``, one page at a time."""
         statement, params = self._query_sql(query)
-        rows = await self._run(lambda conn: _fetch_all(conn, statement, params), "query")
+        rows = await self._pool.run(lambda conn: _fetch_all(conn, statement, params), "query")
         results = [
             QueryItem(self.key_prefix.strip(key), decode_value(text.encode(), False), str(etag))
             for key, text, etag in rows
@@ -167,12 +164,12 @@ class PostgreSQLStateStore(
     ) -> dict[str, StateItem]:
         one = len(stored_keys) == 1
         keys = stored_keys[0] if one else list(stored_keys)
-        return await self._run(lambda conn: self._select(conn, keys, one=one), what, key)
+        return await self._pool.run(lambda conn: self._select(conn, keys, one=one), what, key)
 
     async def _write(
         self, ops: Sequence[_Operation], what: str, key: str | None = None, *, atomic: bool
     ) -> dict[str, Exception]:
-        matched = await self._run(
+        matched = await self._pool.run(
             lambda conn: self._execute(conn, ops, atomic=atomic), what, key, write=True
         )
         return {
@@ -262,17 +259,6 @@ class PostgreSQLStateStore(
 
     # --- running statements -------------------------------------------------------------
 
-    async def _run(
-        self,
-        body: Callable[[AsyncConnection[Any]], Awaitable[T]],
-        what: str,
-        key: str | None = None,
-        *,
-        write: bool = False,
-    ) -> T:
-        """``body`` on a pooled connection within the timeout; driver errors become core errors."""
-        return await self._pool.run(body, what, key, write=write)
-
     async def _execute(
         self, conn: AsyncConnection[Any], ops: Sequence[_Operation], *, atomic: bool
     ) -> list[bool]:
@@ -356,7 +342,7 @@ class PostgreSQLStateStore(
                 if claimed.rowcount > 0:
                     await conn.execute(self._sql.purge)
 
-        await self._run(purge, "delete expired rows")
+        await self._pool.run(purge, "delete expired rows")
 
 
 _MIGRATION_LOCK = "mechakit state.postgresql schema"
