@@ -351,7 +351,16 @@ class Settings(BaseModel):
 
 
 # Metadata the runtime or Dapr itself reads, accepted by every component without a warning.
-_RUNTIME_METADATA = frozenset({"actorstatestore", "consumerid", "outboxpublishpubsub"})
+_RUNTIME_METADATA = frozenset(
+    {
+        "actorstatestore",
+        "consumerid",
+        "outboxpublishpubsub",
+        "outboxpublishtopic",
+        "outboxpubsub",
+        "outboxdiscardwhenmissingstate",
+    }
+)
 
 
 def _aliases(info: FieldInfo) -> list[str]:

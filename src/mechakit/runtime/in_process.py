@@ -28,6 +28,7 @@ from .clients import (
 )
 from .host import ComponentHost, HostedComponent
 from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
+from .outbox import Outbox
 from .service import DaprService
 
 ClientT = TypeVar("ClientT")
@@ -52,6 +53,8 @@ class Runtime:
         self._tracker = SubscriptionTracker()
         self._clients: dict[tuple[str, str], Any] = {}
         self._service: DaprService | None = None
+        self.outbox = Outbox(self)
+        """The transactional outbox of the outbox-enabled state stores (:mod:`.outbox`)."""
         self.extended_metadata: dict[str, str] = {}
         """What apps set through the metadata API (one sidecar, one set, for every door)."""
 
@@ -73,10 +76,16 @@ class Runtime:
         )
         await host.start()
         self._host = host
+        try:
+            await self.outbox.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def close(self) -> None:
         """Stop what clients started, then close the components (last started first)."""
+        await self.outbox.stop()
         host, self._host = self._host, None
         self._clients.clear()
         await self._tracker.cancel_all()

@@ -29,7 +29,9 @@ class DaprService:
 
     def __init__(self, runtime: Runtime, *, max_bulk_keys: int = 0) -> None:
         self.state = StateService(
-            lambda name: runtime.state(name).component, max_bulk_keys=max_bulk_keys
+            lambda name: runtime.state(name).component,
+            max_bulk_keys=max_bulk_keys,
+            outbox=runtime.outbox,
         )
         self.pubsub = PubSubService(
             lambda name: runtime.pubsub(name).component,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.state import (
@@ -21,6 +21,9 @@ from mechakit.core.state import (
     parse_ttl,
 )
 from mechakit.runtime import bulk
+
+if TYPE_CHECKING:
+    from mechakit.runtime.outbox import Outbox
 
 from .errors import BlockService, DaprError, ErrorKind, failure, invalid
 
@@ -62,9 +65,16 @@ class StateService(BlockService[StateStore[Any]]):
     NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
     NOT_FOUND_MESSAGE = "state store {name} is not found"
 
-    def __init__(self, find: Callable[[str], StateStore[Any]], *, max_bulk_keys: int) -> None:
+    def __init__(
+        self,
+        find: Callable[[str], StateStore[Any]],
+        *,
+        max_bulk_keys: int,
+        outbox: Outbox | None = None,
+    ) -> None:
         super().__init__(find)
         self.max_bulk_keys = max_bulk_keys
+        self._outbox = outbox
 
     def check_count(self, count: int, what: str) -> None:
         bulk.check_count(count, self.max_bulk_keys, what)
@@ -153,6 +163,9 @@ class StateService(BlockService[StateStore[Any]]):
             check_write(operation, f"operations[{i}]", name)
         if not operations:
             return
+        if self._outbox is not None and self._outbox.enabled(name):
+            with failure("ERR_PUBLISH_OUTBOX", "error while publishing outbox message"):
+                operations = await self._outbox.stage(name, operations)
         with failure(
             "ERR_STATE_TRANSACTION", "error while executing state transaction", ("state", name)
         ):
