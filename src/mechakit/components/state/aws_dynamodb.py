@@ -157,29 +157,10 @@ class DynamoDBStateStore(
         return self._item(request.key, reply.get("Item"), time.time())
 
     async def set(self, request: SetRequest) -> None:
-        write = self._prepare(request)
-        with contextlib.suppress(_OwnWrite):
-            await self._call(
-                "set",
-                self._aws.put_item,
-                key=request.key,
-                errors=self._condition_errors(write),
-                TableName=self._table,
-                Item=write.item,
-                **self._condition(write, time.time()),
-            )
+        await self._write_one(self._prepare(request))
 
     async def delete(self, request: DeleteRequest) -> None:
-        write = self._prepare(request)
-        await self._call(
-            "delete",
-            self._aws.delete_item,
-            key=request.key,
-            errors=self._condition_errors(write),
-            TableName=self._table,
-            Key=self._key(write.stored_key),
-            **self._condition(write, time.time()),
-        )
+        await self._write_one(self._prepare(request))
 
     async def bulk_get(self, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         """``BatchGetItem`` in chunks of 100; a key whose read failed carries its error."""
@@ -419,6 +400,25 @@ class DynamoDBStateStore(
             )
 
         return {"ResourceNotFoundException": missing}
+
+    async def _write_one(self, write: _Write) -> None:
+        """One conditional ``PutItem`` (a set) or ``DeleteItem``; a failed check that found
+        the write's own result is success (see :meth:`_condition_failed`)."""
+        if write.item is not None:
+            action, send, target = "set", self._aws.put_item, {"Item": write.item}
+        else:
+            action, send = "delete", self._aws.delete_item
+            target = {"Key": self._key(write.stored_key)}
+        with contextlib.suppress(_OwnWrite):
+            await self._call(
+                action,
+                send,
+                key=write.key,
+                errors=self._condition_errors(write),
+                TableName=self._table,
+                **target,
+                **self._condition(write, time.time()),
+            )
 
     def _condition_errors(self, write: _Write) -> dict[str, aws.ErrorFactory]:
         def failed(failure: AwsFailure) -> MechakitError:
