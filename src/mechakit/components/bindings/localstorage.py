@@ -215,27 +215,23 @@ class LocalStorageBinding(StorageBinding[LocalStorageSettings]):
     def _prepare_root(self, configured: str) -> Path:
         """Creates the root when missing and resolves its symlinks, so later checks compare real paths."""
         root = Path(configured).expanduser()
+
+        def refused(problem: str) -> MetadataError:
+            return MetadataError(
+                f"metadata 'rootPath': {problem}", component=self.label, field="rootPath"
+            )
+
         try:
             root.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
-            raise MetadataError(
-                f"metadata 'rootPath': {configured!r} is a file, not a folder",
-                component=self.label,
-                field="rootPath",
-            ) from None
+            raise refused(f"{configured!r} is a file, not a folder") from None
         except OSError as exc:
-            raise MetadataError(
-                f"metadata 'rootPath': cannot create folder {configured!r}: {exc.strerror or exc}",
-                component=self.label,
-                field="rootPath",
-            ) from None
+            raise refused(f"cannot create folder {configured!r}: {exc.strerror or exc}") from None
         resolved = root.resolve()
         for forbidden in _FORBIDDEN_ROOTS:
             if resolved == forbidden or resolved.is_relative_to(forbidden):
-                raise MetadataError(
-                    f"metadata 'rootPath': {configured!r} is inside {str(forbidden)!r}, which is never allowed",
-                    component=self.label,
-                    field="rootPath",
+                raise refused(
+                    f"{configured!r} is inside {str(forbidden)!r}, which is never allowed"
                 )
         return resolved
 

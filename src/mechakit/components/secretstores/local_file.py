@@ -72,11 +72,7 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
                     name: {name: value} for name, value in _flatten(document, (), separator).items()
                 }
         except _DuplicateName as exc:
-            raise MetadataError(
-                f"metadata 'secretsFile': {settings.secrets_file!r}: {exc}",
-                component=self.label,
-                field="secretsFile",
-            ) from None
+            raise self._unusable(settings.secrets_file, f"is not usable: {exc}") from None
         self._multi_valued = settings.multi_valued
 
     async def shut(self) -> None:
@@ -108,11 +104,7 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
         path = Path(file_name).expanduser()
 
         def fail(problem: str) -> MetadataError:
-            return MetadataError(
-                f"metadata 'secretsFile': {file_name!r} {problem}",
-                component=self.label,
-                field="secretsFile",
-            )
+            return self._unusable(file_name, problem)
 
         try:
             text = path.read_text(encoding="utf-8-sig")
@@ -142,6 +134,13 @@ class LocalFileSecretStore(SecretStore[LocalFileSettings]):
         if not isinstance(document, dict):
             raise fail(f"must hold a JSON object at the top, not {_json_kind(document)}")
         return document
+
+    def _unusable(self, file_name: str, problem: str) -> MetadataError:
+        return MetadataError(
+            f"metadata 'secretsFile': {file_name!r} {problem}",
+            component=self.label,
+            field="secretsFile",
+        )
 
 
 class _DuplicateName(ValueError):
