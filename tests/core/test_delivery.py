@@ -14,10 +14,24 @@ from typing import Any
 
 import pytest
 
-from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.component import ComponentMetadata, Subscription
+from mechakit.core.delivery import (
+    DeliveryEngine,
+    DeliveryPolicy,
+    DeliverySettings,
+    SubscriptionEngines,
+)
 from mechakit.core.errors import BulkError, ComponentError, ConnectionFailedError
-from mechakit.core.pubsub import Delivery, DropMessage, Message, Transport
+from mechakit.core.pubsub import (
+    Delivery,
+    DropMessage,
+    Handler,
+    Message,
+    PublishRequest,
+    PubSub,
+    SubscribeRequest,
+    Transport,
+)
 
 LABEL = "pubsub.fake 'events'"
 GUARD = 5.0
@@ -178,6 +192,18 @@ def test_prefetch_defaults_to_the_concurrency() -> None:
     assert DeliveryPolicy(concurrency=4, prefetch=9).room == 9
     with pytest.raises(ValueError, match="invalid delivery policy"):
         DeliveryPolicy(concurrency=0)
+
+
+def test_delivery_settings_give_the_policy_and_the_default_dead_letter_topic() -> None:
+    settings = DeliverySettings.from_metadata(
+        {"maxDeliveryCount": "5", "concurrency": "2", "deadLetterTopic": "poison"}, component="x"
+    )
+    policy = settings.delivery_policy()
+    assert (policy.concurrency, policy.max_deliveries) == (2, 5)
+    assert settings.dead_letter_topic_of(SubscribeRequest("orders")) == "poison"
+    assert settings.dead_letter_topic_of(SubscribeRequest("orders", dead_letter_topic="x")) == "x"
+    default = DeliverySettings()
+    assert (default.max_deliveries, default.concurrency, default.dead_letter_topic) == (3, 10, "")
 
 
 # --- acking --------------------------------------------------------------------------------
@@ -621,3 +647,44 @@ async def test_stopped_engine_refuses_new_routes_and_stops_only_once() -> None:
     assert transport.events.count("close") == 1
     with pytest.raises(ComponentError, match="stopped"):
         engine.subscribe("orders", Calls())
+
+
+# --- a component's engines -----------------------------------------------------------------
+
+
+class EnginePubSub(PubSub[DeliverySettings]):
+    """Runs an engine per subscription, each over a fake transport of its topic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engines = SubscriptionEngines(self)
+        self.transports: dict[str, FakeTransport] = {}
+
+    async def shut(self) -> None:
+        await self.engines.stop()
+
+    async def publish(self, request: PublishRequest) -> None:
+        self.transports[request.topic].put(delivery(request.data.decode(), topic=request.topic))
+
+    async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
+        transport = self.transports[request.topic] = FakeTransport()
+        return self.engines.start(transport, request, handler)
+
+
+async def test_closing_a_component_from_a_handler_stops_every_engine_and_acks_that_message() -> (
+    None
+):
+    pubsub = EnginePubSub()
+    await pubsub.init(ComponentMetadata("events", "pubsub.fake"))
+
+    async def close_component(message: Message) -> None:
+        await pubsub.close()
+
+    orders = await pubsub.subscribe(SubscribeRequest("orders"), Calls(close_component))
+    payments = await pubsub.subscribe(SubscribeRequest("payments"), Calls())
+    await pubsub.publish(PublishRequest("orders", b"o1"))
+    first, second = pubsub.transports["orders"], pubsub.transports["payments"]
+    await first.wait_until(lambda: first.closed, "the orders transport to close")
+    await second.wait_until(lambda: second.closed, "the payments transport to close")
+    assert first.acked == ["o1"]
+    assert not orders.active and not payments.active

@@ -16,6 +16,10 @@ channels:
   receive, and one wording for every log line, naming the component and the topic;
 - stopping: receiving ends, handlers that have started may finish (``stop_grace``, then
   they are cancelled), the rest is released; nothing is acked unless its handler succeeded.
+
+A driver whose settings model subclasses ``DeliverySettings`` gets the engine's metadata
+(``maxDeliveries``, ``concurrency``, ``deadLetterTopic``) and its policy from there, and one
+that runs an engine per subscription keeps them in ``SubscriptionEngines``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar
 
-from .component import Backoff, Subscription, stop_tasks
+from pydantic import Field
+
+from .component import Backoff, Component, Subscription, stop_tasks
 from .errors import BulkError, ComponentError, InvalidRequestError
-from .pubsub import Delivery, DropMessage, Handler, Transport
+from .metadata import Settings, setting
+from .pubsub import Delivery, DropMessage, Handler, SubscribeRequest, Transport
 from .state import TTL_METADATA
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
@@ -79,6 +86,98 @@ class DeliveryPolicy:
             return self.redelivery_delay
         exponent = min(max(delivery_count - 1, 0), 32)
         return min(self.redelivery_delay * float(2**exponent), cap)
+
+
+def max_deliveries_setting(default: int, *, description: str) -> Any:
+    """The ``maxDeliveries`` field (also accepted as ``maxDeliveryCount``); the default is
+    the example."""
+    return setting(
+        default, aliases=("maxDeliveryCount",), description=description, example=str(default)
+    )
+
+
+def concurrency_setting(*, description: str) -> Any:
+    """The ``concurrency`` field: handler calls at once per subscription, 10 by default."""
+    return setting(10, description=description, example="10")
+
+
+def dead_letter_topic_setting(*, description: str) -> Any:
+    """The ``deadLetterTopic`` field: the component's default for subscriptions naming none."""
+    return setting("", description=description, example="poison")
+
+
+class DeliverySettings(Settings):
+    """The engine's metadata, for drivers that take them from the component's metadata.
+
+    A driver whose default or wording differs declares the field again with the helper
+    above (``max_deliveries_setting`` …), so that its name and alias stay the same, and adds
+    what its broker decides (redelivery, prefetch, stop grace) by overriding
+    ``delivery_policy``.
+    """
+
+    max_deliveries: Annotated[int, Field(ge=1)] = max_deliveries_setting(
+        3,
+        description=(
+            "Deliveries of a message (the first included) before it goes to the "
+            "dead-letter topic, or is dropped when there is none."
+        ),
+    )
+    concurrency: Annotated[int, Field(ge=1)] = concurrency_setting(
+        description="Handler calls that may run at once, per subscription."
+    )
+    dead_letter_topic: str = dead_letter_topic_setting(
+        description=(
+            "Where messages go once their deliveries are used up, for subscriptions "
+            "that name none. Empty: such messages are dropped with an error log."
+        )
+    )
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        """``concurrency`` and ``maxDeliveries`` as the engine's policy."""
+        return DeliveryPolicy(concurrency=self.concurrency, max_deliveries=self.max_deliveries)
+
+    def dead_letter_topic_of(self, request: SubscribeRequest) -> str:
+        """The subscription's dead-letter topic, else ``deadLetterTopic``."""
+        return request.dead_letter_topic or self.dead_letter_topic
+
+
+DeliverySettingsT = TypeVar("DeliverySettingsT", bound=DeliverySettings)
+
+
+class SubscriptionEngines(Generic[DeliverySettingsT]):
+    """The engines of a component that runs one per subscription, with the policy of its
+    ``DeliverySettings``; its ``shut`` stops them all with ``stop``."""
+
+    def __init__(self, component: Component[DeliverySettingsT]) -> None:
+        self._component = component
+        self._engines: set[DeliveryEngine] = set()
+
+    def start(
+        self, transport: Transport, request: SubscribeRequest, handler: Handler
+    ) -> Subscription:
+        """A new engine over ``transport`` delivering ``request.topic`` to ``handler``."""
+        component, settings = self._component, self._component.settings
+        engine = DeliveryEngine(
+            transport, settings.delivery_policy(), label=component.label, log=component.log
+        )
+        self._engines = {e for e in self._engines if not e.stopping}
+        self._engines.add(engine)
+        return engine.subscribe(
+            request.topic, handler, dead_letter_topic=settings.dead_letter_topic_of(request)
+        )
+
+    async def stop(self) -> None:
+        """Stops every engine together (those already stopping too), on behalf of the
+        current task, which may be a handler closing its own component; raises the first
+        error once all have stopped."""
+        engines, self._engines = list(self._engines), set()
+        caller = asyncio.current_task()  # each stop() below runs in a task of gather's own
+        results = await asyncio.gather(
+            *(e.stop(caller=caller) for e in engines), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
 
 class DeliveryEngine:
@@ -538,4 +637,12 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["DeliveryEngine", "DeliveryPolicy"]
+__all__ = [
+    "DeliveryEngine",
+    "DeliveryPolicy",
+    "DeliverySettings",
+    "SubscriptionEngines",
+    "concurrency_setting",
+    "dead_letter_topic_setting",
+    "max_deliveries_setting",
+]

@@ -32,9 +32,9 @@ from typing import Annotated
 from pydantic import Field
 
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.delivery import DeliveryPolicy, DeliverySettings, SubscriptionEngines
 from mechakit.core.errors import InvalidRequestError
-from mechakit.core.metadata import Duration, Settings, setting
+from mechakit.core.metadata import Duration, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
     BulkPublishFailure,
@@ -54,16 +54,7 @@ from mechakit.core.state import TTL_METADATA, parse_ttl
 NonNegativeDuration = Annotated[Duration, Field(ge=timedelta(0))]
 
 
-class InMemoryPubSubSettings(Settings):
-    max_deliveries: Annotated[int, Field(ge=1)] = setting(
-        3,
-        aliases=("maxDeliveryCount",),
-        description=(
-            "Deliveries of a message (the first included) before it goes to the "
-            "dead-letter topic, or is dropped when there is none."
-        ),
-        example="3",
-    )
+class InMemoryPubSubSettings(DeliverySettings):
     redelivery_interval: NonNegativeDuration = setting(
         timedelta(milliseconds=500),
         aliases=("redeliverInterval",),
@@ -75,19 +66,6 @@ class InMemoryPubSubSettings(Settings):
         description="Upper bound of the doubling redelivery wait.",
         example="10s",
     )
-    concurrency: Annotated[int, Field(ge=1)] = setting(
-        10,
-        description="Handler calls that may run at once, per subscription.",
-        example="10",
-    )
-    dead_letter_topic: str = setting(
-        "",
-        description=(
-            "Where messages go once their deliveries are used up, for subscriptions "
-            "that name none. Empty: such messages are dropped with an error log."
-        ),
-        example="poison",
-    )
     backlog_size: Annotated[int, Field(ge=0)] = setting(
         1000,
         description=(
@@ -96,6 +74,14 @@ class InMemoryPubSubSettings(Settings):
         ),
         example="1000",
     )
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        """A failed message comes back after redeliveryInterval, doubling up to the bound."""
+        return replace(
+            super().delivery_policy(),
+            redelivery_delay=self.redelivery_interval.total_seconds(),
+            max_redelivery_delay=self.max_redelivery_interval.total_seconds(),
+        )
 
 
 class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
@@ -106,7 +92,7 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
     def __init__(self) -> None:
         super().__init__()
         self._subscriptions: dict[str, list[_TopicQueue]] = {}
-        self._engines: dict[_TopicQueue, DeliveryEngine] = {}
+        self._engines = SubscriptionEngines(self)
         self._backlogs: dict[str, collections.deque[_Envelope]] = {}
         self._sequence = itertools.count()
 
@@ -115,13 +101,10 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
 
         Bound ``close`` with ``asyncio.wait_for`` to cancel handlers that do not finish in time.
         """
-        engines = list(self._engines.values())
-        caller = asyncio.current_task()
         try:
-            await asyncio.gather(*(e.stop(caller=caller) for e in engines))
+            await self._engines.stop()
         finally:
             self._subscriptions.clear()
-            self._engines.clear()
             self._backlogs.clear()
 
     async def ping(self) -> None:
@@ -157,26 +140,13 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
         self.require_open()
-        settings = self.settings
         queue = _TopicQueue(self, request.topic)
-        policy = DeliveryPolicy(
-            concurrency=settings.concurrency,
-            max_deliveries=settings.max_deliveries,
-            redelivery_delay=settings.redelivery_interval.total_seconds(),
-            max_redelivery_delay=settings.max_redelivery_interval.total_seconds(),
-        )
-        engine = DeliveryEngine(queue, policy, label=self.label, log=self.log)
         subscribers = self._subscriptions.setdefault(request.topic, [])
         if not subscribers:
             for envelope in self._backlogs.pop(request.topic, ()):
                 queue.enqueue(envelope)
         subscribers.append(queue)
-        self._engines[queue] = engine
-        return engine.subscribe(
-            request.topic,
-            handler,
-            dead_letter_topic=request.dead_letter_topic or settings.dead_letter_topic,
-        )
+        return self._engines.start(queue, request, handler)
 
     # --- broker internals, used by _TopicQueue --------------------------------------------
 
@@ -238,7 +208,6 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
 
     def _detach(self, queue: _TopicQueue) -> bool:
         """Stops routing to ``queue``; True when it was the topic's last subscriber."""
-        self._engines.pop(queue, None)
         subscribers = self._subscriptions.get(queue.topic, [])
         with contextlib.suppress(ValueError):
             subscribers.remove(queue)

@@ -33,7 +33,6 @@ Needs Redis 6.2 or later (``XAUTOCLAIM``). Like Dapr, a bare number for
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -43,7 +42,7 @@ import time
 import types
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -58,7 +57,14 @@ from mechakit.components._shared.redis import (
     redis_errors,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.delivery import (
+    DeliveryPolicy,
+    DeliverySettings,
+    SubscriptionEngines,
+    concurrency_setting,
+    dead_letter_topic_setting,
+    max_deliveries_setting,
+)
 from mechakit.core.errors import InvalidRequestError, MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
@@ -102,7 +108,7 @@ DaysDuration = Annotated[Duration, BeforeValidator(_days)]
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
-class RedisPubSubSettings(RedisSettings):
+class RedisPubSubSettings(RedisSettings, DeliverySettings):
     consumer_id: str = setting(
         "",
         name="consumerID",
@@ -139,13 +145,11 @@ class RedisPubSubSettings(RedisSettings):
         description="Messages per subscription read but not yet acked, at most.",
         example="100",
     )
-    concurrency: Annotated[int, Field(ge=1)] = setting(
-        10,
+    concurrency: Annotated[int, Field(ge=1)] = concurrency_setting(
         description=(
             "Handler calls that may run at once, per subscription (1: in publish order, "
             "redeliveries aside)."
-        ),
-        example="10",
+        )
     )
     max_len_approx: Annotated[int, Field(ge=1)] | None = setting(
         None,
@@ -158,19 +162,15 @@ class RedisPubSubSettings(RedisSettings):
         description="Trim entries older than this on publish (MINID ~, approximate).",
         example="24h",
     )
-    max_deliveries: Annotated[int, Field(ge=0)] = setting(
+    max_deliveries: Annotated[int, Field(ge=0)] = max_deliveries_setting(
         10,
-        aliases=("maxDeliveryCount",),
         description=(
             "Deliveries of a message (the first included) before it goes to the dead-letter "
             "topic, or is dropped with an error log when there is none. 0: never give up."
         ),
-        example="10",
     )
-    dead_letter_topic: str = setting(
-        "",
-        description="Dead-letter topic for subscriptions that name none.",
-        example="poison",
+    dead_letter_topic: str = dead_letter_topic_setting(
+        description="Dead-letter topic for subscriptions that name none."
     )
     group_start_id: str = setting(
         "0",
@@ -201,6 +201,17 @@ class RedisPubSubSettings(RedisSettings):
     def redelivery_enabled(self) -> bool:
         return self.processing_timeout > timedelta(0) and self.redeliver_interval > timedelta(0)
 
+    def delivery_policy(self) -> DeliveryPolicy:
+        """A failed entry waits for the next reclaim pass; a stopping subscription gives its
+        handlers processingTimeout, after which another consumer may claim their entries."""
+        redeliver = self.redeliver_interval.total_seconds()
+        return replace(
+            super().delivery_policy(),
+            prefetch=self.queue_depth,
+            redelivery_delay=redeliver if self.redelivery_enabled else None,
+            stop_grace=self.processing_timeout.total_seconds() or None,
+        )
+
 
 class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
     """Dapr's Redis Streams pub/sub with per-instance consumers and ack-after-success."""
@@ -212,7 +223,7 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         self._client: Any = None
         self._group = ""
         self._consumer = ""
-        self._engines: set[DeliveryEngine] = set()
+        self._engines = SubscriptionEngines(self)
 
     async def open(self) -> None:
         settings = self.settings
@@ -231,11 +242,11 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
 
     async def shut(self) -> None:
         """Stops the subscriptions (their handlers get processingTimeout), then disconnects."""
-        engines, self._engines = list(self._engines), set()
-        caller = asyncio.current_task()
-        await asyncio.gather(*(e.stop(caller=caller) for e in engines), return_exceptions=True)
-        client, self._client = self._client, None
-        await close_client(client)
+        try:
+            await self._engines.stop()
+        finally:
+            client, self._client = self._client, None
+            await close_client(client)
 
     async def ping(self) -> None:
         with redis_errors(self.label, action="ping"):
@@ -286,21 +297,13 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         return BulkPublishResponse(failed=failed)
 
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
-        client, settings = self._redis, self.settings
+        client = self._redis
         await self._ensure_group(client, request.topic)
-        reader = await connect(settings, component=self.label)
+        reader = await connect(self.settings, component=self.label)
         if self._client is not client:  # closed meanwhile: shut() has stopped the engines
             await close_client(reader)
             self.require_open()
-        stream = _Stream(self, client, request.topic, reader)
-        engine = DeliveryEngine(stream, _policy(settings), label=self.label, log=self.log)
-        self._engines = {e for e in self._engines if not e.stopping}
-        self._engines.add(engine)
-        return engine.subscribe(
-            request.topic,
-            handler,
-            dead_letter_topic=request.dead_letter_topic or settings.dead_letter_topic,
-        )
+        return self._engines.start(_Stream(self, client, request.topic, reader), request, handler)
 
     # --- internals shared with _Stream --------------------------------------
     # They take the client: a stopping subscription still acks and dead-letters while
@@ -376,19 +379,6 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         except Exception as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-
-
-def _policy(settings: RedisPubSubSettings) -> DeliveryPolicy:
-    """A failed entry waits for the next reclaim pass; a stopping subscription gives its
-    handlers processingTimeout, after which another consumer may claim their entries."""
-    redeliver = settings.redeliver_interval.total_seconds()
-    return DeliveryPolicy(
-        concurrency=settings.concurrency,
-        prefetch=settings.queue_depth,
-        max_deliveries=settings.max_deliveries,
-        redelivery_delay=redeliver if settings.redelivery_enabled else None,
-        stop_grace=settings.processing_timeout.total_seconds() or None,
-    )
 
 
 @dataclass(frozen=True)
