@@ -49,6 +49,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, field_validator
 
 from mechakit.components._shared.redis import (
+    RedisDriver,
     RedisScript,
     RedisSettings,
     close_client,
@@ -213,14 +214,13 @@ class RedisPubSubSettings(RedisSettings, DeliverySettings):
         )
 
 
-class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
+class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSettings]):
     """Dapr's Redis Streams pub/sub with per-instance consumers and ack-after-success."""
 
     FEATURES = frozenset({PubSubFeature.MESSAGE_TTL})
 
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self._group = ""
         self._consumer = ""
         self._engines = SubscriptionEngines(self)
@@ -238,19 +238,14 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
         self._consumer = settings.consumer_name or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
-        self._client = await connect(settings, component=self.label)
+        await super().open()
 
     async def shut(self) -> None:
         """Stops the subscriptions (their handlers get processingTimeout), then disconnects."""
         try:
             await self._engines.stop()
         finally:
-            client, self._client = self._client, None
-            await close_client(client)
-
-    async def ping(self) -> None:
-        with redis_errors(self.label, action="ping"):
-            await self._redis.ping()
+            await super().shut()
 
     @property
     def consumer_group(self) -> str:
@@ -308,10 +303,6 @@ class RedisPubSub(BulkPublisher[RedisPubSubSettings]):
     # --- internals shared with _Stream --------------------------------------
     # They take the client: a stopping subscription still acks and dead-letters while
     # shut() waits for its handlers, when the public operations already refuse.
-
-    @property
-    def _redis(self) -> Any:
-        return self.opened(self._client)
 
     async def _xadd(self, client: Any, topic: str, fields: dict[str, bytes]) -> None:
         trim = self._trim_args()
