@@ -29,6 +29,7 @@ from .clients import (
 from .host import ComponentHost, HostedComponent
 from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
 from .outbox import Outbox
+from .resiliency import Resiliency
 from .service import DaprService
 
 ClientT = TypeVar("ClientT")
@@ -53,6 +54,8 @@ class Runtime:
         self._tracker = SubscriptionTracker()
         self._clients: dict[tuple[str, str], Any] = {}
         self._service: DaprService | None = None
+        self.resiliency = Resiliency()
+        """The outbound policies of ``kind: Resiliency`` resources (:mod:`.resiliency`)."""
         self.outbox = Outbox(self)
         """The transactional outbox of the outbox-enabled state stores (:mod:`.outbox`)."""
         self.extended_metadata: dict[str, str] = {}
@@ -68,6 +71,7 @@ class Runtime:
             if isinstance(resources, Manifests)
             else await asyncio.to_thread(load_manifests, resources)
         )
+        self.resiliency = Resiliency.of(manifests.resiliencies, self.app_id)
         host = ComponentHost(
             manifests,
             app_id=self.app_id,

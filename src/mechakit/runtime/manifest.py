@@ -211,12 +211,24 @@ class ConfigurationManifest:
 
 
 @dataclass(frozen=True)
+class ResiliencyManifest:
+    """A ``kind: Resiliency`` document; its policies are read by :mod:`.resiliency`."""
+
+    name: str
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Manifests:
     """Every resource found, in file order (files sorted by name within a folder)."""
 
     components: list[ComponentManifest] = field(default_factory=list)
     subscriptions: list[SubscriptionManifest] = field(default_factory=list)
     configurations: list[ConfigurationManifest] = field(default_factory=list)
+    resiliencies: list[ResiliencyManifest] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
     def component(self, name: str) -> ComponentManifest | None:
@@ -251,6 +263,7 @@ def load_manifests(paths: PathLike | Sequence[PathLike]) -> Manifests:
     _check_unique(manifests.components, "Component")
     _check_unique(manifests.subscriptions, "Subscription")
     _check_unique(manifests.configurations, "Configuration")
+    _check_unique(manifests.resiliencies, "Resiliency")
     return manifests
 
 
@@ -279,9 +292,11 @@ def _load_file(path: Path, into: Manifests) -> None:
             into.subscriptions.append(_subscription(doc, data))
         elif kind == "Configuration":
             into.configurations.append(_configuration(doc, data))
+        elif kind == "Resiliency":
+            into.resiliencies.append(_resiliency(doc, data))
         else:
             doc.name_from(data)
-            known = ("Component", "Subscription", "Configuration")
+            known = ("Component", "Subscription", "Configuration", "Resiliency")
             if kind is None:
                 raise doc.error(("kind",), f"required, one of {', '.join(known)}")
             near = difflib.get_close_matches(str(kind), known, n=1, cutoff=0.6)
@@ -522,6 +537,19 @@ def _configuration(doc: Document, data: dict[str, Any]) -> ConfigurationManifest
     )
 
 
+def _resiliency(doc: Document, data: dict[str, Any]) -> ResiliencyManifest:
+    doc.name_from(data, "Resiliency")
+    doc.api_version(data, "Resiliency", CONFIGURATION_API_VERSIONS)
+    name, _ = doc.metadata_name(data)
+    return ResiliencyManifest(
+        name=name,
+        spec=doc.mapping(data, ("spec",), required=False),
+        scopes=doc.strings(data, ("scopes",)),
+        file=doc.file,
+        line=doc.line,
+    )
+
+
 def _check_unique(resources: Sequence[Any], kind: str) -> None:
     first: dict[str, Any] = {}
     for resource in resources:
@@ -542,6 +570,7 @@ __all__ = [
     "ConfigurationManifest",
     "Manifests",
     "MetadataItem",
+    "ResiliencyManifest",
     "Route",
     "SecretKeyRef",
     "SecretScope",

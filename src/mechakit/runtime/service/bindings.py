@@ -30,4 +30,4 @@ class BindingsService(BlockService[Component[Any]]):
                     "it is an input binding only; it has no operations to invoke",
                     component=binding.label,
                 )
-            return await binding.invoke(request)
+            return await self.call(name, lambda: binding.invoke(request))

@@ -37,7 +37,7 @@ class ConfigurationService(BlockService[ConfigurationStore[Any]]):
             f"failed to get {list(keys)} from Configuration store {name}",
             ("configuration", name),
         ):
-            return await store.get(request)
+            return await self.call(name, lambda: store.get(request))
 
     async def subscribe(
         self,
@@ -54,7 +54,7 @@ class ConfigurationService(BlockService[ConfigurationStore[Any]]):
             f"failed to subscribe {list(keys)} from Configuration store {name}",
             ("configuration", name),
         ):
-            return await store.subscribe(request, handler)
+            return await self.call(name, lambda: store.subscribe(request, handler))
 
     async def unsubscribe(self, name: str, subscription_id: str, *, missing_ok: bool) -> None:
         """Stop a subscription; with ``missing_ok`` one the store no longer knows counts as
@@ -66,7 +66,7 @@ class ConfigurationService(BlockService[ConfigurationStore[Any]]):
             ("configuration", name),
         ):
             try:
-                await store.unsubscribe(subscription_id)
+                await self.call(name, lambda: store.unsubscribe(subscription_id))
             except NotFoundError:
                 if not missing_ok:
                     raise

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from mechakit.core.errors import (
     BulkError,
@@ -25,6 +25,9 @@ from mechakit.core.errors import (
     NotSupportedError,
     PermissionDeniedError,
 )
+
+if TYPE_CHECKING:
+    from mechakit.runtime.resiliency import Policy
 
 log = logging.getLogger("mechakit.runtime")
 
@@ -174,6 +177,7 @@ def lookup(
 
 
 C = TypeVar("C")
+R = TypeVar("R")
 
 
 class BlockService(Generic[C]):
@@ -188,8 +192,23 @@ class BlockService(Generic[C]):
     NOT_FOUND_MESSAGE: ClassVar[str]
     RESOURCE: ClassVar[str | None] = None
 
-    def __init__(self, find: Callable[[str], C]) -> None:
+    def __init__(
+        self, find: Callable[[str], C], policies: Callable[[str], Policy | None] | None = None
+    ) -> None:
         self._find = find
+        self._policies = policies
+
+    async def call(
+        self, name: str, work: Callable[[], Awaitable[R]], *, repeatable: bool = True
+    ) -> R:
+        """``work()``, a call of component ``name``, under its resiliency policy if it has one
+        (timeout, retries of retriable failures, circuit breaker). A call that is not
+        ``repeatable`` is never retried: a conditional write or a lock call whose answer was
+        lost may have been applied, and its repeat would answer a false conflict."""
+        policy = self._policies(name) if self._policies is not None else None
+        if policy is None:
+            return await work()
+        return await policy.run(work, retry=repeatable)
 
     def component(self, name: str) -> C:
         resource = (self.RESOURCE, name) if self.RESOURCE else None

@@ -25,7 +25,7 @@ class LockService(BlockService[LockStore[Any]]):
         except InvalidRequestError as exc:
             raise _bad_request(exc, name) from exc
         with failure("ERR_TRY_LOCK", "failed to try acquiring lock", ("lock", name)):
-            return await store.try_lock(request)
+            return await self.call(name, lambda: store.try_lock(request), repeatable=False)
 
     async def unlock(self, name: str, resource_id: str, owner: str) -> UnlockStatus:
         store = self.component(name)
@@ -34,7 +34,7 @@ class LockService(BlockService[LockStore[Any]]):
         except InvalidRequestError as exc:
             raise _bad_request(exc, name) from exc
         with failure("ERR_UNLOCK", "failed to release lock", ("lock", name)):
-            return await store.unlock(request)
+            return await self.call(name, lambda: store.unlock(request), repeatable=False)
 
 
 _REASONS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechakit.core import cloudevents
 from mechakit.core.errors import InvalidRequestError
@@ -22,6 +22,9 @@ from mechakit.core.state import parse_ttl
 from mechakit.runtime import bulk
 
 from .errors import BlockService, DaprError, failure, invalid
+
+if TYPE_CHECKING:
+    from mechakit.runtime.resiliency import Policy
 
 RAW_PAYLOAD = "rawPayload"
 REQUEST_METADATA = "ERR_PUBSUB_REQUEST_METADATA"
@@ -54,9 +57,14 @@ class PubSubService(BlockService[PubSub[Any]]):
     RESOURCE = "pubsub"
 
     def __init__(
-        self, find: Callable[[str], PubSub[Any]], *, source: str, max_bulk_keys: int
+        self,
+        find: Callable[[str], PubSub[Any]],
+        *,
+        source: str,
+        max_bulk_keys: int,
+        policies: Callable[[str], Policy | None] | None = None,
     ) -> None:
-        super().__init__(find)
+        super().__init__(find, policies)
         self._source = source or "mechakit"
         self.max_bulk_keys = max_bulk_keys
 
@@ -109,7 +117,9 @@ class PubSubService(BlockService[PubSub[Any]]):
             f"error when publishing to topic {topic} in pubsub {name}",
             ("pubsub", name),
         ):
-            await pubsub.publish(PublishRequest(topic, data, data_type, dict(metadata)))
+            await self.call(
+                name, lambda: pubsub.publish(PublishRequest(topic, data, data_type, dict(metadata)))
+            )
 
     async def bulk_publish(
         self,
@@ -143,7 +153,9 @@ class PubSubService(BlockService[PubSub[Any]]):
             f"error when publishing to topic {topic} in pubsub {name}",
             ("pubsub", name),
         ):
-            return await pubsub.bulk_publish(BulkPublishRequest(topic, ready, dict(metadata)))
+            return await self.call(
+                name, lambda: pubsub.bulk_publish(BulkPublishRequest(topic, ready, dict(metadata)))
+            )
 
 
 def _check_topic(topic: str, pubsub: str) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mechakit.core.errors import PermissionDeniedError
 from mechakit.core.secretstores import BulkGetSecretRequest, GetSecretRequest, SecretStore
 
 from .errors import BlockService, failure, invalid
 from .state import MALFORMED
+
+if TYPE_CHECKING:
+    from mechakit.runtime.resiliency import Policy
 
 
 class SecretsService(BlockService[SecretStore[Any]]):
@@ -19,9 +22,12 @@ class SecretsService(BlockService[SecretStore[Any]]):
     NOT_FOUND_MESSAGE = "failed finding secret store with key {name}"
 
     def __init__(
-        self, find: Callable[[str], SecretStore[Any]], allows: Callable[[str, str], bool]
+        self,
+        find: Callable[[str], SecretStore[Any]],
+        allows: Callable[[str, str], bool],
+        policies: Callable[[str], Policy | None] | None = None,
     ) -> None:
-        super().__init__(find)
+        super().__init__(find, policies)
         self._allows = allows
 
     async def get(self, name: str, request: GetSecretRequest) -> dict[str, str]:
@@ -40,7 +46,7 @@ class SecretsService(BlockService[SecretStore[Any]]):
                     component=store.label,
                     key=request.name,
                 )
-            return await store.get_secret(request)
+            return await self.call(name, lambda: store.get_secret(request))
 
     async def bulk_get(
         self, name: str, metadata: Mapping[str, str] | None = None
@@ -48,5 +54,8 @@ class SecretsService(BlockService[SecretStore[Any]]):
         """Every secret the app may read: name → (key → value)."""
         store = self.component(name)
         with failure("ERR_SECRET_GET", f"failed getting secrets from secret store {name}"):
-            found = await store.bulk_get_secret(BulkGetSecretRequest(metadata=dict(metadata or {})))
+            found = await self.call(
+                name,
+                lambda: store.bulk_get_secret(BulkGetSecretRequest(metadata=dict(metadata or {}))),
+            )
         return {secret: values for secret, values in found.items() if self._allows(name, secret)}

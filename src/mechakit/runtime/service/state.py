@@ -24,6 +24,7 @@ from mechakit.runtime import bulk
 
 if TYPE_CHECKING:
     from mechakit.runtime.outbox import Outbox
+    from mechakit.runtime.resiliency import Policy
 
 from .errors import BlockService, DaprError, ErrorKind, failure, invalid
 
@@ -71,8 +72,9 @@ class StateService(BlockService[StateStore[Any]]):
         *,
         max_bulk_keys: int,
         outbox: Outbox | None = None,
+        policies: Callable[[str], Policy | None] | None = None,
     ) -> None:
-        super().__init__(find)
+        super().__init__(find, policies)
         self.max_bulk_keys = max_bulk_keys
         self._outbox = outbox
 
@@ -85,7 +87,7 @@ class StateService(BlockService[StateStore[Any]]):
         with failure(
             "ERR_STATE_GET", f"fail to get {request.key} from state store {name}", ("state", name)
         ):
-            return await store.get(request)
+            return await self.call(name, lambda: store.get(request))
 
     async def bulk_get(self, name: str, requests: Sequence[GetRequest]) -> list[BulkGetItem]:
         store = self.component(name)
@@ -97,7 +99,7 @@ class StateService(BlockService[StateStore[Any]]):
         with failure(
             "ERR_STATE_BULK_GET", f"failed getting state from state store {name}", ("state", name)
         ):
-            return await bulk.bulk_get(store, requests)
+            return await self.call(name, lambda: bulk.bulk_get(store, requests))
 
     async def save(self, name: str, requests: Sequence[SetRequest], *, bulk: bool = False) -> None:
         """Dapr's save: one item is a set, more a bulk set (``bulk``: a bulk set always, so
@@ -109,9 +111,13 @@ class StateService(BlockService[StateStore[Any]]):
             "ERR_STATE_SAVE", f"failed saving state in state store {name}", ("state", name)
         ):
             if len(requests) == 1 and not bulk:
-                await store.set(requests[0])
+                await self.call(
+                    name, lambda: store.set(requests[0]), repeatable=_repeatable(requests)
+                )
             else:
-                await store.bulk_set(requests)
+                await self.call(
+                    name, lambda: store.bulk_set(requests), repeatable=_repeatable(requests)
+                )
 
     async def delete(self, name: str, request: DeleteRequest) -> None:
         store = self.component(name)
@@ -119,7 +125,7 @@ class StateService(BlockService[StateStore[Any]]):
         with failure(
             "ERR_STATE_DELETE", f"failed deleting state with key {request.key}", ("state", name)
         ):
-            await store.delete(request)
+            await self.call(name, lambda: store.delete(request), repeatable=_repeatable([request]))
 
     async def bulk_delete(self, name: str, requests: Sequence[DeleteRequest]) -> None:
         store = self._checked_writes(name, requests)
@@ -128,7 +134,9 @@ class StateService(BlockService[StateStore[Any]]):
         with failure(
             "ERR_STATE_DELETE", f"failed deleting state in state store {name}", ("state", name)
         ):
-            await store.bulk_delete(requests)
+            await self.call(
+                name, lambda: store.bulk_delete(requests), repeatable=_repeatable(requests)
+            )
 
     def _checked_writes(
         self, name: str, requests: Sequence[SetRequest | DeleteRequest]
@@ -169,7 +177,11 @@ class StateService(BlockService[StateStore[Any]]):
         with failure(
             "ERR_STATE_TRANSACTION", "error while executing state transaction", ("state", name)
         ):
-            await store.transact(operations, dict(metadata or {}))
+            await self.call(
+                name,
+                lambda: store.transact(operations, dict(metadata or {})),
+                repeatable=_repeatable(operations),
+            )
 
     def queryable(self, name: str) -> QueryableStore[Any]:
         store = self.component(name)
@@ -186,7 +198,7 @@ class StateService(BlockService[StateStore[Any]]):
             with failure("ERR_STATE_QUERY", what, ("state", name)):
                 query = Query.from_dict(query, metadata)
         with failure("ERR_STATE_QUERY", what, ("state", name)):
-            return await store.query(query)
+            return await self.call(name, lambda: store.query(query))
 
 
 def _unsupported(store: str, missing: str, what: str) -> DaprError:
@@ -198,3 +210,8 @@ def _unsupported(store: str, missing: str, what: str) -> DaprError:
         reason=f"DAPR_STATE_{what}_NOT_SUPPORTED",
         resource=("state", store),
     )
+
+
+def _repeatable(writes: Sequence[SetRequest | DeleteRequest]) -> bool:
+    """Whether repeating these writes cannot change their outcome: none is conditional."""
+    return not any(w.etag or w.first_write for w in writes)
