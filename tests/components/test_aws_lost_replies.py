@@ -284,7 +284,7 @@ async def test_a_fifo_publish_retried_after_a_lost_answer_sends_the_same_message
     pubsub = await driver("pubsub.aws.snssqs", consumerID=new_name("c"), fifo="true")
     topic = new_name("fifo")
     await pubsub.publish(PublishRequest(topic=topic, data=b"warm-up"))  # creates the topic
-    fault = Fault(pubsub._sns, "Publish")
+    fault = Fault(pubsub._entities.sns, "Publish")
     await pubsub.publish(PublishRequest(topic=topic, data=b"once", metadata={"k": "v"}))
     assert len(fault.bodies) == 2
     assert fault.bodies[0] == fault.bodies[1]
@@ -298,7 +298,7 @@ async def test_a_publish_whose_every_answer_was_lost_is_a_retriable_timeout(
     pubsub = await driver("pubsub.aws.snssqs", consumerID=new_name("c"))
     topic = new_name("t")
     await pubsub.publish(PublishRequest(topic=topic, data=b"warm-up"))
-    Fault(pubsub._sns, "Publish", lose=10)
+    Fault(pubsub._entities.sns, "Publish", lose=10)
     with pytest.raises(OperationTimeoutError) as caught:
         await pubsub.publish(PublishRequest(topic=topic, data=b"lost"))
     assert caught.value.retriable
