@@ -84,7 +84,8 @@ class _FakeContainer:
 
 
 def test_a_started_container_gives_its_host_and_port_and_a_failed_one_is_unavailable() -> None:
-    from mechakit.conformance.backends import BackendUnavailable, started
+    from mechakit.conformance.backends import BackendUnavailable
+    from mechakit.conformance.containers import started
 
     assert started(_FakeContainer(), "img:1", port=6379) == ("10.0.0.2", "36379")
     never_ready = _FakeContainer()

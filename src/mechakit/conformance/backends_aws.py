@@ -33,9 +33,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    started,
-    testcontainers,
 )
+from .containers import started, testcontainers
 
 MOTO_IMAGE = "motoserver/moto:latest"
 REGION = "us-east-1"

@@ -33,9 +33,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    started,
-    testcontainers,
 )
+from .containers import started, testcontainers
 
 POSTGRES_IMAGE = "postgres:16-alpine"
 UNPRIVILEGED_USERS = ("nobody", "postgres")

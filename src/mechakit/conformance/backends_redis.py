@@ -27,9 +27,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    started,
-    testcontainers,
 )
+from .containers import started, testcontainers
 
 REDIS_IMAGE = "redis:7-alpine"
 

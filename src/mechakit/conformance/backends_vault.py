@@ -34,9 +34,8 @@ from .backends import (
     BackendUnavailable,
     LocalProcess,
     free_port,
-    started,
-    testcontainers,
 )
+from .containers import started, testcontainers
 
 OPENBAO_IMAGE = "openbao/openbao:latest"
 TOKEN_VAR = "MECHAKIT_TEST_VAULT_TOKEN"
