@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .component import Component, FeaturesMixin, SettingsT, Subscription
 from .errors import InvalidRequestError
+from .state import TTL_METADATA, parse_ttl
+
+T = TypeVar("T")
 
 
 class PubSubFeature(enum.StrEnum):
@@ -76,6 +80,15 @@ class BulkPublishRequest:
     entries: Sequence[BulkPublishEntry]
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    def entry_request(self, entry: BulkPublishEntry) -> PublishRequest:
+        """The publish of one entry: its metadata over the request's."""
+        return PublishRequest(
+            topic=self.topic,
+            data=entry.data,
+            content_type=entry.content_type,
+            metadata={**self.metadata, **entry.metadata},
+        )
+
 
 @dataclass(frozen=True)
 class BulkPublishFailure:
@@ -103,6 +116,18 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
         """Start delivering ``request.topic`` to ``handler`` until the subscription is cancelled."""
 
+    def message_expiry(self, request: PublishRequest) -> float | None:
+        """``time.time()`` after which a message of ``request`` must not reach a handler
+        (``ttlInSeconds``), None for never; a bad value is an ``InvalidRequestError``
+        naming this component, the topic and the field."""
+        try:
+            ttl = parse_ttl(request.metadata)
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(
+                exc.reason, component=self.label, key=request.topic, field=TTL_METADATA
+            ) from None
+        return time.time() + ttl if ttl is not None and ttl > 0 else None
+
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """Publish each entry; failures are reported per entry, not raised (a component that
         is not open raises ``ComponentNotOpenError``, as every operation does)."""
@@ -110,14 +135,7 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
 
         async def one(entry: BulkPublishEntry) -> BulkPublishFailure | None:
             try:
-                await self.publish(
-                    PublishRequest(
-                        topic=request.topic,
-                        data=entry.data,
-                        content_type=entry.content_type,
-                        metadata={**request.metadata, **entry.metadata},
-                    )
-                )
+                await self.publish(request.entry_request(entry))
             except Exception as exc:
                 return BulkPublishFailure(entry.entry_id, str(exc))
             return None
@@ -133,6 +151,22 @@ class BulkPublisher(PubSub[SettingsT], feature=PubSubFeature.BULK_PUBLISH):
 
     @abstractmethod
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse: ...
+
+    def prepare_each(
+        self, request: BulkPublishRequest, prepare: Callable[[PublishRequest], T]
+    ) -> tuple[list[tuple[str, T]], list[BulkPublishFailure]]:
+        """Every entry as a publish of its own, made ready to send by ``prepare``, before
+        anything is sent: ``(entry id, prepared)`` of the good ones, and the failures of
+        those ``prepare`` refused with ``InvalidRequestError`` (a bad entry fails alone)."""
+        validate_topic(request.topic)
+        accepted: list[tuple[str, T]] = []
+        failed: list[BulkPublishFailure] = []
+        for entry in request.entries:
+            try:
+                accepted.append((entry.entry_id, prepare(request.entry_request(entry))))
+            except InvalidRequestError as exc:
+                failed.append(BulkPublishFailure(entry.entry_id, str(exc)))
+        return accepted, failed
 
 
 # --- the driver kit: what a broker implements so that mechakit.core.delivery delivers -----

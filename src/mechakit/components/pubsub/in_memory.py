@@ -21,7 +21,6 @@ import collections
 import contextlib
 import heapq
 import itertools
-import time
 import types
 import uuid
 from collections.abc import Iterable, Sequence
@@ -33,11 +32,9 @@ from pydantic import Field
 
 from mechakit.core.component import Subscription
 from mechakit.core.delivery import DeliveryPolicy, DeliverySettings, SubscriptionEngines
-from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import Duration, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
-    BulkPublishFailure,
     BulkPublishRequest,
     BulkPublishResponse,
     Delivery,
@@ -47,9 +44,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
     SubscribeRequest,
     Transport,
-    validate_topic,
 )
-from mechakit.core.state import TTL_METADATA, parse_ttl
 
 NonNegativeDuration = Annotated[Duration, Field(ge=timedelta(0))]
 
@@ -117,24 +112,8 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """Queues the entries in their order, in one step; a bad entry fails alone."""
         self.require_open()
-        validate_topic(request.topic)
-        accepted: list[_Envelope] = []
-        failed: list[BulkPublishFailure] = []
-        for entry in request.entries:
-            try:
-                accepted.append(
-                    self._envelope(
-                        PublishRequest(
-                            topic=request.topic,
-                            data=entry.data,
-                            content_type=entry.content_type,
-                            metadata={**request.metadata, **entry.metadata},
-                        )
-                    )
-                )
-            except InvalidRequestError as exc:
-                failed.append(BulkPublishFailure(entry.entry_id, str(exc)))
-        for envelope in accepted:
+        accepted, failed = self.prepare_each(request, self._envelope)
+        for _entry_id, envelope in accepted:
             self._route(request.topic, envelope)
         return BulkPublishResponse(failed=failed)
 
@@ -151,12 +130,7 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
     # --- broker internals, used by _TopicQueue --------------------------------------------
 
     def _envelope(self, request: PublishRequest) -> _Envelope:
-        try:
-            ttl = parse_ttl(request.metadata)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(
-                exc.reason, component=self.label, field=TTL_METADATA
-            ) from None
+        expires_at = self.message_expiry(request)
         message = Message(
             topic=request.topic,
             data=request.data,
@@ -164,7 +138,6 @@ class InMemoryPubSub(BulkPublisher[InMemoryPubSubSettings]):
             content_type=request.content_type,
             id=str(uuid.uuid4()),
         )
-        expires_at = time.time() + ttl if ttl is not None and ttl > 0 else None
         return _Envelope(next(self._sequence), message, expires_at)
 
     def _route(self, topic: str, envelope: _Envelope) -> None:

@@ -66,7 +66,7 @@ from mechakit.core.delivery import (
     dead_letter_topic_setting,
     max_deliveries_setting,
 )
-from mechakit.core.errors import InvalidRequestError, MetadataError
+from mechakit.core.errors import MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
@@ -80,9 +80,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
     SubscribeRequest,
     Transport,
-    validate_topic,
 )
-from mechakit.core.state import TTL_METADATA, parse_ttl
 
 
 def _bare_number_is_millis(value: object) -> object:
@@ -257,23 +255,12 @@ class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSet
 
     async def publish(self, request: PublishRequest) -> None:
         client = self._redis
-        fields = self._fields(request.topic, request.data, request.content_type, request.metadata)
-        await self._xadd(client, request.topic, fields)
+        await self._xadd(client, request.topic, self._fields(request))
 
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """One pipeline of XADDs; an entry that fails (bad TTL, rejected write) fails alone."""
         client = self._redis
-        validate_topic(request.topic)
-        failed: list[BulkPublishFailure] = []
-        accepted: list[tuple[str, dict[str, bytes]]] = []
-        for entry in request.entries:
-            try:
-                metadata = {**request.metadata, **entry.metadata}
-                fields = self._fields(request.topic, entry.data, entry.content_type, metadata)
-            except InvalidRequestError as exc:
-                failed.append(BulkPublishFailure(entry.entry_id, str(exc)))
-                continue
-            accepted.append((entry.entry_id, fields))
+        accepted, failed = self.prepare_each(request, self._fields)
         if not accepted:
             return BulkPublishResponse(failed=failed)
         trim = self._trim_args()
@@ -317,33 +304,19 @@ class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSet
 
     async def _dead_letter(self, client: Any, topic: str, message: Message) -> None:
         """Publishes a copy of ``message`` to ``topic``; its TTL does not start again."""
-        fields = self._fields(
-            topic, message.data, message.content_type, message.metadata, with_ttl=False
-        )
-        await self._xadd(client, topic, fields)
+        copy = PublishRequest(topic, message.data, message.content_type, message.metadata)
+        await self._xadd(client, topic, self._fields(copy, with_ttl=False))
 
-    def _fields(
-        self,
-        topic: str,
-        data: bytes,
-        content_type: str | None,
-        metadata: Mapping[str, str],
-        *,
-        with_ttl: bool = True,
-    ) -> dict[str, bytes]:
-        try:
-            ttl = parse_ttl(metadata) if with_ttl else None
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(
-                exc.reason, component=self.label, key=topic, field=TTL_METADATA
-            ) from None
-        fields: dict[str, bytes] = {_DATA: bytes(data)}
-        if content_type:
-            fields[_CONTENT_TYPE] = content_type.encode()
-        if metadata:
-            fields[_METADATA] = json.dumps(dict(metadata), separators=(",", ":")).encode()
-        if ttl is not None and ttl > 0:
-            fields[_EXPIRES_AT] = str(int(time.time() * 1000) + ttl * 1000).encode()
+    def _fields(self, request: PublishRequest, *, with_ttl: bool = True) -> dict[str, bytes]:
+        expires_at = self.message_expiry(request) if with_ttl else None
+        fields: dict[str, bytes] = {_DATA: bytes(request.data)}
+        if request.content_type:
+            fields[_CONTENT_TYPE] = request.content_type.encode()
+        if request.metadata:
+            metadata = json.dumps(dict(request.metadata), separators=(",", ":"))
+            fields[_METADATA] = metadata.encode()
+        if expires_at is not None:
+            fields[_EXPIRES_AT] = str(int(expires_at * 1000)).encode()
         return fields
 
     def _trim_args(self) -> _Trim:
