@@ -4,20 +4,28 @@ An :class:`AppChannel` delivers pub/sub events, input-binding events and configu
 updates, and reads the app's subscriptions and input bindings; the app's answer to an event
 is an :class:`AppAnswer` (SUCCESS, RETRY or DROP, as Dapr reads HTTP statuses and gRPC
 replies).
+
+Message metadata goes along as daprd passes it: what the publisher attached and the broker
+adds (:data:`MESSAGE_METADATA` while an event is sent; a binding event's own metadata) is
+the delivery's HTTP headers (:func:`http_headers`) or a gRPC app's call metadata
+(:func:`grpc_metadata`), keys lower-cased; a key or value the protocol cannot carry is left
+out, never an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import json
 import logging
 import re
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import httpx
 
@@ -27,8 +35,6 @@ from mechakit.core.errors import ComponentError, ConnectionFailedError
 
 from .routing import AppSubscription, RouteRule, RouteSyntaxError
 
-if TYPE_CHECKING:
-    pass
 log = logging.getLogger("mechakit.delivery")
 
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -53,6 +59,83 @@ class AppAnswer:
 
 class AppRetryError(ConnectionFailedError):
     """The app asked for a redelivery (RETRY), or could not be reached or failed."""
+
+
+MESSAGE_METADATA: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "mechakit message metadata", default=types.MappingProxyType({})
+)
+"""The metadata of the pub/sub message whose event is being sent, set by the delivery
+around :meth:`AppChannel.send_event` (as daprd carries it in the call's context), so a
+channel wrapping another passes it on without knowing of it."""
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_NOT_HEADERS = frozenset(
+    {
+        "content-type",  # the delivery's own
+        "content-length",
+        "host",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "dapr-app-id",  # daprd's routing header, never passed to an app
+    }
+)
+_GRPC_KEY = re.compile(r"[0-9a-z_.-]+")
+_GRPC_VALUE = re.compile(r"[\x20-\x7e]*")
+_GRPC_RESERVED = frozenset({"content-type", "user-agent", "te", "dapr-app-id"})
+
+
+def http_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Message metadata as the delivery's HTTP headers, as daprd writes them: the key
+    lower-cased is the header name; ``grpc-…`` keys get the prefix ``dapr-``; the
+    delivery's own and connection headers, ``…-bin`` keys and anything that is not a
+    valid header name or value are left out."""
+    headers: dict[str, str] = {}
+    for key, value in metadata.items():
+        name = key.lower()
+        if name.startswith("grpc-"):
+            name = f"dapr-{name}"
+        if (
+            name in _NOT_HEADERS
+            or name.endswith("-bin")
+            or not _HEADER_NAME.fullmatch(name)
+            or not isinstance(value, str)
+            or not _HEADER_VALUE.fullmatch(value)
+        ):
+            log.debug("metadata %r is not sent as an HTTP header", key)
+            continue
+        headers[name] = value.strip(" \t")
+    return headers
+
+
+def grpc_metadata(metadata: Mapping[str, str]) -> tuple[tuple[str, str | bytes], ...]:
+    """Message metadata as a gRPC call's metadata, as daprd attaches it: keys lower-cased;
+    keys gRPC reserves (``grpc-…``, ``content-type``, ``user-agent``, ``te``) and keys or
+    values it cannot carry are left out; a ``…-bin`` key's value goes as its UTF-8 bytes."""
+    pairs: list[tuple[str, str | bytes]] = []
+    for key, value in metadata.items():
+        name = key.lower()
+        if (
+            name in _GRPC_RESERVED
+            or name.startswith("grpc-")
+            or not _GRPC_KEY.fullmatch(name)
+            or not isinstance(value, str)
+        ):
+            log.debug("metadata %r is not sent as gRPC call metadata", key)
+            continue
+        if name.endswith("-bin"):
+            pairs.append((name, value.encode()))
+        elif _GRPC_VALUE.fullmatch(value):
+            pairs.append((name, value.strip(" ")))
+        else:
+            log.debug("metadata %r is not sent as gRPC call metadata", key)
+    return tuple(pairs)
 
 
 class AppChannel(ABC):
@@ -199,11 +282,13 @@ class HttpAppChannel(AppChannel):
         self, event: Mapping[str, Any], path: str, subscription: AppSubscription
     ) -> AppAnswer:
         where = f"POST {path}"
+        headers = http_headers(MESSAGE_METADATA.get())
+        headers["content-type"] = cloudevents.CONTENT_TYPE
         try:
             response = await self._client.post(
                 path,
                 content=json.dumps(event, separators=(",", ":")).encode(),
-                headers={"content-type": cloudevents.CONTENT_TYPE},
+                headers=headers,
             )
         except httpx.TimeoutException:
             return AppAnswer(AppStatus.RETRY, f"{where}: no answer within {self.timeout:g}s")
@@ -212,10 +297,8 @@ class HttpAppChannel(AppChannel):
         return http_answer(response.status_code, response.content, where)
 
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
-        headers = {"content-type": "application/json"}
-        for key, value in event.metadata.items():
-            if _HEADER_NAME.fullmatch(key) and value.isascii() and "\n" not in value:
-                headers[key] = value
+        headers = http_headers(event.metadata)
+        headers["content-type"] = "application/json"
         try:
             response = await self._client.post(route, content=event.data, headers=headers)
         except httpx.HTTPError as exc:
@@ -243,9 +326,6 @@ class HttpAppChannel(AppChannel):
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def http_answer(status_code: int, body: bytes, where: str = "") -> AppAnswer:
@@ -348,27 +428,15 @@ class GrpcAppChannel(AppChannel):
         self, event: Mapping[str, Any], path: str, subscription: AppSubscription
     ) -> AppAnswer:
         from dapr.proto.runtime.v1 import appcallback_pb2
-        from google.protobuf import struct_pb2  # type: ignore[import-untyped,unused-ignore]
 
-        extensions = struct_pb2.Struct()
-        extensions.update(
-            {k: v for k, v in event.items() if k not in _CORE_ATTRIBUTES and _json_safe(v)}
-        )
-        request = appcallback_pb2.TopicEventRequest(
-            id=str(event.get("id", "")),
-            source=str(event.get("source", "")),
-            type=str(event.get("type", "")),
-            spec_version=str(event.get("specversion", "")),
-            data_content_type=str(event.get("datacontenttype", "")),
-            data=cloudevents.event_data(event),
-            topic=subscription.topic,
-            pubsub_name=subscription.pubsub_name,
-            path=path,
-            extensions=extensions,
-        )
+        from .grpc_codec import topic_event_request
+
+        request = topic_event_request(event, path, subscription)
         where = f"OnTopicEvent {path or '(default)'}"
         try:
-            answer = await self._stub.OnTopicEvent(request, timeout=self.timeout)
+            answer = await self._stub.OnTopicEvent(
+                request, timeout=self.timeout, metadata=grpc_metadata(MESSAGE_METADATA.get())
+            )
         except self._grpc.aio.AioRpcError as exc:
             detail = f"{where}: {exc.code().name} {exc.details() or ''}".rstrip()
             if exc.code() == self._grpc.StatusCode.UNIMPLEMENTED:
@@ -388,7 +456,9 @@ class GrpcAppChannel(AppChannel):
             name=name, data=event.data, metadata=dict(event.metadata)
         )
         try:
-            await self._stub.OnBindingEvent(request, timeout=self.timeout)
+            await self._stub.OnBindingEvent(
+                request, timeout=self.timeout, metadata=grpc_metadata(event.metadata)
+            )
         except self._grpc.aio.AioRpcError as exc:
             detail = f"{exc.code().name} {exc.details() or ''}".rstrip()
             raise ComponentError(
@@ -416,29 +486,6 @@ class GrpcAppChannel(AppChannel):
         await self._channel.close()
 
 
-_CORE_ATTRIBUTES = frozenset(
-    {
-        "id",
-        "source",
-        "type",
-        "specversion",
-        "datacontenttype",
-        "data",
-        "data_base64",
-        "topic",
-        "pubsubname",
-    }
-)
-
-
-def _json_safe(value: object) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def app_channel(port: int, protocol: str, *, host: str = "127.0.0.1") -> AppChannel:
     """The channel for ``--app-protocol``: ``http`` or ``grpc``."""
     if protocol == "grpc":
@@ -449,6 +496,7 @@ def app_channel(port: int, protocol: str, *, host: str = "127.0.0.1") -> AppChan
 
 
 __all__ = [
+    "MESSAGE_METADATA",
     "AppAnswer",
     "AppChannel",
     "AppRetryError",
@@ -456,5 +504,7 @@ __all__ = [
     "GrpcAppChannel",
     "HttpAppChannel",
     "app_channel",
+    "grpc_metadata",
     "http_answer",
+    "http_headers",
 ]

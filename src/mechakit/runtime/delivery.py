@@ -9,6 +9,10 @@ CloudEvent 1.0: HTTP ``POST <route>`` with ``application/cloudevents+json``, or 
 (see :mod:`mechakit.runtime.routing` for the expression subset), else the default route.
 How the app is reached is :mod:`mechakit.runtime.app_channels`.
 
+Each delivery carries the message's metadata (what the publisher attached, what the broker
+adds, and ``pubsubName``, as daprd adds it): HTTP headers, or a gRPC app's call metadata (see
+:mod:`mechakit.runtime.app_channels`).
+
 The app's answer decides, as in Dapr: SUCCESS acks; DROP (HTTP 404 too) raises
 :class:`~mechakit.core.pubsub.DropMessage`; RETRY, any other HTTP status and every failure to
 reach the app raise :class:`AppRetryError`, so the pub/sub component redelivers with its own
@@ -19,7 +23,8 @@ backoff and, once its deliveries are used up, moves the message to the subscript
 Input bindings: each input binding the app listens to (HTTP: ``OPTIONS /<name>`` is not 404;
 gRPC: ``ListInputBindings``) delivers each event as ``POST /<name>`` (or the binding's
 ``route`` metadata) with the data as body and the metadata as headers, or as gRPC
-``OnBindingEvent``; a failed delivery raises into the binding.
+``OnBindingEvent`` with the metadata in the request (as daprd) and as call metadata (what
+the SDK's ``BindingRequest.metadata`` reads); a failed delivery raises into the binding.
 
 Configuration updates (subscriptions made through the HTTP API) go out as Dapr sends them:
 ``POST /configuration/<store>/<key>`` once per changed key, each carrying the whole update
@@ -35,7 +40,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -46,7 +51,7 @@ from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import MechakitError
 from mechakit.core.pubsub import DropMessage, Handler, Message, PubSub, SubscribeRequest
 
-from .app_channels import AppChannel, AppRetryError, AppStatus
+from .app_channels import MESSAGE_METADATA, AppAnswer, AppChannel, AppRetryError, AppStatus
 from .manifest import MetadataItem
 from .routing import AppSubscription, RouteSyntaxError, route_path
 
@@ -59,6 +64,11 @@ DEFAULT_READY_TIMEOUT = 60.0
 """How long ``start`` waits for the app to listen on its port."""
 STOP_TIMEOUT = 5.0
 """How long ``stop`` waits for deliveries in flight, per subscription."""
+PUBSUB_NAME_METADATA = "pubsubName"
+"""What daprd adds to every message's metadata: the name of the pub/sub it came from."""
+
+EventSender = Callable[[Mapping[str, Any], str, AppSubscription], Awaitable[AppAnswer]]
+"""Sends one CloudEvent to ``path`` and returns the app's answer (``AppChannel.send_event``)."""
 
 
 class Delivery:
@@ -166,31 +176,7 @@ class Delivery:
         log.info("delivering %s", subscription.describe())
 
     def _topic_handler(self, pubsub: PubSub[Any], subscription: AppSubscription) -> Handler:
-        channel = self.channel
-
-        async def deliver(message: Message) -> None:
-            event = app_event(message, subscription)
-            event_id = event.get("id", message.id)
-            if cloudevents.is_expired(event):
-                raise DropMessage(f"event {event_id} expired at {event.get('expiration')}")
-            path = subscription.route(event)
-            if path is None:
-                raise DropMessage(
-                    f"event {event_id} matches no routing rule and there is no default route"
-                )
-            answer = await channel.send_event(event, path, subscription)
-            log.debug("event %s on topic %r: %s", event_id, subscription.topic, answer.detail)
-            if answer.status is AppStatus.DROP:
-                raise DropMessage(f"the app answered DROP ({answer.detail})")
-            if answer.status is AppStatus.RETRY:
-                raise AppRetryError(
-                    f"event {event_id} on topic {subscription.topic!r}: the app asked for a "
-                    f"retry ({answer.detail})",
-                    component=pubsub.label,
-                    key=str(event_id),
-                )
-
-        return deliver
+        return topic_handler(pubsub.label, subscription, self.channel.send_event)
 
     async def _read_binding(
         self, name: str, binding: InputBinding[Any], metadata: Iterable[MetadataItem]
@@ -266,6 +252,42 @@ class Delivery:
         await self.channel.close()
 
 
+def topic_handler(component: str, subscription: AppSubscription, send: EventSender) -> Handler:
+    """The handler given to the pub/sub component for ``subscription``: each message as the
+    app's CloudEvent, routed, sent with its metadata; the answer acks (SUCCESS), raises
+    ``DropMessage`` (DROP) or ``AppRetryError`` (RETRY). ``component`` names the pub/sub in
+    errors."""
+
+    async def deliver(message: Message) -> None:
+        event = app_event(message, subscription)
+        event_id = event.get("id", message.id)
+        if cloudevents.is_expired(event):
+            raise DropMessage(f"event {event_id} expired at {event.get('expiration')}")
+        path = subscription.route(event)
+        if path is None:
+            raise DropMessage(
+                f"event {event_id} matches no routing rule and there is no default route"
+            )
+        metadata = {**message.metadata, PUBSUB_NAME_METADATA: subscription.pubsub_name}
+        token = MESSAGE_METADATA.set(metadata)
+        try:
+            answer = await send(event, path, subscription)
+        finally:
+            MESSAGE_METADATA.reset(token)
+        log.debug("event %s on topic %r: %s", event_id, subscription.topic, answer.detail)
+        if answer.status is AppStatus.DROP:
+            raise DropMessage(f"the app answered DROP ({answer.detail})")
+        if answer.status is AppStatus.RETRY:
+            raise AppRetryError(
+                f"event {event_id} on topic {subscription.topic!r}: the app asked for a "
+                f"retry ({answer.detail})",
+                component=component,
+                key=str(event_id),
+            )
+
+    return deliver
+
+
 def app_event(message: Message, subscription: AppSubscription) -> dict[str, Any]:
     """The CloudEvent the app receives for ``message``.
 
@@ -306,4 +328,4 @@ def _plain_metadata(items: Iterable[MetadataItem]) -> dict[str, str]:
     return {item.name.lower(): item.value for item in items if item.value is not None}
 
 
-__all__ = ["Delivery", "app_event", "configuration_event"]
+__all__ = ["Delivery", "EventSender", "app_event", "configuration_event", "topic_handler"]

@@ -1,9 +1,10 @@
 """The Dapr gRPC API (``dapr.proto.runtime.v1.Dapr``) over running components, on grpc.aio.
 
 :func:`mechakit.runtime.grpc_server.start_server` serves what a Dapr sidecar answers on its gRPC port
-for state, publish, output bindings, secrets, locks, configuration (get, subscribe,
-unsubscribe) and metadata, with the messages of the ``dapr`` package, so the ``dapr`` SDK's
-``DaprClient`` works unchanged. ``mechakit run`` serves it next to the HTTP API. Every
+for state, publish, streaming subscriptions (``SubscribeTopicEventsAlpha1``, see
+:mod:`mechakit.runtime.streaming`), output bindings, secrets, locks, configuration (get,
+subscribe, unsubscribe) and metadata, with the messages of the ``dapr`` package, so the
+``dapr`` SDK's ``DaprClient`` works unchanged. ``mechakit run`` serves it next to the HTTP API. Every
 other RPC of the service answers UNIMPLEMENTED naming the RPC.
 
 Errors carry Dapr's status codes and, as Dapr does, a ``google.rpc.ErrorInfo`` detail
@@ -72,6 +73,7 @@ from . import bulk
 from . import grpc_codec as codec
 from .in_process import Runtime
 from .service import DaprError, DaprService, ErrorKind
+from .streaming import TopicStreams
 
 log = logging.getLogger("mechakit.grpc")
 
@@ -243,11 +245,14 @@ class DaprGrpcApi:
         self.app_port = app_port
         self.app_protocol = app_protocol
         self._watches: dict[tuple[str, str], asyncio.Queue[ConfigurationUpdate | None]] = {}
+        self.streams = TopicStreams(self.service.pubsub)
 
     def close(self) -> None:
-        """End every configuration stream, so that a server stop does not wait for them."""
+        """End every configuration stream and streaming subscription, so that a server stop
+        does not wait for them (what the subscriptions have not had answered is redelivered)."""
         for updates in self._watches.values():
             updates.put_nowait(None)
+        self.streams.close()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -389,6 +394,15 @@ class DaprGrpcApi:
         )
 
     BulkPublishEventAlpha1 = BulkPublishEvent
+
+    @_stream
+    async def SubscribeTopicEventsAlpha1(
+        self,
+        requests: AsyncIterator[pubsub_pb2.SubscribeTopicEventsRequestAlpha1],
+        context: Context,
+    ) -> AsyncIterator[pubsub_pb2.SubscribeTopicEventsResponseAlpha1]:
+        async for response in self.streams.serve(requests):
+            yield response
 
     # --- bindings ------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import metadata_pb2, state_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2, metadata_pb2, state_pb2
+from google.protobuf import struct_pb2
 
+from mechakit.core import cloudevents
 from mechakit.core.configuration import ConfigurationItem
 from mechakit.core.state import (
     BulkGetItem,
@@ -129,7 +131,7 @@ def subscription(found: AppSubscription) -> metadata_pb2.PubsubSubscription:
     rules = [metadata_pb2.PubsubSubscriptionRule(match=r.match, path=r.path) for r in found.rules]
     if found.default_route:
         rules.append(metadata_pb2.PubsubSubscriptionRule(match="", path=found.default_route))
-    kind = metadata_pb2.PROGRAMMATIC if found.type == "PROGRAMMATIC" else metadata_pb2.DECLARATIVE
+    kind = _SUBSCRIPTION_TYPES.get(found.type, metadata_pb2.DECLARATIVE)
     return metadata_pb2.PubsubSubscription(
         pubsub_name=found.pubsub_name,
         topic=found.topic,
@@ -138,3 +140,57 @@ def subscription(found: AppSubscription) -> metadata_pb2.PubsubSubscription:
         dead_letter_topic=found.dead_letter_topic or "",
         type=kind,
     )
+
+
+_SUBSCRIPTION_TYPES = {
+    "DECLARATIVE": metadata_pb2.DECLARATIVE,
+    "PROGRAMMATIC": metadata_pb2.PROGRAMMATIC,
+    "STREAMING": metadata_pb2.STREAMING,
+}
+
+_CORE_ATTRIBUTES = frozenset(
+    {
+        "id",
+        "source",
+        "type",
+        "specversion",
+        "datacontenttype",
+        "data",
+        "data_base64",
+        "topic",
+        "pubsubname",
+    }
+)
+"""CloudEvent attributes a ``TopicEventRequest`` has fields for; the rest are extensions."""
+
+
+def topic_event_request(
+    event: Mapping[str, Any], path: str, subscription: AppSubscription
+) -> appcallback_pb2.TopicEventRequest:
+    """A CloudEvent as Dapr hands it to a gRPC app (``OnTopicEvent``) or a streaming
+    subscriber: its attributes in fields, the data as bytes, other attributes (those JSON
+    can carry) as ``extensions``."""
+    extensions = struct_pb2.Struct()
+    extensions.update(
+        {k: v for k, v in event.items() if k not in _CORE_ATTRIBUTES and _json_safe(v)}
+    )
+    return appcallback_pb2.TopicEventRequest(
+        id=str(event.get("id", "")),
+        source=str(event.get("source", "")),
+        type=str(event.get("type", "")),
+        spec_version=str(event.get("specversion", "")),
+        data_content_type=str(event.get("datacontenttype", "")),
+        data=cloudevents.event_data(event),
+        topic=subscription.topic,
+        pubsub_name=subscription.pubsub_name,
+        path=path,
+        extensions=extensions,
+    )
+
+
+def _json_safe(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

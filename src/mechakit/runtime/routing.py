@@ -13,16 +13,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mechakit.core.metadata import parse_bool
 
 from .manifest import SubscriptionManifest
 
 log = logging.getLogger("mechakit.delivery")
-
-if TYPE_CHECKING:
-    pass
 
 
 class RouteSyntaxError(ValueError):
@@ -382,12 +379,16 @@ class AppSubscription:
     dead_letter_topic: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     origin: str = "programmatic"
-    """Where it came from, for logs: ``programmatic`` or ``Subscription 'orders'``."""
+    """Where it came from, for logs: ``programmatic``, ``streaming`` (a gRPC
+    ``SubscribeTopicEventsAlpha1`` stream) or ``Subscription 'orders'``."""
 
     @property
     def type(self) -> str:
-        """Dapr's subscription type in the metadata API: ``DECLARATIVE`` or ``PROGRAMMATIC``."""
-        return "PROGRAMMATIC" if self.origin == "programmatic" else "DECLARATIVE"
+        """Dapr's subscription type in the metadata API: ``DECLARATIVE``, ``PROGRAMMATIC``
+        or ``STREAMING``."""
+        if self.origin in ("programmatic", "streaming"):
+            return self.origin.upper()
+        return "DECLARATIVE"
 
     def route(self, event: Mapping[str, Any]) -> str | None:
         """The path for ``event``: the first matching rule's, else the default route."""
