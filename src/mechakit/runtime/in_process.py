@@ -149,7 +149,9 @@ class Runtime:
     def configuration(self, name: str) -> ConfigurationClient:
         return self._client(name, "configuration", ConfigurationClient, self.service.configuration)
 
-    def _component(self, name: str, category: str) -> Any:
+    def component(self, name: str, category: str) -> Any:
+        """The running component ``name`` of ``category``, checked to implement its building
+        block's contract."""
         hosted = self.host.get(name, category)
         instance: Component[Any] = hosted.instance
         block = BUILDING_BLOCKS[category]
@@ -169,7 +171,7 @@ class Runtime:
         its building block's contract."""
         key = (category, name)
         if key not in self._clients:
-            component = self._component(name, category)
+            component = self.component(name, category)
             self._clients[key] = cls(component, service, tracker=self._tracker)
         client: ClientT = self._clients[key]
         return client

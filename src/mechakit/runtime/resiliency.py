@@ -300,19 +300,22 @@ def compile_trip(expression: str) -> Callable[[Mapping[str, Any]], bool]:
         compare, limit = _COMPARE[operator], int(number)
         return lambda counts: compare(int(counts.get(token, 0)), limit)
 
-    def both() -> Callable[[Mapping[str, Any]], bool]:
-        left = operand()
-        while where[0] < len(tokens) and tokens[where[0]] == "&&":
+    def chain(
+        part: Callable[[], Callable[[Mapping[str, Any]], bool]],
+        operator: str,
+        how: Callable[[Iterator[bool]], bool],
+    ) -> Callable[[Mapping[str, Any]], bool]:
+        left = part()
+        while where[0] < len(tokens) and tokens[where[0]] == operator:
             take()
-            left = _joined(left, operand(), all)
+            left = _joined(left, part(), how)
         return left
 
+    def both() -> Callable[[Mapping[str, Any]], bool]:
+        return chain(operand, "&&", all)
+
     def either() -> Callable[[Mapping[str, Any]], bool]:
-        left = both()
-        while where[0] < len(tokens) and tokens[where[0]] == "||":
-            take()
-            left = _joined(left, both(), any)
-        return left
+        return chain(both, "||", any)
 
     test = either()
     if where[0] != len(tokens):

@@ -22,39 +22,19 @@ from .state import StateService
 
 if TYPE_CHECKING:
     from mechakit.runtime.in_process import Runtime
-    from mechakit.runtime.resiliency import Policy
 
 
 class DaprService:
     """Every building block's service over one started runtime."""
 
     def __init__(self, runtime: Runtime, *, max_bulk_keys: int = 0) -> None:
-        def policies(name: str) -> Policy | None:
-            return runtime.resiliency.outbound(name)
-
-        self.state = StateService(
-            lambda name: runtime.state(name).component,
-            max_bulk_keys=max_bulk_keys,
-            outbox=runtime.outbox,
-            policies=policies,
-        )
-        self.pubsub = PubSubService(
-            lambda name: runtime.pubsub(name).component,
-            source=runtime.app_id,
-            max_bulk_keys=max_bulk_keys,
-            policies=policies,
-        )
-        self.bindings = BindingsService(lambda name: runtime.binding(name).component, policies)
-        self.secrets = SecretsService(
-            lambda name: runtime.secrets(name).component,
-            lambda store, secret: runtime.host.allows_secret(store, secret),
-            policies,
-        )
-        self.lock = LockService(lambda name: runtime.lock(name).component, policies)
+        self.state = StateService(runtime, max_bulk_keys=max_bulk_keys)
+        self.pubsub = PubSubService(runtime, max_bulk_keys=max_bulk_keys)
+        self.bindings = BindingsService(runtime)
+        self.secrets = SecretsService(runtime)
+        self.lock = LockService(runtime)
         self.metadata = MetadataService(runtime)
-        self.configuration = ConfigurationService(
-            lambda name: runtime.configuration(name).component, policies
-        )
+        self.configuration = ConfigurationService(runtime)
 
 
 __all__ = [

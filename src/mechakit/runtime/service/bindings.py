@@ -15,6 +15,7 @@ from .state import MALFORMED
 class BindingsService(BlockService[Component[Any]]):
     """The output bindings ``find`` looks up by name."""
 
+    CATEGORY = "bindings"
     NOT_FOUND = "ERR_INVOKE_OUTPUT_BINDING"
     NOT_FOUND_MESSAGE = "error invoking output binding {name}"
 

@@ -23,6 +23,7 @@ from .errors import BlockService, failure
 class ConfigurationService(BlockService[ConfigurationStore[Any]]):
     """The configuration stores ``find`` looks up by name."""
 
+    CATEGORY = "configuration"
     NOT_FOUND = "ERR_CONFIGURATION_STORE_NOT_FOUND"
     NOT_FOUND_MESSAGE = "configuration store {name} not found"
 

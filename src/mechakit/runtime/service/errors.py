@@ -27,7 +27,7 @@ from mechakit.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from mechakit.runtime.resiliency import Policy
+    from mechakit.runtime.in_process import Runtime
 
 log = logging.getLogger("mechakit.runtime")
 
@@ -181,22 +181,20 @@ R = TypeVar("R")
 
 
 class BlockService(Generic[C]):
-    """A building block's service over the components ``find`` looks up by name.
+    """A building block's service over the runtime's components of ``CATEGORY``.
 
     A subclass says how Dapr answers for a name no component has: ``NOT_FOUND`` (the
     code), ``NOT_FOUND_MESSAGE`` (``{name}`` is the name) and ``RESOURCE`` (the
     ``ResourceInfo`` type Dapr adds, or None).
     """
 
+    CATEGORY: ClassVar[str]
     NOT_FOUND: ClassVar[str]
     NOT_FOUND_MESSAGE: ClassVar[str]
     RESOURCE: ClassVar[str | None] = None
 
-    def __init__(
-        self, find: Callable[[str], C], policies: Callable[[str], Policy | None] | None = None
-    ) -> None:
-        self._find = find
-        self._policies = policies
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     async def call(
         self, name: str, work: Callable[[], Awaitable[R]], *, repeatable: bool = True
@@ -205,7 +203,7 @@ class BlockService(Generic[C]):
         (timeout, retries of retriable failures, circuit breaker). A call that is not
         ``repeatable`` is never retried: a conditional write or a lock call whose answer was
         lost may have been applied, and its repeat would answer a false conflict."""
-        policy = self._policies(name) if self._policies is not None else None
+        policy = self._runtime.resiliency.outbound(name)
         if policy is None:
             return await work()
         return await policy.run(work, retry=repeatable)
@@ -214,6 +212,10 @@ class BlockService(Generic[C]):
         resource = (self.RESOURCE, name) if self.RESOURCE else None
         message = self.NOT_FOUND_MESSAGE.format(name=name)
         return lookup(self._find, name, self.NOT_FOUND, message, resource)
+
+    def _find(self, name: str) -> C:
+        found: C = self._runtime.component(name, self.CATEGORY)
+        return found
 
 
 def kind_of(error: Exception) -> ErrorKind:

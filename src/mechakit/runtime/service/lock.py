@@ -14,6 +14,7 @@ from .state import MALFORMED
 class LockService(BlockService[LockStore[Any]]):
     """Locks of the stores ``find`` looks up by name."""
 
+    CATEGORY = "lock"
     NOT_FOUND = "ERR_LOCK_STORE_NOT_FOUND"
     NOT_FOUND_MESSAGE = "lock store {name} not found"
 

@@ -3,7 +3,7 @@ envelope, bulk entries), once for every door."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from mechakit.runtime import bulk
 from .errors import BlockService, DaprError, failure, invalid
 
 if TYPE_CHECKING:
-    from mechakit.runtime.resiliency import Policy
+    from mechakit.runtime.in_process import Runtime
 
 RAW_PAYLOAD = "rawPayload"
 REQUEST_METADATA = "ERR_PUBSUB_REQUEST_METADATA"
@@ -52,20 +52,14 @@ def message_ttl(metadata: Mapping[str, str]) -> int | None:
 class PubSubService(BlockService[PubSub[Any]]):
     """The publish API over the brokers that ``find`` looks up by name."""
 
+    CATEGORY = "pubsub"
     NOT_FOUND = "ERR_PUBSUB_NOT_FOUND"
     NOT_FOUND_MESSAGE = "pubsub {name} is not found"
     RESOURCE = "pubsub"
 
-    def __init__(
-        self,
-        find: Callable[[str], PubSub[Any]],
-        *,
-        source: str,
-        max_bulk_keys: int,
-        policies: Callable[[str], Policy | None] | None = None,
-    ) -> None:
-        super().__init__(find, policies)
-        self._source = source or "mechakit"
+    def __init__(self, runtime: Runtime, *, max_bulk_keys: int) -> None:
+        super().__init__(runtime)
+        self._source = runtime.app_id or "mechakit"
         self.max_bulk_keys = max_bulk_keys
 
     def envelope(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mechakit.core.errors import PermissionDeniedError
@@ -12,23 +12,15 @@ from .errors import BlockService, failure, invalid
 from .state import MALFORMED
 
 if TYPE_CHECKING:
-    from mechakit.runtime.resiliency import Policy
+    pass
 
 
 class SecretsService(BlockService[SecretStore[Any]]):
-    """Secrets of the stores ``find`` looks up, filtered by ``allows(store, secret)``."""
+    """Secrets, filtered by the secret scopes of the runtime's Configuration."""
 
+    CATEGORY = "secretstores"
     NOT_FOUND = "ERR_SECRET_STORE_NOT_FOUND"
     NOT_FOUND_MESSAGE = "failed finding secret store with key {name}"
-
-    def __init__(
-        self,
-        find: Callable[[str], SecretStore[Any]],
-        allows: Callable[[str, str], bool],
-        policies: Callable[[str], Policy | None] | None = None,
-    ) -> None:
-        super().__init__(find, policies)
-        self._allows = allows
 
     async def get(self, name: str, request: GetSecretRequest) -> dict[str, str]:
         """The secret's keys and values; DENIED outside the scopes, NOT_FOUND when missing."""
@@ -39,7 +31,7 @@ class SecretsService(BlockService[SecretStore[Any]]):
             "ERR_SECRET_GET",
             f"failed getting secret with key {request.name} from secret store {name}",
         ):
-            if not self._allows(name, request.name):
+            if not self._runtime.host.allows_secret(name, request.name):
                 raise PermissionDeniedError(
                     f"access to secret {request.name!r} is denied by the secret scopes of the "
                     "Configuration",
@@ -58,4 +50,8 @@ class SecretsService(BlockService[SecretStore[Any]]):
                 name,
                 lambda: store.bulk_get_secret(BulkGetSecretRequest(metadata=dict(metadata or {}))),
             )
-        return {secret: values for secret, values in found.items() if self._allows(name, secret)}
+        return {
+            secret: values
+            for secret, values in found.items()
+            if self._runtime.host.allows_secret(name, secret)
+        }

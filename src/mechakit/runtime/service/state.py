@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mechakit.core.errors import InvalidRequestError
@@ -23,8 +23,7 @@ from mechakit.core.state import (
 from mechakit.runtime import bulk
 
 if TYPE_CHECKING:
-    from mechakit.runtime.outbox import Outbox
-    from mechakit.runtime.resiliency import Policy
+    from mechakit.runtime.in_process import Runtime
 
 from .errors import BlockService, DaprError, ErrorKind, failure, invalid
 
@@ -63,20 +62,13 @@ def check_write(request: SetRequest | DeleteRequest, where: str, store: str) -> 
 class StateService(BlockService[StateStore[Any]]):
     """The state API over the stores that ``find`` looks up by name."""
 
+    CATEGORY = "state"
     NOT_FOUND = "ERR_STATE_STORE_NOT_FOUND"
     NOT_FOUND_MESSAGE = "state store {name} is not found"
 
-    def __init__(
-        self,
-        find: Callable[[str], StateStore[Any]],
-        *,
-        max_bulk_keys: int,
-        outbox: Outbox | None = None,
-        policies: Callable[[str], Policy | None] | None = None,
-    ) -> None:
-        super().__init__(find, policies)
+    def __init__(self, runtime: Runtime, *, max_bulk_keys: int) -> None:
+        super().__init__(runtime)
         self.max_bulk_keys = max_bulk_keys
-        self._outbox = outbox
 
     def check_count(self, count: int, what: str) -> None:
         bulk.check_count(count, self.max_bulk_keys, what)
@@ -171,9 +163,10 @@ class StateService(BlockService[StateStore[Any]]):
             check_write(operation, f"operations[{i}]", name)
         if not operations:
             return
-        if self._outbox is not None and self._outbox.enabled(name):
+        outbox = self._runtime.outbox
+        if outbox.enabled(name):
             with failure("ERR_PUBLISH_OUTBOX", "error while publishing outbox message"):
-                operations = await self._outbox.stage(name, operations)
+                operations = await outbox.stage(name, operations)
         with failure(
             "ERR_STATE_TRANSACTION", "error while executing state transaction", ("state", name)
         ):
