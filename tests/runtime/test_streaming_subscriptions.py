@@ -160,6 +160,35 @@ def test_a_stream_closed_with_an_unanswered_event_leaves_it_for_the_next_stream(
     assert (again.id, again.data) == (held.id, {"n": 1})
 
 
+def test_sync_subscribe_with_handler(start_sidecar: StartSidecar) -> None:
+    start_sidecar()
+    name = topic()
+    seen: list[str] = []
+    changed = threading.Condition()
+
+    def handler(message: Any) -> TopicEventResponse:
+        kind = message.data()["kind"]
+        answer = "success" if kind == "retry" and kind in seen else kind
+        with changed:
+            seen.append(kind)
+            changed.notify_all()
+        return TopicEventResponse(answer)
+
+    with DaprClient() as client:
+        close = client.subscribe_with_handler("pubsub", name, handler)
+        try:
+            for kind in ("success", "retry", "drop"):
+                client.publish_event(
+                    "pubsub", name, json.dumps({"kind": kind}), data_content_type="application/json"
+                )
+            with changed:
+                assert changed.wait_for(lambda: len(seen) >= 4, WAIT), seen
+            time.sleep(QUIET)
+        finally:
+            close()
+    assert sorted(seen) == ["drop", "retry", "retry", "success"]
+
+
 # --- the asyncio SDK: subscribe_with_handler ------------------------------------------------
 
 
