@@ -32,7 +32,8 @@ import contextlib
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -79,6 +80,7 @@ _HEALTH_PATHS = ("v1.0/healthz", "v1.0/healthz/outbound")
 MALFORMED = "ERR_MALFORMED_REQUEST"
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ApiError(Exception):
@@ -100,18 +102,9 @@ class ApiError(Exception):
         return JSONResponse(body, self.status)
 
 
-def create_app(
-    runtime: Runtime,
-    *,
-    api_token: str | None = None,
-    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
-    app_port: int | None = None,
-    app_protocol: str = "http",
-    delivery: Delivery | None = None,
-    body_timeout: float | None = DEFAULT_READ_BODY_TIMEOUT,
-    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
-) -> Starlette:
-    """The Dapr HTTP API over a started ``runtime``.
+class DaprHttpApi:
+    """The Dapr HTTP API over a started ``runtime``: the handlers, and :attr:`app`, the ASGI
+    application serving them (:func:`create_app` makes one and returns its app).
 
     ``api_token`` (from ``DAPR_API_TOKEN``) makes every call but the health checks carry
     the ``dapr-api-token`` header. Bodies over ``max_request_size`` bytes get 413, bodies
@@ -121,20 +114,6 @@ def create_app(
     ``delivery`` (``mechakit run --app-port``) carries configuration updates to the app and
     is what the metadata endpoint lists as subscriptions.
     """
-    return DaprHttpApi(
-        runtime,
-        api_token=api_token,
-        max_request_size=max_request_size,
-        app_port=app_port,
-        app_protocol=app_protocol,
-        delivery=delivery,
-        body_timeout=body_timeout,
-        max_bulk_keys=max_bulk_keys,
-    ).app
-
-
-class DaprHttpApi:
-    """The handlers; :attr:`app` is the ASGI application serving them."""
 
     def __init__(
         self,
@@ -508,6 +487,19 @@ class DaprHttpApi:
 
 
 # --- middleware and error rendering ---------------------------------------------------------
+
+
+def _app_of(api: Callable[P, DaprHttpApi]) -> Callable[P, Starlette]:
+    def create_app(*args: P.args, **kwargs: P.kwargs) -> Starlette:
+        """The ASGI app of a :class:`DaprHttpApi` made with these arguments."""
+        return api(*args, **kwargs).app
+
+    return create_app
+
+
+create_app = _app_of(DaprHttpApi)
+"""``create_app(runtime, api_token=..., ...)``: the Dapr HTTP API as an ASGI app (the
+arguments are :class:`DaprHttpApi`'s)."""
 
 
 class _TokenCheck:
