@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .component import Component, FeaturesMixin, SettingsT, Subscription
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, MetadataError
+from .metadata import setting
 from .state import TTL_METADATA, parse_ttl
 
 T = TypeVar("T")
@@ -116,6 +117,19 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
     async def subscribe(self, request: SubscribeRequest, handler: Handler) -> Subscription:
         """Start delivering ``request.topic`` to ``handler`` until the subscription is cancelled."""
 
+    def consumer_id(self, configured: str, *, names: str) -> str:
+        """Dapr's ``consumerID``: ``configured``, else the app id; when there is neither, a
+        ``MetadataError`` saying what it names (``names``, e.g. "the consumer group")."""
+        consumer_id = configured or self.metadata.app_id
+        if not consumer_id:
+            raise MetadataError(
+                "metadata 'consumerID' is required when the component has no app id "
+                f"(it names {names})",
+                component=self.label,
+                field="consumerID",
+            )
+        return consumer_id
+
     def message_expiry(self, request: PublishRequest) -> float | None:
         """``time.time()`` after which a message of ``request`` must not reach a handler
         (``ttlInSeconds``), None for never; a bad value is an ``InvalidRequestError``
@@ -142,6 +156,12 @@ class PubSub(FeaturesMixin[PubSubFeature], Component[SettingsT]):
 
         results = await asyncio.gather(*(one(e) for e in request.entries))
         return BulkPublishResponse(failed=[r for r in results if r is not None])
+
+
+def consumer_id_setting(*, description: str) -> Any:
+    """The ``consumerID`` field of a broker with consumer groups or queues; empty means the
+    app id (``PubSub.consumer_id``)."""
+    return setting("", name="consumerID", description=description, example="orders-service")
 
 
 class BulkPublisher(PubSub[SettingsT], feature=PubSubFeature.BULK_PUBLISH):

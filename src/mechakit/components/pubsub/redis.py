@@ -66,7 +66,6 @@ from mechakit.core.delivery import (
     dead_letter_topic_setting,
     max_deliveries_setting,
 )
-from mechakit.core.errors import MetadataError
 from mechakit.core.metadata import Duration, parse_duration, setting
 from mechakit.core.pubsub import (
     BulkPublisher,
@@ -80,6 +79,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
     SubscribeRequest,
     Transport,
+    consumer_id_setting,
 )
 
 
@@ -108,11 +108,8 @@ _STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 class RedisPubSubSettings(RedisSettings, DeliverySettings):
-    consumer_id: str = setting(
-        "",
-        name="consumerID",
-        description="Consumer group of this subscriber (default: the app id).",
-        example="orders-service",
+    consumer_id: str = consumer_id_setting(
+        description="Consumer group of this subscriber (default: the app id)."
     )
     consumer_name: str = setting(
         "",
@@ -225,14 +222,7 @@ class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSet
 
     async def open(self) -> None:
         settings = self.settings
-        self._group = settings.consumer_id or self.metadata.app_id
-        if not self._group:
-            raise MetadataError(
-                "metadata 'consumerID' is required when the component has no app id "
-                "(it names the consumer group)",
-                component=self.label,
-                field="consumerID",
-            )
+        self._group = self.consumer_id(settings.consumer_id, names="the consumer group")
         self._consumer = settings.consumer_name or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )

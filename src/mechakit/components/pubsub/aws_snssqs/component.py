@@ -32,14 +32,7 @@ class SnsSqsPubSub(PubSub[SnsSqsSettings]):
 
     async def open(self) -> None:
         settings = self.settings
-        consumer_id = settings.consumer_id or self.metadata.app_id
-        if not consumer_id:
-            raise MetadataError(
-                "metadata 'consumerID' is required when the component has no app id "
-                "(it names the SQS queue)",
-                component=self.label,
-                field="consumerID",
-            )
+        consumer_id = self.consumer_id(settings.consumer_id, names="the SQS queue")
         if not aws_name(consumer_id, fifo=False):
             raise MetadataError(
                 f"metadata 'consumerID' {consumer_id!r} has no letter, digit, '-' or '_' "

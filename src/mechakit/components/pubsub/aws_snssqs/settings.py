@@ -8,16 +8,14 @@ from pydantic import Field
 
 from mechakit.components._shared.aws import AwsSettings
 from mechakit.core.metadata import Bool, setting
+from mechakit.core.pubsub import consumer_id_setting
 
 _DEFAULT_MAX_IN_FLIGHT = 100
 
 
 class SnsSqsSettings(AwsSettings):
-    consumer_id: str = setting(
-        "",
-        name="consumerID",
-        description="Names this consumer's SQS queue, shared by its replicas (default: the app id).",
-        example="orders-service",
+    consumer_id: str = consumer_id_setting(
+        description="Names this consumer's SQS queue, shared by its replicas (default: the app id)."
     )
     message_visibility_timeout: Annotated[int, Field(ge=1, le=43200)] = setting(
         10,
