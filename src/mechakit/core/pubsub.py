@@ -15,7 +15,7 @@ from .errors import InvalidRequestError, MetadataError
 from .metadata import setting
 from .state import TTL_METADATA, parse_ttl
 
-T = TypeVar("T")
+PreparedT = TypeVar("PreparedT")
 
 
 class PubSubFeature(enum.StrEnum):
@@ -173,13 +173,13 @@ class BulkPublisher(PubSub[SettingsT], feature=PubSubFeature.BULK_PUBLISH):
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse: ...
 
     def prepare_each(
-        self, request: BulkPublishRequest, prepare: Callable[[PublishRequest], T]
-    ) -> tuple[list[tuple[str, T]], list[BulkPublishFailure]]:
+        self, request: BulkPublishRequest, prepare: Callable[[PublishRequest], PreparedT]
+    ) -> tuple[list[tuple[str, PreparedT]], list[BulkPublishFailure]]:
         """Every entry as a publish of its own, made ready to send by ``prepare``, before
         anything is sent: ``(entry id, prepared)`` of the good ones, and the failures of
         those ``prepare`` refused with ``InvalidRequestError`` (a bad entry fails alone)."""
         validate_topic(request.topic)
-        accepted: list[tuple[str, T]] = []
+        accepted: list[tuple[str, PreparedT]] = []
         failed: list[BulkPublishFailure] = []
         for entry in request.entries:
             try:
