@@ -72,7 +72,7 @@ from mechakit.core.state import (
 from . import bulk
 from . import grpc_codec as codec
 from .in_process import Runtime
-from .service import DaprError, DaprService, ErrorKind
+from .service import DaprError, Door, ErrorKind
 from .streaming import TopicStreams
 
 log = logging.getLogger("mechakit.grpc")
@@ -225,7 +225,7 @@ def _internal() -> RpcFailure:
     )
 
 
-class DaprGrpcApi:
+class DaprGrpcApi(Door):
     """The ``Dapr`` service's handlers over a started ``runtime``.
 
     Register it with ``dapr_pb2_grpc.add_DaprServicer_to_server``; :func:`create_server`
@@ -240,10 +240,9 @@ class DaprGrpcApi:
         app_protocol: str = "http",
         max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
-        self.runtime = runtime
-        self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
-        self.app_port = app_port
-        self.app_protocol = app_protocol
+        super().__init__(
+            runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
+        )
         self._watches: dict[tuple[str, str], asyncio.Queue[ConfigurationUpdate | None]] = {}
         self.streams = TopicStreams(self.service.pubsub)
 
@@ -525,7 +524,7 @@ class DaprGrpcApi:
     async def GetMetadata(
         self, request: metadata_pb2.GetMetadataRequest, context: Context
     ) -> metadata_pb2.GetMetadataResponse:
-        found = self.service.metadata.describe()
+        found = self.service.metadata.describe(app=self.app_connection())
         response = metadata_pb2.GetMetadataResponse(
             id=found.app_id,
             runtime_version=found.runtime_version,
@@ -538,10 +537,12 @@ class DaprGrpcApi:
             subscriptions=[codec.subscription(s) for s in found.subscriptions],
             extended_metadata=found.extended,
         )
-        if self.app_port is not None:
+        if found.app is not None:
             response.app_connection_properties.CopyFrom(
                 metadata_pb2.AppConnectionProperties(
-                    port=self.app_port, protocol=self.app_protocol, channel_address="127.0.0.1"
+                    port=found.app.port,
+                    protocol=found.app.protocol,
+                    channel_address=found.app.address,
                 )
             )
         return response

@@ -60,7 +60,7 @@ from . import http_codec as codec
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .http_routes import API_TOKEN_HEADER, Endpoint, Handler
 from .in_process import Runtime
-from .service import AppConnection, DaprError, DaprService, ErrorKind, http_status
+from .service import DaprError, Door, ErrorKind, http_status
 from .service.errors import invalid
 from .service.pubsub import EVENTS
 
@@ -102,7 +102,7 @@ class ApiError(Exception):
         return JSONResponse(body, self.status)
 
 
-class DaprHttpApi:
+class DaprHttpApi(Door):
     """The Dapr HTTP API over a started ``runtime``: the handlers, and :attr:`app`, the ASGI
     application serving them (:func:`create_app` makes one and returns its app).
 
@@ -127,10 +127,9 @@ class DaprHttpApi:
         body_timeout: float | None = DEFAULT_READ_BODY_TIMEOUT,
         max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
     ) -> None:
-        self.runtime = runtime
-        self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
-        self.app_port = app_port
-        self.app_protocol = app_protocol
+        super().__init__(
+            runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
+        )
         self.delivery = delivery
         self._configuration_watches: set[tuple[str, str]] = set()
         """(store, subscription id) of the configuration subscriptions made here."""
@@ -335,29 +334,22 @@ class DaprHttpApi:
     # --- locks ---------------------------------------------------------------------------
 
     async def try_lock(self, request: Request) -> Response:
-        name = request.path_params["store"]
-        self.service.lock.component(name)
-        body = codec.json_object(codec.json_body(await request.body()), "request body")
+        name, body = await self._lock_request(request)
+        expiry = codec.field(body, "expiryInSeconds", "expiry_in_seconds")
         success = await self.service.lock.try_lock(
-            name,
-            codec.proto_str(codec.field(body, "resourceId", "resource_id"), "resourceId"),
-            codec.proto_str(codec.field(body, "lockOwner", "lock_owner"), "lockOwner"),
-            codec.proto_int(
-                codec.field(body, "expiryInSeconds", "expiry_in_seconds"), "expiryInSeconds"
-            ),
+            name, *codec.lock_owner(body), codec.proto_int(expiry, "expiryInSeconds")
         )
         return JSONResponse({"success": success})
 
     async def unlock(self, request: Request) -> Response:
+        name, body = await self._lock_request(request)
+        status = await self.service.lock.unlock(name, *codec.lock_owner(body))
+        return JSONResponse({"status": int(status)})
+
+    async def _lock_request(self, request: Request) -> tuple[str, dict[str, Any]]:
         name = request.path_params["store"]
         self.service.lock.component(name)
-        body = codec.json_object(codec.json_body(await request.body()), "request body")
-        status = await self.service.lock.unlock(
-            name,
-            codec.proto_str(codec.field(body, "resourceId", "resource_id"), "resourceId"),
-            codec.proto_str(codec.field(body, "lockOwner", "lock_owner"), "lockOwner"),
-        )
-        return JSONResponse({"status": int(status)})
+        return name, codec.json_object(codec.json_body(await request.body()), "request body")
 
     # --- configuration -------------------------------------------------------------------
 
@@ -419,7 +411,7 @@ class DaprHttpApi:
 
     async def get_metadata(self, request: Request) -> Response:
         delivered = self.delivery.subscriptions if self.delivery is not None else None
-        found = self.service.metadata.describe(subscriptions=delivered, app=self._app())
+        found = self.service.metadata.describe(subscriptions=delivered, app=self.app_connection())
         body: dict[str, Any] = {
             "id": found.app_id,
             "runtimeVersion": found.runtime_version,
@@ -452,11 +444,6 @@ class DaprHttpApi:
             raise codec.malformed("the metadata value must be UTF-8 text") from None
         self.service.metadata.set(request.path_params["key"], value)
         return Response(status_code=204)
-
-    def _app(self) -> AppConnection | None:
-        if self.app_port is None:
-            return None
-        return AppConnection(self.app_port, self.app_protocol)
 
     async def healthz(self, request: Request) -> Response:
         if not self._ready():

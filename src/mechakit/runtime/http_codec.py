@@ -215,6 +215,14 @@ def proto_str(value: object, name: str) -> str:
     return value
 
 
+def lock_owner(body: Mapping[str, Any]) -> tuple[str, str]:
+    """A lock request's ``resourceId`` and ``lockOwner`` (JSON or proto field names)."""
+    return (
+        proto_str(field(body, "resourceId", "resource_id"), "resourceId"),
+        proto_str(field(body, "lockOwner", "lock_owner"), "lockOwner"),
+    )
+
+
 def proto_int(value: object, name: str) -> int:
     """An int32 as protojson reads it: a whole number, or a string holding one."""
     if value is None:

@@ -37,12 +37,34 @@ class DaprService:
         self.configuration = ConfigurationService(runtime)
 
 
+class Door:
+    """What the HTTP and gRPC APIs share: the runtime, the Dapr service over it, and how the
+    app is reached (which the metadata API reports)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        app_port: int | None = None,
+        app_protocol: str = "http",
+        max_bulk_keys: int = 0,
+    ) -> None:
+        self.runtime = runtime
+        self.service = DaprService(runtime, max_bulk_keys=max_bulk_keys)
+        self.app_port = app_port
+        self.app_protocol = app_protocol
+
+    def app_connection(self) -> AppConnection | None:
+        return None if self.app_port is None else AppConnection(self.app_port, self.app_protocol)
+
+
 __all__ = [
     "AppConnection",
     "BindingsService",
     "ConfigurationService",
     "DaprError",
     "DaprService",
+    "Door",
     "ErrorKind",
     "LockService",
     "MetadataService",
