@@ -28,6 +28,7 @@ from mechakit.core.pubsub import (
 from mechakit.core.registry import ComponentSpec, default_registry
 
 pytest_plugins = ["redis_server", "moto_server"]  # fixtures redis_server, moto
+# pubsub.jetstream and pubsub.natsstreaming provision the "nats" backend themselves (_nats).
 
 Operation = Callable[[Any], Awaitable[object]]
 
@@ -102,10 +103,23 @@ def _moto(request: pytest.FixtureRequest) -> dict[str, str]:
     return {key: moto.values[key] for key in keys}
 
 
+def _nats(request: pytest.FixtureRequest) -> dict[str, str]:
+    from mechakit.conformance.backends import BackendUnavailable, provision
+
+    try:
+        server = provision("nats")
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    request.addfinalizer(server.stop)
+    return {"natsURL": server.values["url"]}
+
+
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
     "pubsub.in-memory": lambda request: {},
     "pubsub.redis": _redis,
     "pubsub.aws.snssqs": _moto,
+    "pubsub.jetstream": _nats,
+    "pubsub.natsstreaming": _nats,
 }
 """Metadata that opens each driver (on its conformance backend, started on demand)."""
 

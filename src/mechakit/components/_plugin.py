@@ -54,6 +54,22 @@ def mechakit_components() -> list[ComponentSpec]:
             description="Pub/sub on Redis Streams: consumer groups, ack after success, dead letters.",
         ),
         ComponentSpec(
+            "pubsub.jetstream",
+            f"{_PKG}.pubsub.jetstream:JetStreamPubSub",
+            install_hint="pip install 'mechakit[nats]'",
+            requires=("nats",),
+            status="beta",
+            description="Pub/sub on NATS JetStream: a durable consumer per app id and topic, ack after success, dead letters.",
+        ),
+        ComponentSpec(
+            "pubsub.natsstreaming",
+            f"{_PKG}.pubsub.jetstream.natsstreaming:NatsStreamingPubSub",
+            install_hint="pip install 'mechakit[nats]'",
+            requires=("nats",),
+            status="deprecated",
+            description="Deprecated NATS Streaming metadata, run on JetStream (use pubsub.jetstream).",
+        ),
+        ComponentSpec(
             "pubsub.aws.snssqs",
             f"{_PKG}.pubsub.aws_snssqs:SnsSqsPubSub",
             install_hint="pip install 'mechakit[aws]'",

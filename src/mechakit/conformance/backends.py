@@ -138,6 +138,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "moto": "mechakit.conformance.backends_aws:MotoBackend",
     "vault": "mechakit.conformance.backends_vault:VaultBackend",
     "http-echo": "mechakit.conformance.backends_http:HTTPEchoBackend",
+    "nats": "mechakit.conformance.backends_nats:NatsBackend",
 }
 """Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
 
