@@ -215,6 +215,46 @@ async def test_exhausted_message_without_dead_letter_topic_is_dropped(
     assert len(inbox.calls) == 2
 
 
+async def test_a_handler_longer_than_ack_wait_is_not_redelivered_meanwhile(make: Make) -> None:
+    name = topic("long")
+    first = await make("pubsub.jetstream", app_id="orders", ackWait="1s", concurrency="1")
+    second = await make("pubsub.jetstream", app_id="orders", ackWait="1s", concurrency="1")
+    inbox_a, inbox_b = Inbox(slow(2.5)), Inbox(slow(2.5))
+    await first.subscribe(SubscribeRequest(topic=name), inbox_a)
+    await second.subscribe(SubscribeRequest(topic=name), inbox_b)
+    await publish(first, name, [b"slow-1", b"slow-2"])
+    await wait_for(lambda: len(inbox_a.acked) + len(inbox_b.acked) >= 2, "both messages")
+    await asyncio.sleep(1.5)
+    assert sorted(m.data for m in inbox_a.calls + inbox_b.calls) == [b"slow-1", b"slow-2"]
+
+
+async def test_subscription_carries_on_after_a_server_restart(
+    make: Make, nats_server: BackendInfo
+) -> None:
+    if nats_server.restart is None:
+        pytest.skip("the server is not ours to restart")
+    name, inbox = topic("restart"), Inbox()
+    driver = await make("pubsub.jetstream")
+    await driver.subscribe(SubscribeRequest(topic=name), inbox)
+    await publish(driver, name, [b"before"])
+    await inbox.wait_for_acked(1, TIMEOUT)
+    await asyncio.to_thread(nats_server.restart)
+
+    async def publish_after() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                await publish(driver, name, [b"after"])
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    await publish_after()
+    await inbox.wait_until(lambda: b"after" in inbox.payloads, TIMEOUT, "b'after'")
+
+
 # --- a subscriber process killed mid-stream -------------------------------------------
 
 _SUBSCRIBER = """

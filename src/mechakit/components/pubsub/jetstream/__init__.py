@@ -396,35 +396,66 @@ class _Consumer(Transport):
         self.topic = topic
         self.source = f"topic {topic!r}"
         self._pubsub, self._js, self._sub = pubsub, js, sub
+        self._held: dict[int, Any] = {}
+        """Received and not yet settled, by ``id(msg)``: kept alive every ackWait / 3."""
+        self._keeper: asyncio.Task[None] | None = None
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
         import nats.errors
 
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_alive(), name=f"keep {self.source}")
         try:
             msgs = await self._sub.fetch(max_count, timeout=1.0)
         except nats.errors.TimeoutError:
             return []
+        for msg in msgs:
+            self._held[id(msg)] = msg
         return [_delivery(self.topic, m) for m in msgs]
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._settled(deliveries)
         await asyncio.gather(*(d.receipt.ack() for d in deliveries))
 
     async def retry_later(self, delivery: Delivery, delay: float) -> None:
+        self._settled([delivery])
         back_off = self._pubsub.config.back_off
         if back_off:
             delay = back_off[min(delivery.message.delivery_count, len(back_off)) - 1]
         await delivery.receipt.nak(delay=delay if delay > 0 else None)
+
+    def _settled(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            self._held.pop(id(d.receipt), None)
+
+    async def _keep_alive(self) -> None:
+        """Tells JetStream every ackWait / 3 that held messages are being worked on, so a
+        handler (or a message waiting for a free handler) outlasting ackWait is not handed to
+        another instance meanwhile; a killed process sends nothing and ackWait redelivers."""
+        interval = max(self._pubsub.config.ack_wait / 3, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def dead_letter(self, delivery: Delivery, topic: str) -> None:
         m = delivery.message
         await self._pubsub._publish(self._js, topic, m.data, m.content_type, m.metadata)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
+        self._settled(deliveries)
         for d in deliveries:
             with contextlib.suppress(Exception):
                 await d.receipt.nak()
 
     async def close(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        self._held.clear()
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
