@@ -9,6 +9,7 @@ Runs against the "nats" conformance backend (``MECHAKIT_TEST_NATS_URL``, else a 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -26,7 +27,7 @@ from mechakit.components.pubsub.jetstream import JetStreamPubSub, JetStreamSetti
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import MetadataError
+from mechakit.core.errors import MetadataError, MissingDependencyError
 from mechakit.core.pubsub import Message, PublishRequest, SubscribeRequest
 from mechakit.core.registry import default_registry
 
@@ -115,6 +116,73 @@ async def test_deliver_policy_sequence_needs_start_sequence(nats_server: Backend
                 app_id="a",
             )
         )
+
+
+async def test_jwt_and_seed_key_go_together(nats_server: BackendInfo) -> None:
+    driver = JetStreamPubSub()
+    with pytest.raises(MetadataError, match="seedKey"):
+        await driver.init(
+            ComponentMetadata(
+                "nats", "pubsub.jetstream",
+                {"natsURL": nats_server.values["url"], "jwt": "eyJ0eXAi"}, app_id="a",
+            )
+        )  # fmt: skip
+
+
+async def test_jwt_credentials_without_nkeys_say_what_to_install(
+    nats_server: BackendInfo,
+) -> None:
+    if importlib.util.find_spec("nkeys") is not None:
+        pytest.skip("nkeys is installed here")
+    driver = JetStreamPubSub()
+    with pytest.raises(MissingDependencyError, match="pip install nkeys"):
+        await driver.init(
+            ComponentMetadata(
+                "nats", "pubsub.jetstream",
+                {"natsURL": nats_server.values["url"], "jwt": "eyJ0", "seedKey": "SUAB"},
+                app_id="a",
+            )
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({}, ("new", None)),
+        ({"deliverAll": "true"}, ("all", None)),
+        ({"startWithLastReceived": "true"}, ("last", None)),
+        ({"startAtSequence": "5"}, ("sequence", 5)),
+        ({"startAtTimeDelta": "10m"}, ("time", None)),
+        ({"startAtTime": "2026-01-02T03:04:05Z"}, ("time", None)),
+    ],
+)
+async def test_natsstreaming_start_options_map_to_deliver_policies(
+    make: Make, metadata: dict[str, str], expected: tuple[str, int | None]
+) -> None:
+    driver = await make("pubsub.natsstreaming", app_id="orders", **metadata)
+    config = driver.config
+    assert (config.deliver_policy, config.start_sequence) == expected
+    assert (config.start_time is not None) == (expected[0] == "time")
+    assert config.consumer == "orders" and not config.per_instance
+
+
+async def test_deliver_policies_new_and_sequence(make: Make) -> None:
+    name = topic("policy")
+    publisher = await make("pubsub.jetstream", app_id="publisher")
+    await publish(publisher, name, [b"one", b"two", b"three"])
+    new = await make("pubsub.jetstream", app_id="new", deliverPolicy="new")
+    from_two = await make(
+        "pubsub.jetstream", app_id="seq", deliverPolicy="sequence", startSequence="2"
+    )
+    inbox_new, inbox_seq = Inbox(), Inbox()
+    await new.subscribe(SubscribeRequest(topic=name), inbox_new)
+    await from_two.subscribe(SubscribeRequest(topic=name), inbox_seq)
+    await publish(publisher, name, [b"four"])
+    await inbox_new.wait_for_acked(1, TIMEOUT)
+    await inbox_seq.wait_for_acked(3, TIMEOUT)
+    await asyncio.sleep(0.5)
+    assert inbox_new.payloads == [b"four"]
+    assert inbox_seq.payloads == [b"two", b"three", b"four"]
 
 
 # --- consumers by app id --------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import re
 import ssl
 import types
@@ -43,7 +44,7 @@ from mechakit.core.delivery import (
     concurrency_setting,
     dead_letter_topic_setting,
 )
-from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.errors import ConnectionFailedError, MetadataError, MissingDependencyError
 from mechakit.core.metadata import Bool, Duration, setting
 from mechakit.core.pubsub import (
     Delivery,
@@ -238,6 +239,13 @@ class JetStreamDriver(PubSub[S], Generic[S]):
             )
         if settings.jwt is not None and settings.seed_key is not None:
             from nats.aio.client import RawCredentials
+
+            if importlib.util.find_spec("nkeys") is None:  # nats-py signs the nonce with it
+                raise MissingDependencyError(
+                    "metadata 'jwt' and 'seedKey' need the nkeys package: pip install nkeys",
+                    component=self.label,
+                    field="seedKey",
+                )
 
             options["user_credentials"] = RawCredentials(
                 _creds(settings.jwt.get_secret_value(), settings.seed_key.get_secret_value())
