@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -24,10 +26,16 @@ import pytest
 import pytest_asyncio
 
 from mechakit.components.pubsub.jetstream import JetStreamPubSub, JetStreamSettings
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import (
+    BackendInfo,
+    BackendUnavailable,
+    LocalProcess,
+    free_port,
+    provision,
+)
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import MetadataError, MissingDependencyError
+from mechakit.core.errors import ConnectionFailedError, MetadataError, MissingDependencyError
 from mechakit.core.pubsub import Message, PublishRequest, SubscribeRequest
 from mechakit.core.registry import default_registry
 
@@ -248,6 +256,64 @@ async def test_named_stream_is_created_and_gets_each_topic(make: Make) -> None:
     assert set(info.config.subjects) == set(names)
 
 
+def _nats_binary() -> str | None:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    return binary if Path(binary).exists() else None
+
+
+def _certificates(folder: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+
+    def run(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for who in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+            "-keyout", f"{who}.key", "-out", f"{who}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{who}.pem")  # fmt: skip
+
+
+async def test_mutual_tls_with_the_upstream_metadata_names(make: Make, tmp_path: Path) -> None:
+    binary = _nats_binary()
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("needs nats-server and openssl")
+    await asyncio.to_thread(_certificates, tmp_path)
+    port = free_port()
+    argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "js"),
+            "--tlsverify", "--tlscert", str(tmp_path / "server.pem"),
+            "--tlskey", str(tmp_path / "server.key"), "--tlscacert", str(tmp_path / "ca.pem")]  # fmt: skip
+    server = LocalProcess(argv, port, tmp_path, "nats-tls")
+    await asyncio.to_thread(server.start)
+    try:
+        driver = await make(
+            "pubsub.jetstream",
+            natsURL=f"tls://127.0.0.1:{port}",
+            tls_client_cert=str(tmp_path / "client.pem"),
+            tls_client_key=str(tmp_path / "client.key"),
+            ca=str(tmp_path / "ca.pem"),
+        )
+        name, inbox = topic("tls"), Inbox()
+        await driver.subscribe(SubscribeRequest(topic=name), inbox)
+        await publish(driver, name, [b"secret"])
+        await inbox.wait_for_acked(1, TIMEOUT)
+        await driver.close()
+        without_cert = JetStreamPubSub()
+        with pytest.raises(ConnectionFailedError):
+            await without_cert.init(
+                ComponentMetadata(
+                    "nats", "pubsub.jetstream",
+                    {"natsURL": f"tls://127.0.0.1:{port}", "ca": str(tmp_path / "ca.pem")},
+                    app_id="a",
+                )
+            )  # fmt: skip
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 # --- redelivery -----------------------------------------------------------------------
 
 
@@ -371,6 +437,9 @@ async def test_messages_of_a_killed_subscriber_process_go_to_its_successor(
     await publish(publisher, name, [s.encode() for s in sent[60:]])
     by_dead_process = set(_lines(handled_file))
     assert len(by_dead_process) < len(sent)
+    stream = await publisher._js.find_stream_name_by_subject(name)
+    held = await publisher._js.consumer_info(stream, f"{app}-{name}")
+    assert held.num_ack_pending > 0, "the killed process held no unacked message"
 
     successor = await make("pubsub.jetstream", app_id=app, ackWait="1s")
     inbox = Inbox()

@@ -58,6 +58,8 @@ from mechakit.core.pubsub import (
 )
 
 _CONTENT_TYPE = "Content-Type"
+_CONNECT_WITHIN = 10.0
+"""Seconds init waits for the first connection (connection errors, TLS refusals)."""
 _NAME_INVALID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -255,8 +257,14 @@ class JetStreamDriver(PubSub[S], Generic[S]):
             if settings.tls_client_cert:
                 context.load_cert_chain(settings.tls_client_cert, settings.tls_client_key or None)
             options["tls"] = context
+
+        async def on_error(error: Exception) -> None:
+            self.log.warning("%s: NATS connection error: %s", self.label, error)
+
+        options["error_cb"] = on_error
         try:
-            self._nc = await nats.connect(**options)
+            # nats-py keeps retrying the first connect when reconnects are unbounded.
+            self._nc = await asyncio.wait_for(nats.connect(**options), _CONNECT_WITHIN)
         except Exception as exc:
             raise ConnectionFailedError(
                 f"cannot connect to NATS at {settings.nats_url}: {exc}", component=self.label
