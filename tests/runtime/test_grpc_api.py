@@ -586,3 +586,20 @@ def test_run_reports_a_taken_grpc_port(folder: Path) -> None:
         )
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
+
+
+async def test_a_message_over_the_body_limit_is_resource_exhausted(rt: Runtime) -> None:
+    server = await start_server(rt, "127.0.0.1", 0, max_message_size=1024)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub: Any = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+            small = state_pb2.SaveStateRequest(store_name="statestore", states=[item("k", b"1")])
+            await stub.SaveState(small)
+            big = state_pb2.SaveStateRequest(
+                store_name="statestore", states=[item("k", b"x" * 4096)]
+            )
+            error = await failure(stub.SaveState(big))
+            assert error.code() is Code.RESOURCE_EXHAUSTED
+            assert (await get(stub, "k")).data == b"1"
+    finally:
+        await server.stop(0)

@@ -76,17 +76,22 @@ def create_server(
     app_port: int | None = None,
     app_protocol: str = "http",
     max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
+    max_message_size: int | None = None,
 ) -> tuple[grpc.aio.Server, DaprGrpcApi]:
     """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
 
     ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
-    being shared.
+    being shared. ``max_message_size`` (``--max-body-size``) bounds a request message, as it
+    bounds an HTTP body; a bigger one is RESOURCE_EXHAUSTED (None: gRPC's own 4 MiB).
     """
     api = DaprGrpcApi(
         runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
     )
     interceptors = [_TokenCheck(api_token)] if api_token else []
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+    if max_message_size is not None:
+        options.append(("grpc.max_receive_message_length", max_message_size))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
     return server, api
 
@@ -112,6 +117,7 @@ async def start_server(
     app_port: int | None = None,
     app_protocol: str = "http",
     max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
+    max_message_size: int | None = None,
 ) -> GrpcServer:
     """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
     server, api = create_server(
@@ -120,6 +126,7 @@ async def start_server(
         app_port=app_port,
         app_protocol=app_protocol,
         max_bulk_keys=max_bulk_keys,
+        max_message_size=max_message_size,
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
