@@ -86,6 +86,22 @@ class LocalProcess:
             tail = self.log_path.read_text(errors="replace")[-800:]
             raise BackendUnavailable(f"{self.argv[0]} did not start: {exc}\n{tail}") from None
 
+    def discard(self) -> None:
+        """Stop the server and remove its folder."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def backend_info(self, values: dict[str, str]) -> BackendInfo:
+        """What the suite gets of this started server: its ``values``; stopping discards it,
+        and fault tests can restart and freeze it."""
+        return BackendInfo(
+            values,
+            source="local binary",
+            stop=self.discard,
+            restart=self.restart,
+            freeze=self.freeze,
+        )
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

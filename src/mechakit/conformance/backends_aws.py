@@ -19,7 +19,6 @@ Placeholders: ``{backend.endpoint}``, ``{backend.region}``, ``{backend.accessKey
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,18 +90,13 @@ class MotoBackend(Backend):
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         process = LocalProcess(argv, port, workdir, "moto")
         process.start()
-
-        def stop() -> None:
-            process.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-
         values = _values(f"http://127.0.0.1:{port}")
         try:
             seed(values)
         except BackendUnavailable:
-            stop()
+            process.discard()
             raise
-        return BackendInfo(values, source="local binary", stop=stop)
+        return process.backend_info(values)
 
     def start_container(self) -> BackendInfo:
         container = testcontainers("core.container", "DockerContainer")(MOTO_IMAGE)

@@ -40,18 +40,7 @@ class NatsBackend(Backend):
         argv = [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)]
         process = LocalProcess(argv, port, workdir, "nats")
         process.start()
-
-        def stop() -> None:
-            process.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-        return BackendInfo(
-            _values("127.0.0.1", str(port)),
-            source="local binary",
-            stop=stop,
-            restart=process.restart,
-            freeze=process.freeze,
-        )
+        return process.backend_info(_values("127.0.0.1", str(port)))
 
 
 def _values(host: str, port: str) -> dict[str, str]:

@@ -93,17 +93,7 @@ class PostgresBackend(Backend):
         except BackendUnavailable:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-
-        def stop() -> None:
-            process.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-        return BackendInfo(
-            _values("127.0.0.1", str(port), "postgres", "postgres"),
-            source="local binary",
-            stop=stop,
-            restart=process.restart,
-        )
+        return process.backend_info(_values("127.0.0.1", str(port), "postgres", "postgres"))
 
     def start_container(self) -> BackendInfo:
         container = testcontainers("postgres", "PostgresContainer")(POSTGRES_IMAGE, driver=None)

@@ -58,18 +58,7 @@ class RedisBackend(Backend):
         ]  # fmt: skip
         process = LocalProcess(argv, port, workdir, "redis")
         process.start()
-
-        def stop() -> None:
-            process.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-        return BackendInfo(
-            _values("127.0.0.1", str(port)),
-            source="local binary",
-            stop=stop,
-            restart=process.restart,
-            freeze=process.freeze,
-        )
+        return process.backend_info(_values("127.0.0.1", str(port)))
 
     def start_container(self) -> BackendInfo:
         container = testcontainers("redis", "RedisContainer")(REDIS_IMAGE).with_command(
