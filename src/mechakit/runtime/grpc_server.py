@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 import grpc.aio
@@ -69,29 +69,42 @@ def _denied(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> Any:
     )
 
 
+class ServerOptions(TypedDict, total=False):
+    """What :func:`create_server` and :func:`start_server` take besides the runtime."""
+
+    api_token: str | None
+    """``DAPR_API_TOKEN``: every call must carry it as metadata ``dapr-api-token``."""
+    app_port: int | None
+    app_protocol: str
+    """How the app is reached, for the metadata API (default ``http``)."""
+    max_bulk_keys: int
+    """Items one bulk request may carry (default :data:`bulk.DEFAULT_MAX_BULK_KEYS`)."""
+    max_message_size: int | None
+    """``--max-body-size``: a bigger request message is RESOURCE_EXHAUSTED (None: gRPC's
+    own 4 MiB)."""
+
+
 def create_server(
-    runtime: Runtime,
-    *,
-    api_token: str | None = None,
-    app_port: int | None = None,
-    app_protocol: str = "http",
-    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
-    max_message_size: int | None = None,
+    runtime: Runtime, **options: Unpack[ServerOptions]
 ) -> tuple[grpc.aio.Server, DaprGrpcApi]:
     """An unstarted grpc.aio server with the ``Dapr`` service over ``runtime``.
 
     ``SO_REUSEPORT`` is off, so a port another process serves fails to bind instead of
-    being shared. ``max_message_size`` (``--max-body-size``) bounds a request message, as it
-    bounds an HTTP body; a bigger one is RESOURCE_EXHAUSTED (None: gRPC's own 4 MiB).
+    being shared.
     """
     api = DaprGrpcApi(
-        runtime, app_port=app_port, app_protocol=app_protocol, max_bulk_keys=max_bulk_keys
+        runtime,
+        app_port=options.get("app_port"),
+        app_protocol=options.get("app_protocol", "http"),
+        max_bulk_keys=options.get("max_bulk_keys", bulk.DEFAULT_MAX_BULK_KEYS),
     )
-    interceptors = [_TokenCheck(api_token)] if api_token else []
-    options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
-    if max_message_size is not None:
-        options.append(("grpc.max_receive_message_length", max_message_size))
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    token = options.get("api_token")
+    interceptors = [_TokenCheck(token)] if token else []
+    settings: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+    size = options.get("max_message_size")
+    if size is not None:
+        settings.append(("grpc.max_receive_message_length", size))
+    server = grpc.aio.server(interceptors=interceptors, options=settings)
     dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
     return server, api
 
@@ -109,25 +122,10 @@ class GrpcServer:
 
 
 async def start_server(
-    runtime: Runtime,
-    host: str,
-    port: int,
-    *,
-    api_token: str | None = None,
-    app_port: int | None = None,
-    app_protocol: str = "http",
-    max_bulk_keys: int = bulk.DEFAULT_MAX_BULK_KEYS,
-    max_message_size: int | None = None,
+    runtime: Runtime, host: str, port: int, **options: Unpack[ServerOptions]
 ) -> GrpcServer:
     """Serve the gRPC API on ``host:port`` (port 0: a free one); ``OSError`` when it cannot bind."""
-    server, api = create_server(
-        runtime,
-        api_token=api_token,
-        app_port=app_port,
-        app_protocol=app_protocol,
-        max_bulk_keys=max_bulk_keys,
-        max_message_size=max_message_size,
-    )
+    server, api = create_server(runtime, **options)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -139,4 +137,4 @@ async def start_server(
     return GrpcServer(server, api, bound)
 
 
-__all__ = ["GrpcServer", "create_server", "start_server"]
+__all__ = ["GrpcServer", "ServerOptions", "create_server", "start_server"]
