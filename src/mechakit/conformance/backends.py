@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 class BackendUnavailable(Exception):
@@ -138,6 +139,18 @@ class Backend(ABC):
 
     def parse_address(self, value: str) -> dict[str, str]:
         return {"url": value}
+
+    def host_and_port(
+        self, value: str, schemes: tuple[str, ...], default_port: int
+    ) -> tuple[str, str]:
+        """``value`` (``host:port``, or a URL of one of ``schemes``) as host and port;
+        BackendUnavailable naming the variable when it is neither."""
+        parts = urlsplit(value if "://" in value else f"{schemes[0]}://{value}")
+        if parts.scheme not in schemes or not parts.hostname:
+            raise BackendUnavailable(
+                f"{self.env_var}={value!r} is not a {schemes[0]}://host:port URL"
+            )
+        return parts.hostname, str(parts.port or default_port)
 
     @abstractmethod
     def start_local(self, workdir: Path) -> BackendInfo:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .backends import Backend, BackendInfo, BackendUnavailable, LocalProcess, free_port
 
@@ -20,10 +19,7 @@ class NatsBackend(Backend):
     env_var = "MECHAKIT_TEST_NATS_URL"
 
     def parse_address(self, value: str) -> dict[str, str]:
-        parts = urlsplit(value if "://" in value else f"nats://{value}")
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            raise BackendUnavailable(f"{self.env_var}={value!r} is not a nats://host:port URL")
-        return _values(parts.hostname, str(parts.port or 4222))
+        return _values(*self.host_and_port(value, ("nats", "tls"), 4222))
 
     def start_local(self, workdir: Path) -> BackendInfo:
         binary = shutil.which("nats-server") or (

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from .backends import (
     Backend,
@@ -38,11 +37,7 @@ class RedisBackend(Backend):
     env_var = "MECHAKIT_TEST_REDIS_URL"
 
     def parse_address(self, value: str) -> dict[str, str]:
-        parts = urlsplit(value if "://" in value else f"redis://{value}")
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise BackendUnavailable(f"{self.env_var}={value!r} is not a redis://host:port URL")
-        host, port = parts.hostname, str(parts.port or 6379)
-        return _values(host, port)
+        return _values(*self.host_and_port(value, ("redis", "rediss"), 6379))
 
     def start_local(self, workdir: Path) -> BackendInfo:
         binary = _binary("redis-server", self.env_var)
