@@ -603,3 +603,20 @@ async def test_a_message_over_the_body_limit_is_resource_exhausted(rt: Runtime) 
             assert (await get(stub, "k")).data == b"1"
     finally:
         await server.stop(0)
+
+
+async def test_api_logging_logs_each_call_with_its_code(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(rt, "127.0.0.1", 0, api_logging=True)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub: Any = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+            with caplog.at_level("INFO", logger="mechakit.api"):
+                await get(stub, "k")
+                await failure(stub.GetState(state_pb2.GetStateRequest(store_name="nope", key="k")))
+    finally:
+        await server.stop(0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mechakit.api"]
+    assert any('method="/dapr.proto.runtime.v1.Dapr/GetState" code=OK' in line for line in lines)
+    assert any("code=INVALID_ARGUMENT" in line for line in lines), lines

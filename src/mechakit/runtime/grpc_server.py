@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict, Unpack
 
@@ -13,6 +15,44 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from . import bulk
 from .grpc_api import API_TOKEN_METADATA, DEFAULT_STOP_GRACE, Context, DaprGrpcApi
 from .in_process import Runtime
+
+API_LOG = logging.getLogger("mechakit.api")
+"""``--enable-api-logging``: one line per call, the logger the HTTP API's lines go to."""
+
+
+class _ApiLog(grpc.aio.ServerInterceptor):
+    """daprd's "gRPC API Called" line for every call: method, status code and duration."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None:
+            return handler  # streams are long-lived: not logged per call
+        behavior: Any = handler.unary_unary  # async under grpc.aio, typed as the sync API
+
+        async def logged(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            finally:
+                code = context.code() or grpc.StatusCode.OK
+                elapsed = (time.perf_counter() - started) * 1000
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                API_LOG.info(
+                    'gRPC API Called: method="%s" code=%s duration=%dms', method, name, elapsed
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            logged,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class _TokenCheck(grpc.aio.ServerInterceptor):
@@ -82,6 +122,8 @@ class ServerOptions(TypedDict, total=False):
     max_message_size: int | None
     """``--max-body-size``: a bigger request message is RESOURCE_EXHAUSTED (None: gRPC's
     own 4 MiB)."""
+    api_logging: bool
+    """``--enable-api-logging``: log each unary call (streams are not logged per call)."""
 
 
 def create_server(
@@ -99,7 +141,9 @@ def create_server(
         max_bulk_keys=options.get("max_bulk_keys", bulk.DEFAULT_MAX_BULK_KEYS),
     )
     token = options.get("api_token")
-    interceptors = [_TokenCheck(token)] if token else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [_TokenCheck(token)] if token else []
+    if options.get("api_logging"):
+        interceptors.insert(0, _ApiLog())
     settings: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
     size = options.get("max_message_size")
     if size is not None:

@@ -397,6 +397,7 @@ async def _start_grpc(
         app_protocol=plain_protocol(namespace.app_protocol),
         max_bulk_keys=namespace.max_bulk_keys,
         max_message_size=namespace.max_body_size or None,
+        api_logging=namespace.enable_api_logging,
     )
     if namespace.unix_domain_socket:
         path = socket_path(namespace.unix_domain_socket, namespace.app_id, "grpc")
