@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 import mechakit
+from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.in_process import Runtime
 
@@ -84,3 +85,22 @@ def _runtime_on_private_loop(folder: Path) -> Iterator[PrivateRuntime]:
 def private_runtime() -> Callable[[Path], AbstractContextManager[PrivateRuntime]]:
     """``with private_runtime(folder) as (loop, runtime, client):`` (see above)."""
     return _runtime_on_private_loop
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[BackendInfo]:
+    """A redis-server of the module's own (the conformance "redis" backend), or a skip."""
+    try:
+        info = provision("redis")
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    yield info
+    info.stop()
+
+
+@pytest.fixture(scope="module")
+def pausable_redis(redis_server: BackendInfo) -> BackendInfo:
+    """``redis_server``, which fault tests can stall (SIGSTOP); a skip when it is not ours."""
+    if redis_server.freeze is None:
+        pytest.skip("the redis backend was not started by this test run, so it cannot stall")
+    return redis_server

@@ -31,7 +31,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 
 import mechakit
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.core.state import SetRequest
 from mechakit.runtime.grpc_server import start_server
 from mechakit.runtime.http_api import create_app
@@ -41,19 +41,6 @@ from mechakit.runtime.in_process import Runtime
 WriteFiles = Callable[..., Path]
 NOTICE_WITHIN = 10.0
 """A generous bound for the server to notice that a caller went away."""
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("redis")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    if info.freeze is None:
-        info.stop()
-        pytest.skip("the redis backend was not started by this test run, so it cannot stall")
-    yield info
-    info.stop()
 
 
 @contextlib.contextmanager
@@ -132,13 +119,13 @@ async def occupy(call: Any) -> asyncio.Task[Any]:
 
 @pytest.fixture
 async def redis_rt(
-    redis_server: BackendInfo, resources: WriteFiles, component: Callable[..., str]
+    pausable_redis: BackendInfo, resources: WriteFiles, component: Callable[..., str]
 ) -> AsyncIterator[Runtime]:
     folder = resources(
         state=component(
             "statestore",
             "state.redis",
-            ("redisHost", redis_server.values["address"]),
+            ("redisHost", pausable_redis.values["address"]),
             ("poolSize", "1"),
             ("poolTimeout", "30s"),
             ("readTimeout", "30s"),
@@ -156,14 +143,14 @@ async def read(http: httpx.AsyncClient, key: str) -> Any:
 @pytest.mark.fault
 @pytest.mark.parametrize("how", ["fin", "rst"])
 async def test_an_http_save_whose_client_left_while_redis_stalled_is_not_written(
-    redis_rt: Runtime, redis_server: BackendInfo, caplog: pytest.LogCaptureFixture, how: str
+    redis_rt: Runtime, pausable_redis: BackendInfo, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mechakit.http")
     store = redis_rt.state("statestore").component
     busy, abandoned, after = new_key("busy"), new_key("abandoned"), new_key("after")
     async with sidecar(redis_rt) as (base, _), httpx.AsyncClient(base_url=base) as http:
         assert await read(http, busy) is None  # the one connection is open
-        with frozen(redis_server):
+        with frozen(pausable_redis):
             occupier = await occupy(store.set(SetRequest(busy, "first")))
             send_and_go(int(base.rsplit(":", 1)[1]), save_request(abandoned, 1), how)
             await dropped(caplog, "mechakit.http", "the client went away")
@@ -178,7 +165,7 @@ async def test_an_http_save_whose_client_left_while_redis_stalled_is_not_written
 @pytest.mark.fault
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 async def test_a_grpc_save_past_its_deadline_or_cancelled_while_redis_stalled_is_not_written(
-    redis_rt: Runtime, redis_server: BackendInfo, caplog: pytest.LogCaptureFixture, how: str
+    redis_rt: Runtime, pausable_redis: BackendInfo, caplog: pytest.LogCaptureFixture, how: str
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="mechakit.grpc")
     store = redis_rt.state("statestore").component
@@ -196,7 +183,7 @@ async def test_a_grpc_save_past_its_deadline_or_cancelled_while_redis_stalled_is
     ):
         stub = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
         assert await read(http, busy) is None
-        with frozen(redis_server):
+        with frozen(pausable_redis):
             occupier = await occupy(store.set(SetRequest(busy, "first")))
             if how == "deadline":
                 with pytest.raises(grpc.aio.AioRpcError) as late:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 import mechakit
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.core.errors import ETagError
 from mechakit.core.pubsub import Message, SubscribeRequest
 from mechakit.core.state import DeleteRequest, GetRequest, SetRequest
@@ -38,16 +37,6 @@ def outbox_store(
         ("outboxPublishPubsub", "bus"),
         ("outboxPublishTopic", topic),
     )
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("redis")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    yield info
-    info.stop()
 
 
 @pytest.fixture(params=["sqlite+in-memory", "redis+redis"])

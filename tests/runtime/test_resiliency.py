@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 import mechakit
-from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
+from mechakit.conformance.backends import BackendInfo
 from mechakit.core.errors import ConnectionFailedError, ETagError, ManifestError
 from mechakit.runtime.in_process import Runtime
 from mechakit.runtime.resiliency import CircuitOpenError
@@ -44,24 +44,11 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[BackendInfo]:
-    try:
-        info = provision("redis")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    if info.freeze is None:
-        info.stop()
-        pytest.skip("the Redis server is not ours to pause")
-    yield info
-    info.stop()
-
-
 @pytest.fixture
 async def runtime(
-    resources: Callable[..., Path], component: Callable[..., str], redis_server: BackendInfo
+    resources: Callable[..., Path], component: Callable[..., str], pausable_redis: BackendInfo
 ) -> AsyncIterator[Runtime]:
-    address = redis_server.values["address"]
+    address = pausable_redis.values["address"]
     stores = {
         name: component(
             name,
@@ -79,13 +66,13 @@ async def runtime(
 
 
 async def test_a_retry_policy_carries_a_read_through_a_stall(
-    runtime: Runtime, redis_server: BackendInfo
+    runtime: Runtime, pausable_redis: BackendInfo
 ) -> None:
     key = f"k-{uuid.uuid4().hex}"
     await runtime.state("patient").set(key, "v")
     await runtime.state("plain").set(key, "v")
-    assert redis_server.freeze is not None
-    redis_server.freeze(True)
+    assert pausable_redis.freeze is not None
+    pausable_redis.freeze(True)
     try:
         patient = asyncio.create_task(runtime.state("patient").get(key))
         plain = asyncio.create_task(runtime.state("plain").get(key))
@@ -93,13 +80,13 @@ async def test_a_retry_policy_carries_a_read_through_a_stall(
             await plain  # no policy: the driver's own timeout, no retry
         await asyncio.sleep(0.8)
     finally:
-        redis_server.freeze(False)
+        pausable_redis.freeze(False)
     item = await patient
     assert item is not None and item.value == "v"
 
 
 async def test_a_conditional_write_is_not_retried_and_a_conflict_never(
-    runtime: Runtime, redis_server: BackendInfo, monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, pausable_redis: BackendInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = runtime.state("patient")
     key = f"k-{uuid.uuid4().hex}"
@@ -118,39 +105,41 @@ async def test_a_conditional_write_is_not_retried_and_a_conflict_never(
     with pytest.raises(ETagError):
         await store.set(key, 3, etag=stale)
     assert len(calls) == 1  # a conflict is never retried
-    assert redis_server.freeze is not None
+    assert pausable_redis.freeze is not None
     current = (await store.get(key)).etag  # type: ignore[union-attr]
-    redis_server.freeze(True)
+    pausable_redis.freeze(True)
     try:
         with pytest.raises(ConnectionFailedError, match="may or may not have been applied"):
             await store.set(key, 4, etag=current)  # one try: a repeat could be a false 409
     finally:
-        redis_server.freeze(False)
+        pausable_redis.freeze(False)
     assert len(calls) == 2
 
 
-async def test_a_timeout_policy_bounds_a_call(runtime: Runtime, redis_server: BackendInfo) -> None:
-    assert redis_server.freeze is not None
-    redis_server.freeze(True)
+async def test_a_timeout_policy_bounds_a_call(
+    runtime: Runtime, pausable_redis: BackendInfo
+) -> None:
+    assert pausable_redis.freeze is not None
+    pausable_redis.freeze(True)
     try:
         with pytest.raises(ConnectionFailedError, match=r"no answer within 0\.3s"):
             await runtime.state("hasty").get("k")  # the policy's 300 ms, not the 500 ms read
     finally:
-        redis_server.freeze(False)
+        pausable_redis.freeze(False)
 
 
 async def test_a_circuit_breaker_opens_and_then_refuses_without_calling(
-    runtime: Runtime, redis_server: BackendInfo
+    runtime: Runtime, pausable_redis: BackendInfo
 ) -> None:
     store = runtime.state("breaking")
-    assert redis_server.freeze is not None
-    redis_server.freeze(True)
+    assert pausable_redis.freeze is not None
+    pausable_redis.freeze(True)
     try:
         for _ in range(2):
             with pytest.raises(ConnectionFailedError):
                 await store.get("k")
     finally:
-        redis_server.freeze(False)
+        pausable_redis.freeze(False)
     with pytest.raises(CircuitOpenError, match="circuit breaker 'fragile' is open"):
         await store.get("k")  # Redis answers again, but the breaker is open
     assert await runtime.state("plain").get("k") is None
