@@ -19,6 +19,7 @@ def mechakit_components() -> list[ComponentSpec]:
             "state.sqlite",
             f"{_PKG}.state.sqlite:SQLiteStateStore",
             description="State in a SQLite file, safe for several processes on one file.",
+            aliases=("state.sqlite3",),
         ),
         ComponentSpec(
             "state.redis",
@@ -33,6 +34,7 @@ def mechakit_components() -> list[ComponentSpec]:
             install_hint="pip install 'mechakit[postgresql]'",
             requires=("psycopg", "psycopg_pool"),
             description="State in a PostgreSQL table: atomic ETag checks, TTL, transactions, query.",
+            aliases=("state.postgres",),
         ),
         ComponentSpec(
             "state.aws.dynamodb",
@@ -75,6 +77,7 @@ def mechakit_components() -> list[ComponentSpec]:
             install_hint="pip install 'mechakit[aws]'",
             requires=("boto3",),
             description="Pub/sub on SNS topics fanned into one SQS queue per consumer: metadata kept, dead letters, FIFO.",
+            aliases=("pubsub.snssqs",),
         ),
         ComponentSpec(
             "lock.in-memory",
@@ -107,6 +110,7 @@ def mechakit_components() -> list[ComponentSpec]:
             install_hint="pip install 'mechakit[postgresql]'",
             requires=("psycopg", "psycopg_pool"),
             description="Configuration items as table rows, watched through LISTEN/NOTIFY.",
+            aliases=("configuration.postgres",),
         ),
         ComponentSpec(
             "secretstores.local.file",
@@ -131,6 +135,7 @@ def mechakit_components() -> list[ComponentSpec]:
             install_hint="pip install 'mechakit[aws]'",
             requires=("boto3",),
             description="Secrets from AWS Secrets Manager, by version id or stage.",
+            aliases=("secretstores.aws.secretmanager",),
         ),
         ComponentSpec(
             "secretstores.aws.parameterstore",
