@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field
@@ -157,9 +157,14 @@ class SubscriptionEngines(Generic[DeliverySettingsT]):
     ) -> Subscription:
         """A new engine over ``transport`` delivering ``request.topic`` to ``handler``."""
         component, settings = self._component, self._component.settings
-        engine = DeliveryEngine(
-            transport, settings.delivery_policy(), label=component.label, log=component.log
-        )
+        policy = settings.delivery_policy()
+        if request.min_concurrency > policy.concurrency:
+            policy = replace(
+                policy,
+                concurrency=request.min_concurrency,
+                prefetch=max(policy.prefetch, request.min_concurrency),
+            )
+        engine = DeliveryEngine(transport, policy, label=component.label, log=component.log)
         self._engines = {e for e in self._engines if not e.stopping}
         self._engines.add(engine)
         return engine.subscribe(

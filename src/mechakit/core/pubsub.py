@@ -54,6 +54,9 @@ class SubscribeRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     dead_letter_topic: str | None = None
     """Where a message goes once its deliveries are used up (None: the component's default)."""
+    min_concurrency: int = 0
+    """Handler calls the subscriber wants at once, at least (a bulk subscription's batch
+    size, which fills only if that many messages are handed out together)."""
 
     def __post_init__(self) -> None:
         validate_topic(self.topic)

@@ -23,7 +23,7 @@ import logging
 import re
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +33,8 @@ from mechakit.core import cloudevents
 from mechakit.core.bindings import BindingEvent
 from mechakit.core.errors import ComponentError, ConnectionFailedError
 
-from .routing import AppSubscription, RouteRule, RouteSyntaxError
+from .bulk_subscribe import BulkEntry, BulkOutcome, http_envelope, http_outcome
+from .routing import AppSubscription, BulkConfig, RouteRule, RouteSyntaxError
 
 log = logging.getLogger("mechakit.delivery")
 
@@ -204,6 +205,13 @@ class AppChannel(ABC):
         """Deliver one CloudEvent; failures to reach the app are a RETRY answer."""
 
     @abstractmethod
+    async def send_bulk(
+        self, entries: Sequence[BulkEntry], path: str, subscription: AppSubscription
+    ) -> BulkOutcome:
+        """Deliver a batch of a bulk subscription's events (see
+        :mod:`mechakit.runtime.bulk_subscribe`); failures to reach the app retry it all."""
+
+    @abstractmethod
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
         """Deliver one input-binding event; raises when the app did not take it."""
 
@@ -296,6 +304,22 @@ class HttpAppChannel(AppChannel):
             return AppAnswer(AppStatus.RETRY, f"{where}: {type(exc).__name__}: {exc}")
         return http_answer(response.status_code, response.content, where)
 
+    async def send_bulk(
+        self, entries: Sequence[BulkEntry], path: str, subscription: AppSubscription
+    ) -> BulkOutcome:
+        where = f"POST {path}"
+        headers = http_headers({"pubsubName": subscription.pubsub_name})
+        headers["content-type"] = "application/json"
+        try:
+            response = await self._client.post(
+                path, content=http_envelope(entries, subscription), headers=headers
+            )
+        except httpx.TimeoutException:
+            return BulkOutcome(f"{where}: no answer within {self.timeout:g}s", whole="RETRY")
+        except httpx.HTTPError as exc:
+            return BulkOutcome(f"{where}: {type(exc).__name__}: {exc}", whole="RETRY")
+        return http_outcome(response.status_code, response.content, where)
+
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
         headers = http_headers(event.metadata)
         headers["content-type"] = "application/json"
@@ -371,6 +395,8 @@ class GrpcAppChannel(AppChannel):
         self._channel = grpc.aio.insecure_channel(self.address)
         stub = appcallback_pb2_grpc.AppCallbackStub
         self._stub = stub(self._channel)  # type: ignore[no-untyped-call]
+        alpha = appcallback_pb2_grpc.AppCallbackAlphaStub
+        self._alpha = alpha(self._channel)  # type: ignore[no-untyped-call]
         self._bindings: set[str] | None = None
 
     async def wait_ready(self, limit: float) -> None:
@@ -399,6 +425,7 @@ class GrpcAppChannel(AppChannel):
             except RouteSyntaxError as exc:
                 log.error("the app's subscription to topic %r is ignored: %s", entry.topic, exc)
                 continue
+            bulk = entry.bulk_subscribe
             found.append(
                 AppSubscription(
                     pubsub_name=entry.pubsub_name,
@@ -407,6 +434,9 @@ class GrpcAppChannel(AppChannel):
                     default_route=entry.routes.default or (None if rules else ""),
                     dead_letter_topic=entry.dead_letter_topic or None,
                     metadata=dict(entry.metadata),
+                    bulk=BulkConfig.of(
+                        bulk.enabled, bulk.max_messages_count, bulk.max_await_duration_ms
+                    ),
                 )
             )
         return found
@@ -448,6 +478,28 @@ class GrpcAppChannel(AppChannel):
         if answer.status == statuses.DROP:
             return AppAnswer(AppStatus.DROP, f"{where}: DROP")
         return AppAnswer(AppStatus.RETRY, f"{where}: {statuses.Name(answer.status)}")
+
+    async def send_bulk(
+        self, entries: Sequence[BulkEntry], path: str, subscription: AppSubscription
+    ) -> BulkOutcome:
+        from .grpc_codec import bulk_statuses, topic_event_bulk_request
+
+        request = topic_event_bulk_request(entries, path, subscription)
+        metadata = grpc_metadata({"pubsubName": subscription.pubsub_name})
+        where = f"OnBulkTopicEvent {path or '(default)'}"
+        calls = [self._stub.OnBulkTopicEvent, self._alpha.OnBulkTopicEventAlpha1]
+        for call in calls:
+            try:
+                answer = await call(request, timeout=self.timeout, metadata=metadata)
+            except self._grpc.aio.AioRpcError as exc:
+                detail = f"{where}: {exc.code().name} {exc.details() or ''}".rstrip()
+                if exc.code() != self._grpc.StatusCode.UNIMPLEMENTED:
+                    return BulkOutcome(detail, whole="RETRY")
+                if call is calls[-1]:
+                    return BulkOutcome(detail, whole="DROP")
+                continue
+            return BulkOutcome(f"{where}: answered", statuses=bulk_statuses(answer))
+        raise AssertionError("unreachable")
 
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
         from dapr.proto.runtime.v1 import appcallback_pb2

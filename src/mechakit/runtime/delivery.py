@@ -52,6 +52,7 @@ from mechakit.core.errors import MechakitError
 from mechakit.core.pubsub import DropMessage, Handler, Message, PubSub, SubscribeRequest
 
 from .app_channels import MESSAGE_METADATA, AppAnswer, AppChannel, AppRetryError, AppStatus
+from .bulk_subscribe import Batcher, BulkSender, bulk_entry
 from .manifest import MetadataItem
 from .routing import AppSubscription, RouteSyntaxError, route_path
 
@@ -165,6 +166,7 @@ class Delivery:
             topic=subscription.topic,
             metadata=dict(subscription.metadata),
             dead_letter_topic=subscription.dead_letter_topic,
+            min_concurrency=subscription.bulk.max_messages if subscription.bulk else 0,
         )
         try:
             running = await pubsub.subscribe(request, self._topic_handler(pubsub, subscription))
@@ -176,7 +178,9 @@ class Delivery:
         log.info("delivering %s", subscription.describe())
 
     def _topic_handler(self, pubsub: PubSub[Any], subscription: AppSubscription) -> Handler:
-        return topic_handler(pubsub.label, subscription, self.channel.send_event)
+        return topic_handler(
+            pubsub.label, subscription, self.channel.send_event, self.channel.send_bulk
+        )
 
     async def _read_binding(
         self, name: str, binding: InputBinding[Any], metadata: Iterable[MetadataItem]
@@ -252,11 +256,19 @@ class Delivery:
         await self.channel.close()
 
 
-def topic_handler(component: str, subscription: AppSubscription, send: EventSender) -> Handler:
+def topic_handler(
+    component: str,
+    subscription: AppSubscription,
+    send: EventSender,
+    send_bulk: BulkSender | None = None,
+) -> Handler:
     """The handler given to the pub/sub component for ``subscription``: each message as the
-    app's CloudEvent, routed, sent with its metadata; the answer acks (SUCCESS), raises
-    ``DropMessage`` (DROP) or ``AppRetryError`` (RETRY). ``component`` names the pub/sub in
-    errors."""
+    app's CloudEvent, routed, sent with its metadata (in a batch with others when the
+    subscription has ``bulkSubscribe`` and ``send_bulk`` is given); the answer acks
+    (SUCCESS), raises ``DropMessage`` (DROP) or ``AppRetryError`` (RETRY). ``component``
+    names the pub/sub in errors."""
+    bulk = subscription.bulk
+    batcher = Batcher(bulk, subscription, send_bulk) if bulk and send_bulk else None
 
     async def deliver(message: Message) -> None:
         event = app_event(message, subscription)
@@ -268,12 +280,16 @@ def topic_handler(component: str, subscription: AppSubscription, send: EventSend
             raise DropMessage(
                 f"event {event_id} matches no routing rule and there is no default route"
             )
-        metadata = {**message.metadata, PUBSUB_NAME_METADATA: subscription.pubsub_name}
-        token = MESSAGE_METADATA.set(metadata)
-        try:
-            answer = await send(event, path, subscription)
-        finally:
-            MESSAGE_METADATA.reset(token)
+        if batcher is not None:
+            word, detail = await batcher.submit(bulk_entry(message, event, subscription), path)
+            answer = AppAnswer(AppStatus(word), detail)
+        else:
+            metadata = {**message.metadata, PUBSUB_NAME_METADATA: subscription.pubsub_name}
+            token = MESSAGE_METADATA.set(metadata)
+            try:
+                answer = await send(event, path, subscription)
+            finally:
+                MESSAGE_METADATA.reset(token)
         log.debug("event %s on topic %r: %s", event_id, subscription.topic, answer.detail)
         if answer.status is AppStatus.DROP:
             raise DropMessage(f"the app answered DROP ({answer.detail})")

@@ -4,7 +4,8 @@ and answers written back (what a request means is the service layer's)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dapr.proto.common.v1 import common_pb2
@@ -24,6 +25,7 @@ from mechakit.core.state import (
     encode_value,
 )
 
+from .bulk_subscribe import BULK_EVENT_TYPE, BulkEntry
 from .routing import AppSubscription
 from .service.errors import invalid
 
@@ -186,6 +188,49 @@ def topic_event_request(
         path=path,
         extensions=extensions,
     )
+
+
+def topic_event_bulk_request(
+    entries: Sequence[BulkEntry], path: str, subscription: AppSubscription
+) -> appcallback_pb2.TopicEventBulkRequest:
+    """A batch as daprd hands it to a gRPC app (``OnBulkTopicEvent``): each entry's
+    CloudEvent in ``cloud_event``, or a raw payload's bytes in ``bytes``."""
+    items = []
+    for entry in entries:
+        item = appcallback_pb2.TopicEventBulkRequestEntry(
+            entry_id=entry.entry_id, content_type=entry.content_type, metadata=entry.metadata
+        )
+        if entry.raw is not None:
+            item.bytes = entry.raw
+        else:
+            event = topic_event_request(entry.event, path, subscription)
+            item.cloud_event.CopyFrom(
+                appcallback_pb2.TopicEventCERequest(
+                    id=event.id,
+                    source=event.source,
+                    type=event.type,
+                    spec_version=event.spec_version,
+                    data_content_type=event.data_content_type,
+                    data=event.data,
+                    extensions=event.extensions,
+                )
+            )
+        items.append(item)
+    return appcallback_pb2.TopicEventBulkRequest(
+        id=str(uuid.uuid4()),
+        entries=items,
+        metadata={"pubsubName": subscription.pubsub_name},
+        topic=subscription.topic,
+        pubsub_name=subscription.pubsub_name,
+        type=BULK_EVENT_TYPE,
+        path=path,
+    )
+
+
+def bulk_statuses(answer: appcallback_pb2.TopicEventBulkResponse) -> dict[str, str]:
+    """Entry id → status word of a gRPC app's answer to a batch."""
+    names = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+    return {item.entry_id: names.Name(item.status) for item in answer.statuses}
 
 
 def _json_safe(value: object) -> bool:

@@ -367,6 +367,43 @@ def _size(target: Evaluator) -> Evaluator:
     return run
 
 
+DEFAULT_BULK_MAX_MESSAGES = 100
+DEFAULT_BULK_MAX_AWAIT_MS = 1000
+"""daprd's defaults for a ``bulkSubscribe`` that leaves a limit unset (or 0)."""
+
+
+@dataclass(frozen=True)
+class BulkConfig:
+    """A subscription's ``bulkSubscribe``: its events go to the app in batches of at most
+    ``max_messages`` entries, a batch waiting at most ``max_await_ms`` for its first entry's
+    company."""
+
+    max_messages: int = DEFAULT_BULK_MAX_MESSAGES
+    max_await_ms: int = DEFAULT_BULK_MAX_AWAIT_MS
+
+    @classmethod
+    def of(cls, enabled: object, max_messages: object, max_await_ms: object) -> BulkConfig | None:
+        """The config a subscription's fields ask for (None: not enabled); an unset or
+        non-positive limit is daprd's default, a value that is not a whole number is a
+        ``ValueError``."""
+        if enabled is not True:
+            if enabled not in (None, False):
+                raise ValueError(f"bulkSubscribe.enabled must be a boolean, got {enabled!r}")
+            return None
+        return cls(
+            _positive("maxMessagesCount", max_messages, DEFAULT_BULK_MAX_MESSAGES),
+            _positive("maxAwaitDurationMs", max_await_ms, DEFAULT_BULK_MAX_AWAIT_MS),
+        )
+
+
+def _positive(name: str, value: object, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"bulkSubscribe.{name} must be an integer, got {value!r}")
+    return value if value > 0 else default
+
+
 @dataclass(frozen=True)
 class AppSubscription:
     """A topic the app receives, from the app itself or a ``kind: Subscription``."""
@@ -381,6 +418,8 @@ class AppSubscription:
     origin: str = "programmatic"
     """Where it came from, for logs: ``programmatic``, ``streaming`` (a gRPC
     ``SubscribeTopicEventsAlpha1`` stream) or ``Subscription 'orders'``."""
+    bulk: BulkConfig | None = None
+    """``bulkSubscribe`` enabled: events go to the app in batches."""
 
     @property
     def type(self) -> str:
@@ -409,9 +448,15 @@ class AppSubscription:
         if self.default_route is not None:
             routes.append(self.default_route or "(default)")
         dead = f", dead letters to {self.dead_letter_topic!r}" if self.dead_letter_topic else ""
+        bulk = self.bulk
+        batches = (
+            f", in batches of up to {bulk.max_messages} within {bulk.max_await_ms} ms"
+            if bulk is not None
+            else ""
+        )
         return (
             f"topic {self.topic!r} on {self.pubsub_name!r} ({self.origin}) -> "
-            f"{', '.join(routes) or 'no route'}{dead}"
+            f"{', '.join(routes) or 'no route'}{dead}{batches}"
         )
 
     @classmethod
@@ -424,6 +469,9 @@ class AppSubscription:
             dead_letter_topic=manifest.dead_letter_topic,
             metadata=dict(manifest.metadata),
             origin=f"Subscription {manifest.name!r}",
+            bulk=BulkConfig.of(bulk.enabled, bulk.max_messages_count, bulk.max_await_duration_ms)
+            if (bulk := manifest.bulk_subscribe) is not None
+            else None,
         )
 
     @classmethod
@@ -452,6 +500,10 @@ class AppSubscription:
             raise ValueError("needs a route, or routes with rules or a default")
         metadata = entry.get("metadata") or {}
         dead_letter = entry.get("deadLetterTopic") or None
+        bulk = entry.get("bulkSubscribe")
+        if bulk is not None and not isinstance(bulk, dict):
+            raise ValueError(f"bulkSubscribe must be an object, got {bulk!r}")
+        bulk = bulk or {}
         return cls(
             pubsub_name=pubsub,
             topic=topic,
@@ -461,6 +513,9 @@ class AppSubscription:
             metadata={str(k): str(v) for k, v in metadata.items()}
             if isinstance(metadata, dict)
             else {},
+            bulk=BulkConfig.of(
+                bulk.get("enabled"), bulk.get("maxMessagesCount"), bulk.get("maxAwaitDurationMs")
+            ),
         )
 
 
@@ -469,4 +524,11 @@ def route_path(path: str) -> str:
     return path if path.startswith("/") else f"/{path}"
 
 
-__all__ = ["AppSubscription", "RouteRule", "RouteSyntaxError", "compile_match", "route_path"]
+__all__ = [
+    "AppSubscription",
+    "BulkConfig",
+    "RouteRule",
+    "RouteSyntaxError",
+    "compile_match",
+    "route_path",
+]

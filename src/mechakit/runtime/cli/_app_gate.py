@@ -23,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mechakit.core.bindings import BindingEvent
 from mechakit.runtime.app_channels import AppAnswer, AppChannel, AppRetryError, AppStatus
+from mechakit.runtime.bulk_subscribe import BulkEntry, BulkOutcome
 from mechakit.runtime.routing import AppSubscription
 
 if TYPE_CHECKING:
@@ -188,6 +189,23 @@ class AppGate(AppChannel):
                 (time.perf_counter() - started) * 1000,
             )
         return answer
+
+    async def send_bulk(
+        self, entries: Sequence[BulkEntry], path: str, subscription: AppSubscription
+    ) -> BulkOutcome:
+        started = time.perf_counter()
+        try:
+            outcome = await self._send(lambda: self.inner.send_bulk(entries, path, subscription))
+        except _Abandoned:
+            outcome = BulkOutcome(STOPPING, whole="RETRY")
+        if self.metrics is not None:
+            elapsed = (time.perf_counter() - started) * 1000
+            for entry in entries:
+                status = outcome.status_of(entry.entry_id).lower()
+                self.metrics.pubsub_ingress(
+                    subscription.pubsub_name, subscription.topic, status, elapsed
+                )
+        return outcome
 
     async def send_binding(self, name: str, route: str, event: BindingEvent) -> None:
         started = time.perf_counter()
