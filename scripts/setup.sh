@@ -12,6 +12,11 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)  # joins the loc
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need_apt+=(postgresql)
 fi
+# Brokers: Debian installs some under /usr/sbin, which a non-root PATH may lack.
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/lib/rabbitmq/bin/$1" ]; }
+has nats-server || need_apt+=(nats-server)
+has rabbitmq-server || need_apt+=(rabbitmq-server)
+has mosquitto || need_apt+=(mosquitto)
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null) \

@@ -27,8 +27,12 @@ from mechakit.core.pubsub import (
 )
 from mechakit.core.registry import ComponentSpec, default_registry
 
-pytest_plugins = ["redis_server", "moto_server"]  # fixtures redis_server, moto
-# pubsub.jetstream and pubsub.natsstreaming provision the "nats" backend themselves (_nats).
+pytest_plugins = [
+    "redis_server",
+    "moto_server",
+    "rabbitmq_server",
+]  # fixtures redis_server, moto, rabbitmq
+# The NATS and MQTT drivers provision their backend themselves (_provisioned).
 
 Operation = Callable[[Any], Awaitable[object]]
 
@@ -103,23 +107,35 @@ def _moto(request: pytest.FixtureRequest) -> dict[str, str]:
     return {key: moto.values[key] for key in keys}
 
 
-def _nats(request: pytest.FixtureRequest) -> dict[str, str]:
-    from mechakit.conformance.backends import BackendUnavailable, provision
+def _provisioned(backend: str, field: str) -> Callable[[pytest.FixtureRequest], dict[str, str]]:
+    """Metadata ``{field: <the backend's url>}`` on a backend started for this test."""
 
-    try:
-        server = provision("nats")
-    except BackendUnavailable as exc:
-        pytest.skip(str(exc))
-    request.addfinalizer(server.stop)
-    return {"natsURL": server.values["url"]}
+    def start(request: pytest.FixtureRequest) -> dict[str, str]:
+        from mechakit.conformance.backends import BackendUnavailable, provision
+
+        try:
+            server = provision(backend)
+        except BackendUnavailable as exc:
+            pytest.skip(str(exc))
+        request.addfinalizer(server.stop)
+        return {field: server.values["url"]}
+
+    return start
+
+
+def _rabbitmq(request: pytest.FixtureRequest) -> dict[str, str]:
+    node: BackendInfo = request.getfixturevalue("rabbitmq")  # slow to start: one per session
+    return {"connectionString": node.values["url"]}
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
     "pubsub.in-memory": lambda request: {},
     "pubsub.redis": _redis,
     "pubsub.aws.snssqs": _moto,
-    "pubsub.jetstream": _nats,
-    "pubsub.natsstreaming": _nats,
+    "pubsub.jetstream": _provisioned("nats", "natsURL"),
+    "pubsub.natsstreaming": _provisioned("nats", "natsURL"),
+    "pubsub.rabbitmq": _rabbitmq,
+    "pubsub.mqtt3": _provisioned("mosquitto", "url"),
 }
 """Metadata that opens each driver (on its conformance backend, started on demand)."""
 

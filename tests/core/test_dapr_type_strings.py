@@ -23,6 +23,9 @@ DAPR_TYPE_STRINGS = {
     "pubsub.jetstream": "pubsub.jetstream",
     "pubsub.aws.snssqs": "pubsub.aws.snssqs",
     "pubsub.snssqs": "pubsub.aws.snssqs",
+    "pubsub.rabbitmq": "pubsub.rabbitmq",
+    "pubsub.mqtt3": "pubsub.mqtt3",
+    "pubsub.mqtt": "pubsub.mqtt3",
     "lock.redis": "lock.redis",
     "configuration.redis": "configuration.redis",
     "configuration.postgresql": "configuration.postgresql",
@@ -39,6 +42,9 @@ DAPR_TYPE_STRINGS = {
     "bindings.aws.s3": "bindings.aws.s3",
     "bindings.cron": "bindings.cron",
     "bindings.http": "bindings.http",
+    "bindings.rabbitmq": "bindings.rabbitmq",
+    "bindings.mqtt3": "bindings.mqtt3",
+    "bindings.mqtt": "bindings.mqtt3",
 }
 
 

@@ -168,6 +168,8 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "vault": "mechakit.conformance.backends_vault:VaultBackend",
     "http-echo": "mechakit.conformance.backends_http:HTTPEchoBackend",
     "nats": "mechakit.conformance.backends_nats:NatsBackend",
+    "rabbitmq": "mechakit.conformance.backends_rabbitmq:RabbitMQBackend",
+    "mosquitto": "mechakit.conformance.backends_mqtt:MosquittoBackend",
 }
 """Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
 
