@@ -48,7 +48,7 @@ def operations(component: PubSub[Any]) -> dict[str, Operation]:
         "bulk_publish": lambda c: c.bulk_publish(
             BulkPublishRequest("t", [BulkPublishEntry("1", b"x"), BulkPublishEntry("2", b"y")])
         ),
-        "subscribe": lambda c: c.subscribe(SubscribeRequest("t"), _handler),
+        "subscribe": lambda c: c.subscribe(SubscribeRequest("orders"), _handler),
     }
     if type(component).ping is not Component.ping:
         ops["ping"] = lambda c: c.ping()
@@ -107,8 +107,8 @@ def _moto(request: pytest.FixtureRequest) -> dict[str, str]:
     return {key: moto.values[key] for key in keys}
 
 
-def _provisioned(backend: str, field: str) -> Callable[[pytest.FixtureRequest], dict[str, str]]:
-    """Metadata ``{field: <the backend's url>}`` on a backend started for this test."""
+def _provisioned(backend: str, **fields: str) -> Callable[[pytest.FixtureRequest], dict[str, str]]:
+    """Metadata ``{field: <the backend's value>}`` on a backend started for this test."""
 
     def start(request: pytest.FixtureRequest) -> dict[str, str]:
         from mechakit.conformance.backends import BackendUnavailable, provision
@@ -118,7 +118,7 @@ def _provisioned(backend: str, field: str) -> Callable[[pytest.FixtureRequest], 
         except BackendUnavailable as exc:
             pytest.skip(str(exc))
         request.addfinalizer(server.stop)
-        return {field: server.values["url"]}
+        return {field: server.values[value] for field, value in fields.items()}
 
     return start
 
@@ -132,10 +132,11 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
     "pubsub.in-memory": lambda request: {},
     "pubsub.redis": _redis,
     "pubsub.aws.snssqs": _moto,
-    "pubsub.jetstream": _provisioned("nats", "natsURL"),
-    "pubsub.natsstreaming": _provisioned("nats", "natsURL"),
+    "pubsub.jetstream": _provisioned("nats", natsURL="url"),
+    "pubsub.natsstreaming": _provisioned("nats", natsURL="url"),
     "pubsub.rabbitmq": _rabbitmq,
-    "pubsub.mqtt3": _provisioned("mosquitto", "url"),
+    "pubsub.mqtt3": _provisioned("mosquitto", url="url"),
+    "pubsub.gcp.pubsub": _provisioned("gcp-pubsub", projectID="project", endpoint="address"),
 }
 """Metadata that opens each driver (on its conformance backend, started on demand)."""
 
@@ -147,7 +148,7 @@ async def test_every_operation_after_init_and_close_is_not_open(
     component = driver(spec)
     properties = BACKENDS[spec.type](request)
     await component.init(ComponentMetadata("it", spec.type, properties, app_id="not-open"))
-    await component.subscribe(SubscribeRequest("t"), _handler)  # stopped by close
+    await component.subscribe(SubscribeRequest("orders"), _handler)  # stopped by close
     await component.close()
     await component.close()
     await assert_not_open(component, f"{spec.type} 'it'")

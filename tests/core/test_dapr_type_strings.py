@@ -26,6 +26,7 @@ DAPR_TYPE_STRINGS = {
     "pubsub.rabbitmq": "pubsub.rabbitmq",
     "pubsub.mqtt3": "pubsub.mqtt3",
     "pubsub.mqtt": "pubsub.mqtt3",
+    "pubsub.gcp.pubsub": "pubsub.gcp.pubsub",
     "lock.redis": "lock.redis",
     "configuration.redis": "configuration.redis",
     "configuration.postgresql": "configuration.postgresql",

@@ -97,6 +97,14 @@ def mechakit_components() -> list[ComponentSpec]:
             aliases=("pubsub.mqtt",),
         ),
         ComponentSpec(
+            "pubsub.gcp.pubsub",
+            f"{_PKG}.pubsub.gcp_pubsub:GCPPubSub",
+            install_hint="pip install 'mechakit[gcp]'",
+            requires=("google.cloud.pubsub_v1",),
+            status="beta",
+            description="Pub/sub on Google Cloud Pub/Sub: a subscription per app id, ordering keys, dead letters.",
+        ),
+        ComponentSpec(
             "lock.in-memory",
             f"{_PKG}.lock.in_memory:InMemoryLockStore",
             description="Locks within one process, with expiry.",

@@ -170,6 +170,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "nats": "mechakit.conformance.backends_nats:NatsBackend",
     "rabbitmq": "mechakit.conformance.backends_rabbitmq:RabbitMQBackend",
     "mosquitto": "mechakit.conformance.backends_mqtt:MosquittoBackend",
+    "gcp-pubsub": "mechakit.conformance.backends_gcp:PubSubEmulatorBackend",
 }
 """Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
 
