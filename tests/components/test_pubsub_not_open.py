@@ -137,6 +137,12 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
     "pubsub.rabbitmq": _rabbitmq,
     "pubsub.mqtt3": _provisioned("mosquitto", url="url"),
     "pubsub.gcp.pubsub": _provisioned("gcp-pubsub", projectID="project", endpoint="address"),
+    "pubsub.azure.servicebus.topics": _provisioned(
+        "azure-servicebus", connectionString="connection_string"
+    ),
+    "pubsub.azure.servicebus.queues": _provisioned(
+        "azure-servicebus", connectionString="connection_string"
+    ),
 }
 """Metadata that opens each driver (on its conformance backend, started on demand)."""
 

@@ -171,6 +171,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "rabbitmq": "mechakit.conformance.backends_rabbitmq:RabbitMQBackend",
     "mosquitto": "mechakit.conformance.backends_mqtt:MosquittoBackend",
     "gcp-pubsub": "mechakit.conformance.backends_gcp:PubSubEmulatorBackend",
+    "azure-servicebus": "mechakit.conformance.backends_azure:ServiceBusBackend",
 }
 """Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
 
