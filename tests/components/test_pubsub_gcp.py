@@ -26,7 +26,7 @@ from mechakit.components.pubsub.gcp_pubsub import GCPPubSub, GCPPubSubSettings
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.conformance.suites.pubsub import Inbox
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.errors import ConnectionFailedError, InvalidRequestError, MetadataError
 from mechakit.core.pubsub import Message, PublishRequest, SubscribeRequest
 from mechakit.core.registry import default_registry
 
@@ -280,6 +280,13 @@ async def test_disable_entity_management_names_the_setting(make: Make) -> None:
     await driver.subscribe(SubscribeRequest(topic=name), inbox)
     await driver.publish(PublishRequest(topic=name, data=b"x"))
     await inbox.wait_for_acked(1, TIMEOUT)
+
+
+async def test_a_topic_name_pub_sub_refuses_is_a_bad_request_not_a_retry(make: Make) -> None:
+    driver = await make(app_id="names")
+    with pytest.raises(InvalidRequestError, match="cannot create topic 'ab'") as caught:
+        await driver.publish(PublishRequest(topic="ab", data=b"x"))  # under 3 characters
+    assert not caught.value.retriable
 
 
 _SUBSCRIBER = """

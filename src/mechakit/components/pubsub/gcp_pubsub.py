@@ -48,7 +48,12 @@ from mechakit.core.delivery import (
     SubscriptionEngines,
     dead_letter_topic_setting,
 )
-from mechakit.core.errors import ConnectionFailedError, MetadataError
+from mechakit.core.errors import (
+    ComponentError,
+    ConnectionFailedError,
+    InvalidRequestError,
+    MetadataError,
+)
 from mechakit.core.metadata import Bool, ByteSize, Duration, setting
 from mechakit.core.pubsub import (
     Delivery,
@@ -291,10 +296,15 @@ class GCPPubSub(PubSub[GCPPubSubSettings]):
                     raise self._failure(f"cannot create topic {topic!r}", topic, exc) from exc
                 self._topics.add(topic)
 
-    def _failure(self, what: str, topic: str, exc: Exception) -> ConnectionFailedError:
-        from google.api_core.exceptions import NotFound
+    def _failure(self, what: str, topic: str, exc: Exception) -> ComponentError:
+        """The error for a failed call: Pub/Sub refusing the request itself (a topic name it
+        does not allow, ...) is an InvalidRequestError, not worth a retry; anything else may
+        pass."""
+        from google.api_core.exceptions import InvalidArgument, NotFound
 
         reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if isinstance(exc, InvalidArgument):
+            return InvalidRequestError(f"{what}: {reason}", component=self.label, key=topic)
         if isinstance(exc, NotFound) and self.settings.disable_entity_management:
             reason += " (disableEntityManagement is true, so nothing is created)"
         return ConnectionFailedError(f"{what}: {reason}", component=self.label, key=topic)
