@@ -8,7 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -19,6 +19,15 @@ from starlette.routing import Route
 from mechakit.conformance.backends import free_port
 
 WAIT = 10.0
+
+
+class ServedApp(Protocol):
+    port: int
+
+    async def handle(self, request: Request) -> Response: ...
+
+
+AppT = TypeVar("AppT", bound=ServedApp)
 
 
 @dataclass
@@ -96,7 +105,8 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(app: RecordingApp) -> AsyncIterator[RecordingApp]:
+async def serving(app: AppT) -> AsyncIterator[AppT]:
+    """Serves ``app.handle`` for every path on a free port (set as ``app.port``)."""
     app.port = free_port()
     routes = [Route("/{path:path}", app.handle, methods=["GET", "POST", "OPTIONS"])]
     config = uvicorn.Config(

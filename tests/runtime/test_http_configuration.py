@@ -14,19 +14,16 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from dapr.ext.grpc import App, InvokeMethodRequest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from mechakit.components.configuration.in_memory import InMemoryConfigurationStore
 from mechakit.conformance.backends import free_port
@@ -35,8 +32,9 @@ from mechakit.runtime.delivery import Delivery
 from mechakit.runtime.http_api import create_app
 from mechakit.runtime.in_process import Runtime
 
+from .recording_app import WAIT, serving
+
 WriteFiles = Callable[..., Path]
-WAIT = 10.0
 
 CONFIG = """
     apiVersion: dapr.io/v1alpha1
@@ -92,33 +90,6 @@ class ConfigApp:
 
         await asyncio.wait_for(until(), WAIT)
         return self.at(path)
-
-
-class _QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: ConfigApp) -> AsyncIterator[ConfigApp]:
-    app.port = free_port()
-    routes = [Route("/{path:path}", app.handle, methods=["GET", "POST", "OPTIONS"])]
-    config = uvicorn.Config(
-        Starlette(routes=routes),
-        host="127.0.0.1",
-        port=app.port,
-        log_config=None,
-        lifespan="off",
-        access_log=False,
-    )
-    server = _QuietServer(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        yield app
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, WAIT)
 
 
 @dataclass
