@@ -134,6 +134,7 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], dict[str, str]]] = {
     "pubsub.aws.snssqs": _moto,
     "pubsub.jetstream": _provisioned("nats", natsURL="url"),
     "pubsub.natsstreaming": _provisioned("nats", natsURL="url"),
+    "pubsub.kafka": _provisioned("kafka", brokers="brokers"),
     "pubsub.rabbitmq": _rabbitmq,
     "pubsub.mqtt3": _provisioned("mosquitto", url="url"),
     "pubsub.gcp.pubsub": _provisioned("gcp-pubsub", projectID="project", endpoint="address"),

@@ -80,6 +80,14 @@ def mechakit_components() -> list[ComponentSpec]:
             aliases=("pubsub.snssqs",),
         ),
         ComponentSpec(
+            "pubsub.kafka",
+            f"{_PKG}.pubsub.kafka:KafkaPubSub",
+            install_hint="pip install 'mechakit[kafka]'",
+            requires=("kafka",),
+            status="beta",
+            description="Pub/sub on Kafka topics, a consumer group per app id: offsets committed after success, ordered per key.",
+        ),
+        ComponentSpec(
             "pubsub.rabbitmq",
             f"{_PKG}.pubsub.rabbitmq:RabbitMQPubSub",
             install_hint="pip install 'mechakit[rabbitmq]'",
@@ -213,6 +221,14 @@ def mechakit_components() -> list[ComponentSpec]:
             install_hint="pip install 'mechakit[aws]'",
             requires=("boto3",),
             description="An output binding for S3 objects: create, get, delete, list, presign.",
+        ),
+        ComponentSpec(
+            "bindings.kafka",
+            f"{_PKG}.bindings.kafka:KafkaBinding",
+            install_hint="pip install 'mechakit[kafka]'",
+            requires=("kafka",),
+            status="beta",
+            description="Input and output binding for Kafka topics.",
         ),
         ComponentSpec(
             "bindings.rabbitmq",

@@ -169,6 +169,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "http-echo": "mechakit.conformance.backends_http:HTTPEchoBackend",
     "nats": "mechakit.conformance.backends_nats:NatsBackend",
     "rabbitmq": "mechakit.conformance.backends_rabbitmq:RabbitMQBackend",
+    "kafka": "mechakit.conformance.backends_kafka:KafkaBackend",
     "mosquitto": "mechakit.conformance.backends_mqtt:MosquittoBackend",
     "gcp-pubsub": "mechakit.conformance.backends_gcp:PubSubEmulatorBackend",
     "azure-servicebus": "mechakit.conformance.backends_azure:ServiceBusBackend",

@@ -78,6 +78,7 @@ SUITE_OPTIONS: Mapping[str, Mapping[str, SuiteOption]] = {
         SuiteOption("deleted_get", (str,), "not_found", choices=("not_found", "empty")),
         SuiteOption("request_metadata", (dict,), {}),
         SuiteOption("echo_operation", (str,), None),
+        SuiteOption("loopback", (str,), None),
         SuiteOption("read_timeout", NUMBER, 10),
         SuiteOption("quiet_period", NUMBER, 1.5),
     ),

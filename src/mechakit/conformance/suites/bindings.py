@@ -15,6 +15,9 @@ Output tests run when the driver is an ``OutputBinding``, input tests when it is
 - ``request_metadata``: metadata added to every request the suite sends.
 - ``echo_operation``: an operation whose response data is the request data (e.g. ``post``
   against the ``http-echo`` backend).
+- ``loopback``: an operation (e.g. ``create``) whose output the binding's own input reads
+  (a queue or topic binding): the input tests send a unique payload with it after ``read``
+  and wait for that payload; without it they wait for whatever event comes (cron).
 - ``read_timeout``: seconds an input binding may take to deliver an event (default 10).
 - ``quiet_period``: seconds after ``cancel`` during which no event may arrive (default 1.5).
 
@@ -195,7 +198,7 @@ class BindingsSuite:
         subscription = await binding.read(handler)
         try:
             timeout = float(_option(conformance_target, "read_timeout", 10))
-            event = await asyncio.wait_for(events.get(), timeout)
+            event = await _next_event(component, conformance_target, events, timeout)
             assert isinstance(event.data, bytes)
         finally:
             await subscription.cancel()
@@ -212,11 +215,33 @@ class BindingsSuite:
         subscription = await binding.read(handler)
         timeout = float(_option(conformance_target, "read_timeout", 10))
         try:
-            await asyncio.wait_for(events.get(), timeout)
+            await _next_event(component, conformance_target, events, timeout)
         finally:
             await subscription.cancel()
         assert not subscription.active
         delivered = events.qsize()
+        loopback = _option(conformance_target, "loopback")
+        if loopback:  # sent after cancel: must not arrive here
+            await _invoke(_output(component), conformance_target, str(loopback), b"after-cancel")
         await asyncio.sleep(float(_option(conformance_target, "quiet_period", 1.5)))
         assert events.qsize() == delivered, "events arrived after cancel"
         await subscription.cancel()
+
+
+async def _next_event(
+    component: object, target: Target, events: asyncio.Queue[BindingEvent], within: float
+) -> BindingEvent:
+    """The next event; with ``loopback``, the one carrying a payload sent now."""
+    loopback = _option(target, "loopback")
+    if not loopback:
+        return await asyncio.wait_for(events.get(), within)
+    payload = f"conformance-{uuid.uuid4().hex}".encode()
+    await _invoke(_output(component), target, str(loopback), payload)
+
+    async def sent() -> BindingEvent:
+        while True:
+            event = await events.get()
+            if event.data == payload:
+                return event
+
+    return await asyncio.wait_for(sent(), within)
