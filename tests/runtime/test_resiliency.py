@@ -1,19 +1,27 @@
-"""``kind: Resiliency`` on component calls, against a real redis-server paused with SIGSTOP."""
+"""``kind: Resiliency``: outbound on component calls, against a real redis-server paused with
+SIGSTOP; inbound on deliveries to a real HTTP app from ``pubsub.in-memory`` and a cron binding."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 import mechakit
 from mechakit.conformance.backends import BackendInfo
 from mechakit.core.errors import ConnectionFailedError, ETagError, ManifestError
 from mechakit.runtime.in_process import Runtime
 from mechakit.runtime.resiliency import CircuitOpenError
+
+from .recording_app import RecordingApp
+from .test_delivery import CRON, WriteFiles, delivering, pending_after_stop, pubsub_yaml, subscribe
 
 RESILIENCY = """
 apiVersion: dapr.io/v1alpha1
@@ -165,3 +173,120 @@ def test_a_trip_expression_is_parsed_not_evaluated() -> None:
     for bad in ("__import__('os')", "failures > 1", "requests >", "requests > 1 &&"):
         with pytest.raises(ValueError, match="unexpected|unknown counter|comparison|too early"):
             compile_trip(bad)
+
+
+# --- inbound: deliveries from a component to the app -------------------------------------------
+
+
+def inbound(target: str, policy: str) -> str:
+    """A Resiliency giving component ``target`` the inbound ``policy`` (a flow mapping)."""
+    return f"""
+        apiVersion: dapr.io/v1alpha1
+        kind: Resiliency
+        metadata: {{name: inbound}}
+        spec:
+          policies:
+            timeouts: {{brief: 200ms}}
+            retries:
+              twice: {{policy: constant, duration: 10ms, maxRetries: 2}}
+            circuitBreakers:
+              fragile: {{maxRequests: 1, timeout: 1s, trip: consecutiveFailures >= 2}}
+          targets:
+            components:
+              {target}:
+                inbound: {policy}
+        """
+
+
+async def test_an_inbound_retry_repeats_the_delivery_before_the_broker_gets_it_back(
+    resources: WriteFiles,
+) -> None:
+    app = RecordingApp(
+        subscriptions=[subscribe("orders", "/orders")],
+        answers={"/orders": [(200, {"status": "RETRY"}), (503, None), (200, {})]},
+    )
+    once = pubsub_yaml(max_deliveries=1, interval="30s")  # no redelivery by the broker
+    files = {"pubsub": once, "resiliency": inbound("pubsub", "{retry: twice}")}
+    async with delivering(resources, app, **files) as (runtime, delivery):
+        await runtime.pubsub("pubsub").publish("orders", {"n": 1})
+        calls = await app.wait_for("/orders", 3)
+        assert await pending_after_stop(runtime, delivery, "orders") == []
+    assert len({call.event["id"] for call in calls}) == 1
+    assert len(app.at("/orders")) == 3
+
+
+async def test_each_broker_delivery_gets_the_inbound_retries_then_the_dead_letter_topic(
+    resources: WriteFiles,
+) -> None:
+    app = RecordingApp(
+        subscriptions=[
+            subscribe("orders", "/orders", deadLetterTopic="poison"),
+            subscribe("poison", "/poison"),
+        ],
+        always={"/orders": (500, None)},
+    )
+    files = {
+        "pubsub": pubsub_yaml(max_deliveries=2, interval="0s"),
+        "resiliency": inbound("pubsub", "{retry: twice}"),
+    }
+    async with delivering(resources, app, **files) as (runtime, _):
+        await runtime.pubsub("pubsub").publish("orders", {"n": 1})
+        await app.wait_for("/poison")
+    assert len(app.at("/orders")) == 2 * 3  # two broker deliveries, each tried three times
+
+
+async def test_an_inbound_timeout_bounds_one_call_to_the_app(resources: WriteFiles) -> None:
+    app = StallingApp(subscriptions=[subscribe("orders", "/orders")], stalls=[3.0])
+    files = {
+        "pubsub": pubsub_yaml(max_deliveries=1, interval="30s"),
+        "resiliency": inbound("pubsub", "{timeout: brief, retry: twice}"),
+    }
+    async with delivering(resources, app, **files) as (runtime, delivery):
+        started = time.monotonic()
+        await runtime.pubsub("pubsub").publish("orders", "slow")
+        await app.wait_for("/orders", 2)
+        assert await pending_after_stop(runtime, delivery, "orders") == []
+        assert time.monotonic() - started < 2.0  # the stalled call was cut at 200 ms
+
+
+async def test_an_open_inbound_circuit_breaker_holds_deliveries_back_without_losing_them(
+    resources: WriteFiles,
+) -> None:
+    app = RecordingApp(
+        subscriptions=[subscribe("orders", "/orders")],
+        answers={"/orders": [(500, None), (500, None)]},
+    )
+    files = {
+        "pubsub": pubsub_yaml(max_deliveries=10, interval="50ms"),
+        "resiliency": inbound("pubsub", "{circuitBreaker: fragile}"),
+    }
+    async with delivering(resources, app, **files) as (runtime, delivery):
+        await runtime.pubsub("pubsub").publish("orders", {"n": 1})
+        await app.wait_for("/orders", 2)
+        opened = time.monotonic()
+        calls = await app.wait_for("/orders", 3)
+        assert time.monotonic() - opened > 0.8  # no call while the breaker was open (1 s)
+        assert await pending_after_stop(runtime, delivery, "orders") == []
+    assert len({call.event["id"] for call in calls}) == 1
+    assert len(app.at("/orders")) == 3
+
+
+async def test_an_inbound_retry_repeats_an_input_binding_event(resources: WriteFiles) -> None:
+    app = RecordingApp(answers={"/tick": [(500, None)]})
+    files = {"tick": CRON.format(name="tick"), "resiliency": inbound("tick", "{retry: twice}")}
+    async with delivering(resources, app, **files):
+        first, second, *_ = await app.wait_for("/tick", 2)
+    assert first.body == second.body  # the same event again, not the next tick
+
+
+@dataclass
+class StallingApp(RecordingApp):
+    """A :class:`RecordingApp` whose first POSTs answer only after ``stalls`` seconds."""
+
+    stalls: list[float] = field(default_factory=list)
+
+    async def handle(self, request: Request) -> Response:
+        response = await super().handle(request)
+        if request.method == "POST" and self.stalls:
+            await asyncio.sleep(self.stalls.pop(0))
+        return response

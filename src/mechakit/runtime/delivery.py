@@ -20,6 +20,12 @@ backoff and, once its deliveries are used up, moves the message to the subscript
 ``deadLetterTopic``. Nothing is acked before SUCCESS or DROP. Expired events (CloudEvent
 ``expiration``) are dropped before delivery.
 
+Resiliency: the ``inbound`` policy of the component (:mod:`mechakit.runtime.resiliency`)
+wraps each delivery as daprd wraps it: a retry policy repeats the call to the app after a
+RETRY (or a failure to reach it, or an input binding's non-2xx) before the message goes back
+to the broker; a timeout bounds one call; an open circuit breaker makes no call and the
+message goes back to the broker unacknowledged. A DROP is never retried.
+
 Input bindings: each input binding the app listens to (HTTP: ``OPTIONS /<name>`` is not 404;
 gRPC: ``ListInputBindings``) delivers each event as ``POST /<name>`` (or the binding's
 ``route`` metadata) with the data as body and the metadata as headers, or as gRPC
@@ -54,6 +60,7 @@ from mechakit.core.pubsub import DropMessage, Handler, Message, PubSub, Subscrib
 from .app_channels import MESSAGE_METADATA, AppAnswer, AppChannel, AppRetryError, AppStatus
 from .bulk_subscribe import Batcher, BulkSender, bulk_entry
 from .manifest import MetadataItem
+from .resiliency import Policy
 from .routing import AppSubscription, RouteSyntaxError, route_path
 
 if TYPE_CHECKING:
@@ -179,7 +186,11 @@ class Delivery:
 
     def _topic_handler(self, pubsub: PubSub[Any], subscription: AppSubscription) -> Handler:
         return topic_handler(
-            pubsub.label, subscription, self.channel.send_event, self.channel.send_bulk
+            pubsub.label,
+            subscription,
+            self.channel.send_event,
+            self.channel.send_bulk,
+            policy=self.runtime.resiliency.inbound(subscription.pubsub_name),
         )
 
     async def _read_binding(
@@ -194,9 +205,22 @@ class Delivery:
             log.info("input binding %r: the app does not listen on %s; not read", name, route)
             return
         channel = self.channel
+        policy = self.runtime.resiliency.inbound(name)
 
         async def deliver(event: BindingEvent) -> None:
-            await channel.send_binding(name, route, event)
+            if policy is None:
+                await channel.send_binding(name, route, event)
+                return None
+
+            async def once() -> None:
+                try:
+                    await channel.send_binding(name, route, event)
+                except MechakitError as exc:
+                    if exc.retriable:
+                        raise
+                    raise AppRetryError(exc.reason, component=f"binding {name!r}") from exc
+
+            await policy.run(once)
             return None
 
         try:
@@ -261,12 +285,14 @@ def topic_handler(
     subscription: AppSubscription,
     send: EventSender,
     send_bulk: BulkSender | None = None,
+    *,
+    policy: Policy | None = None,
 ) -> Handler:
     """The handler given to the pub/sub component for ``subscription``: each message as the
     app's CloudEvent, routed, sent with its metadata (in a batch with others when the
     subscription has ``bulkSubscribe`` and ``send_bulk`` is given); the answer acks
     (SUCCESS), raises ``DropMessage`` (DROP) or ``AppRetryError`` (RETRY). ``component``
-    names the pub/sub in errors."""
+    names the pub/sub in errors; ``policy`` (its inbound resiliency) wraps each single send."""
     bulk = subscription.bulk
     batcher = Batcher(bulk, subscription, send_bulk) if bulk and send_bulk else None
 
@@ -280,26 +306,33 @@ def topic_handler(
             raise DropMessage(
                 f"event {event_id} matches no routing rule and there is no default route"
             )
+
+        def settled(answer: AppAnswer) -> AppAnswer:
+            log.debug("event %s on topic %r: %s", event_id, subscription.topic, answer.detail)
+            if answer.status is AppStatus.RETRY:
+                raise AppRetryError(
+                    f"event {event_id} on topic {subscription.topic!r}: the app asked for a "
+                    f"retry ({answer.detail})",
+                    component=component,
+                    key=str(event_id),
+                )
+            return answer
+
+        async def once(route: str = path) -> AppAnswer:
+            return settled(await send(event, route, subscription))
+
         if batcher is not None:
             word, detail = await batcher.submit(bulk_entry(message, event, subscription), path)
-            answer = AppAnswer(AppStatus(word), detail)
+            answer = settled(AppAnswer(AppStatus(word), detail))
         else:
             metadata = {**message.metadata, PUBSUB_NAME_METADATA: subscription.pubsub_name}
             token = MESSAGE_METADATA.set(metadata)
             try:
-                answer = await send(event, path, subscription)
+                answer = await (once() if policy is None else policy.run(once))
             finally:
                 MESSAGE_METADATA.reset(token)
-        log.debug("event %s on topic %r: %s", event_id, subscription.topic, answer.detail)
         if answer.status is AppStatus.DROP:
             raise DropMessage(f"the app answered DROP ({answer.detail})")
-        if answer.status is AppStatus.RETRY:
-            raise AppRetryError(
-                f"event {event_id} on topic {subscription.topic!r}: the app asked for a "
-                f"retry ({answer.detail})",
-                component=component,
-                key=str(event_id),
-            )
 
     return deliver
 

@@ -2,8 +2,11 @@
 
 As daprd applies them: ``spec.policies`` names the policies, ``spec.targets.components``
 gives a component its ``outbound`` ones (calls of the app to the component: state, publish,
-bindings, secrets, locks, configuration). A retry repeats only a failure the component
-calls retriable (a lost connection, a timeout) — never an ETag conflict or a bad request.
+bindings, secrets, locks, configuration) and its ``inbound`` ones (deliveries from the
+component to the app: pub/sub messages, input-binding events; see
+:mod:`mechakit.runtime.delivery`). A retry repeats only a failure the component calls
+retriable (a lost connection, a timeout, the app's RETRY) — never an ETag conflict or a bad
+request.
 A circuit breaker opens when its ``trip`` expression holds (Dapr's default:
 ``consecutiveFailures > 5``), refuses calls for ``timeout``, then lets ``maxRequests`` calls
 through half-open: success closes it, a failure opens it again.
@@ -122,7 +125,7 @@ class CircuitBreaker:
 
 @dataclass
 class Policy:
-    """The outbound policies of one component."""
+    """The policies of one component in one direction (outbound or inbound)."""
 
     component: str
     timeout: float | None = None
@@ -167,25 +170,39 @@ class Policy:
 
 
 class Resiliency:
-    """The outbound policy of each component named in the Resiliency resources in scope."""
+    """The outbound and inbound policies of each component named in the Resiliency
+    resources in scope."""
 
-    def __init__(self, outbound: Mapping[str, Policy] | None = None) -> None:
+    def __init__(
+        self,
+        outbound: Mapping[str, Policy] | None = None,
+        inbound: Mapping[str, Policy] | None = None,
+    ) -> None:
         self._outbound = dict(outbound or {})
+        self._inbound = dict(inbound or {})
 
     def outbound(self, component: str) -> Policy | None:
+        """The policy of the app's calls to ``component``."""
         return self._outbound.get(component)
+
+    def inbound(self, component: str) -> Policy | None:
+        """The policy of deliveries from ``component`` to the app."""
+        return self._inbound.get(component)
 
     @classmethod
     def of(cls, manifests: Sequence[ResiliencyManifest], app_id: str) -> Resiliency:
         outbound: dict[str, Policy] = {}
+        inbound: dict[str, Policy] = {}
         for manifest in manifests:
             if manifest.scopes and app_id not in manifest.scopes:
                 continue
-            outbound.update(_outbound_policies(manifest))
-        return cls(outbound)
+            outbound.update(_component_policies(manifest, "outbound"))
+            inbound.update(_component_policies(manifest, "inbound"))
+        return cls(outbound, inbound)
 
 
-def _outbound_policies(manifest: ResiliencyManifest) -> dict[str, Policy]:
+def _component_policies(manifest: ResiliencyManifest, direction: str) -> dict[str, Policy]:
+    """``spec.targets.components.<name>.<direction>`` of each component that has one."""
     spec = manifest.spec
     policies = _mapping(manifest, spec.get("policies"), "spec.policies")
     timeouts = _mapping(manifest, policies.get("timeouts"), "spec.policies.timeouts")
@@ -195,21 +212,23 @@ def _outbound_policies(manifest: ResiliencyManifest) -> dict[str, Policy]:
     components = _mapping(manifest, targets.get("components"), "spec.targets.components")
     found: dict[str, Policy] = {}
     for name, target in components.items():
-        where = f"spec.targets.components.{name}"
-        outbound = _mapping(manifest, _mapping(manifest, target, where).get("outbound"), where)
+        where = f"spec.targets.components.{name}.{direction}"
+        raw = _mapping(manifest, target, f"spec.targets.components.{name}").get(direction)
+        if raw is None:
+            continue
+        chosen = _mapping(manifest, raw, where)
         policy = Policy(str(name))
-        if "timeout" in outbound:
-            key = str(outbound["timeout"])
-            raw = _named(manifest, timeouts, key, f"{where}.outbound.timeout")
-            policy.timeout = _seconds(manifest, raw, f"spec.policies.timeouts.{key}")
-        if "retry" in outbound:
-            key = str(outbound["retry"])
-            raw = _named(manifest, retries, key, f"{where}.outbound.retry")
-            policy.retry = _retry(manifest, key, raw)
-        if "circuitBreaker" in outbound:
-            key = str(outbound["circuitBreaker"])
-            raw = _named(manifest, breakers, key, f"{where}.outbound.circuitBreaker")
-            policy.breaker = _breaker(manifest, key, raw)
+        if "timeout" in chosen:
+            key = str(chosen["timeout"])
+            value = _named(manifest, timeouts, key, f"{where}.timeout")
+            policy.timeout = _seconds(manifest, value, f"spec.policies.timeouts.{key}")
+        if "retry" in chosen:
+            key = str(chosen["retry"])
+            policy.retry = _retry(manifest, key, _named(manifest, retries, key, f"{where}.retry"))
+        if "circuitBreaker" in chosen:
+            key = str(chosen["circuitBreaker"])
+            value = _named(manifest, breakers, key, f"{where}.circuitBreaker")
+            policy.breaker = _breaker(manifest, key, value)
         found[str(name)] = policy
     return found
 
