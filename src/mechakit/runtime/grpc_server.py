@@ -20,8 +20,34 @@ API_LOG = logging.getLogger("mechakit.api")
 """``--enable-api-logging``: one line per call, the logger the HTTP API's lines go to."""
 
 
-class _ApiLog(grpc.aio.ServerInterceptor):
-    """daprd's "gRPC API Called" line for every call: method, status code and duration."""
+CallObserver = Callable[[str, str, float], None]
+"""Told of each completed unary call: full method (``/dapr.proto.runtime.v1.Dapr/GetState``),
+status in Go's spelling (``OK``, ``NotFound``: what daprd's metric labels carry) and
+milliseconds."""
+
+
+def go_status(code: grpc.StatusCode) -> str:
+    """``code`` as Go's ``codes.Code.String()`` spells it (``NOT_FOUND`` → ``NotFound``)."""
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+def _log_call(method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
+    """daprd's "gRPC API Called" line (``--enable-api-logging``)."""
+    API_LOG.info(
+        'gRPC API Called: method="%s" code=%s duration=%dms', method, code.name, elapsed_ms
+    )
+
+
+class _Observed(grpc.aio.ServerInterceptor):
+    """Tells ``observers`` of every unary call once it completes: the API log line and the
+    metrics. Streams are long-lived and not observed per call."""
+
+    def __init__(self, observers: list[Callable[[str, grpc.StatusCode, float], None]]) -> None:
+        self._observers = observers
 
     async def intercept_service(
         self,
@@ -33,23 +59,30 @@ class _ApiLog(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None:
-            return handler  # streams are long-lived: not logged per call
+            return handler
         behavior: Any = handler.unary_unary  # async under grpc.aio, typed as the sync API
+        observers = self._observers
 
-        async def logged(request: Any, context: Context) -> Any:
+        async def observed(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            failed = False
             try:
                 return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except BaseException:
+                failed = True  # grpc answers UNKNOWN (CANCELLED when the caller went away)
+                raise
             finally:
-                code = context.code() or grpc.StatusCode.OK
+                code = context.code()
+                if not isinstance(code, grpc.StatusCode):
+                    code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
                 elapsed = (time.perf_counter() - started) * 1000
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                API_LOG.info(
-                    'gRPC API Called: method="%s" code=%s duration=%dms', method, name, elapsed
-                )
+                for observer in observers:
+                    observer(method, code, elapsed)
 
         return grpc.unary_unary_rpc_method_handler(
-            logged,
+            observed,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -124,6 +157,8 @@ class ServerOptions(TypedDict, total=False):
     own 4 MiB)."""
     api_logging: bool
     """``--enable-api-logging``: log each unary call (streams are not logged per call)."""
+    on_call: CallObserver | None
+    """Told of each completed unary call (the sidecar's gRPC server metrics)."""
 
 
 def create_server(
@@ -142,8 +177,14 @@ def create_server(
     )
     token = options.get("api_token")
     interceptors: list[grpc.aio.ServerInterceptor] = [_TokenCheck(token)] if token else []
+    observers: list[Callable[[str, grpc.StatusCode, float], None]] = []
     if options.get("api_logging"):
-        interceptors.insert(0, _ApiLog())
+        observers.append(_log_call)
+    on_call = options.get("on_call")
+    if on_call is not None:
+        observers.append(lambda method, code, elapsed: on_call(method, go_status(code), elapsed))
+    if observers:
+        interceptors.insert(0, _Observed(observers))
     settings: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
     size = options.get("max_message_size")
     if size is not None:
@@ -181,4 +222,11 @@ async def start_server(
     return GrpcServer(server, api, bound)
 
 
-__all__ = ["GrpcServer", "ServerOptions", "create_server", "start_server"]
+__all__ = [
+    "CallObserver",
+    "GrpcServer",
+    "ServerOptions",
+    "create_server",
+    "go_status",
+    "start_server",
+]

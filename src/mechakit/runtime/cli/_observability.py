@@ -143,6 +143,14 @@ class SidecarMetrics:
         "dapr_http_server_request_count": ("counter", "HTTP requests started in the server"),
         "dapr_http_server_response_count": ("counter", "HTTP responses sent by the server"),
         "dapr_http_server_latency": ("histogram", "HTTP request end-to-end latency (ms)"),
+        "dapr_grpc_io_server_completed_rpcs": (
+            "counter",
+            "gRPC calls completed by the server, by method and status",
+        ),
+        "dapr_grpc_io_server_server_latency": (
+            "histogram",
+            "gRPC call latency in the server, by method and status (ms)",
+        ),
         "dapr_component_pubsub_ingress_count": (
             "counter",
             "Messages from pub/sub components handed to the app",
@@ -172,6 +180,12 @@ class SidecarMetrics:
         labels = {"method": method, "status": str(status)}
         self._count("dapr_http_server_response_count", **labels)
         self._observe("dapr_http_server_latency", elapsed_ms, **labels)
+
+    def grpc_call(self, method: str, status: str, elapsed_ms: float) -> None:
+        """A completed gRPC API call (``status`` in Go's spelling: ``OK``, ``NotFound``)."""
+        labels = {"grpc_server_method": method, "grpc_server_status": status}
+        self._count("dapr_grpc_io_server_completed_rpcs", **labels)
+        self._observe("dapr_grpc_io_server_server_latency", elapsed_ms, **labels)
 
     def pubsub_ingress(self, component: str, topic: str, status: str, elapsed_ms: float) -> None:
         labels = {"component": component, "namespace": "", "topic": topic}

@@ -201,7 +201,7 @@ async def _start_servers(
     metrics = await _start_metrics(runtime, namespace, stack, log)
     internal = await _start_internal_grpc(namespace, log)
     stack.push_async_callback(internal.stop, 0)
-    grpc_server = await _start_grpc(runtime, namespace, log)
+    grpc_server = await _start_grpc(runtime, namespace, log, metrics)
     if grpc_server is not None:
         stack.push_async_callback(_stop_grpc, grpc_server, shutdown)
     if namespace.unix_domain_socket:
@@ -385,7 +385,10 @@ def _grpc_address(host: str, port: int) -> str:
 
 
 async def _start_grpc(
-    runtime: Runtime, namespace: argparse.Namespace, log: logging.Logger
+    runtime: Runtime,
+    namespace: argparse.Namespace,
+    log: logging.Logger,
+    metrics: SidecarMetrics | None = None,
 ) -> GrpcServer | None:
     """Serve the gRPC API; a taken default port only warns, a chosen one is an ``OSError``."""
     from mechakit.runtime.grpc_server import GrpcServer, create_server
@@ -398,6 +401,7 @@ async def _start_grpc(
         max_bulk_keys=namespace.max_bulk_keys,
         max_message_size=namespace.max_body_size or None,
         api_logging=namespace.enable_api_logging,
+        on_call=None if metrics is None else metrics.grpc_call,
     )
     if namespace.unix_domain_socket:
         path = socket_path(namespace.unix_domain_socket, namespace.app_id, "grpc")
