@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -125,6 +126,47 @@ def test_run_starts_the_app_with_the_ports_and_passes_its_exit_code_through(
     assert result.returncode == 7, result.stderr
     assert "app saw b" in result.stdout
     assert "app exited with code 7" in result.stderr
+
+
+ARGV_APP = """
+import json, os, sys
+print(json.dumps({"app_id": os.environ["APP_ID"], "argv": sys.argv[1:]}))
+"""
+
+
+def test_the_app_command_may_follow_the_flags_without_a_double_dash(home: Path) -> None:
+    result = subprocess.run(
+        mechakit("run", "--app-id", "orders", "--dapr-http-port", str(free_port()),
+                 "--enable-app-health-check", sys.executable, "-c", ARGV_APP,
+                 "-p", "5", "--app-id", "other", "--", "tail", home=home),
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"app_id": "orders", "argv": ["-p", "5", "--app-id", "other", "--", "tail"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags", "command"),
+    [
+        (["--enable-metrics", "false", "node", "app.js"], {"enable_metrics": False}, ["node", "app.js"]),
+        (["-a", "x", "-p3000", "node", "-p", "1"], {"app_id": "x", "app_port": 3000}, ["node", "-p", "1"]),
+        (["--app-i", "x", "--log-as-json=true"], {"app_id": "x", "log_as_json": True}, []),
+        (["--app-port", "-1", "--", "sh", "-c", "x"], {"app_port": None}, ["sh", "-c", "x"]),
+    ],
+    ids=["bool-value", "short-forms", "abbreviated", "double-dash"],
+)  # fmt: skip
+def test_the_first_word_that_is_no_flag_or_value_starts_the_app_command(
+    argv: list[str], flags: dict[str, object], command: list[str]
+) -> None:
+    from mechakit.runtime.cli import build_parser
+
+    namespace = build_parser().parse_args(["run", *argv])
+    assert {name: getattr(namespace, name) for name in flags} == flags
+    assert namespace.app_command == command
 
 
 SLEEPER = """

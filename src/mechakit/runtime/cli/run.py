@@ -8,6 +8,9 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Sequence
+
+from mechakit.core.metadata import parse_bool
 
 from ._common import extra_hint, lacks_extra
 from ._serve import serve
@@ -30,7 +33,7 @@ HELP = "serve the Dapr HTTP API over the components of a folder, and run the app
 DESCRIPTION = (
     "A drop-in for 'dapr run': start the components, serve the Dapr HTTP API v1.0 on "
     "--dapr-listen-addresses:--dapr-http-port and the gRPC API on --dapr-grpc-port, and run "
-    "the command after '--' with DAPR_HTTP_PORT, DAPR_GRPC_PORT, APP_ID and the other "
+    "the app's command (after the flags, with or without '--') with DAPR_HTTP_PORT, DAPR_GRPC_PORT, APP_ID and the other "
     "variables dapr run sets. Every flag of dapr run is accepted; those with no meaning here "
     "are named in one notice line at start-up. SIGINT and SIGTERM are passed on to the app; "
     "when it exits, mechakit stops and exits with its code, and when mechakit is killed the "
@@ -67,12 +70,83 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "bulk publish request, over HTTP and gRPC; more get 400 / INVALID_ARGUMENT "
         "(default 10000; 0: no limit)",
     )
+    parser.add_argument(
+        "app_command",
+        nargs="*",
+        metavar="COMMAND",
+        help="the app to run, with its arguments: everything from the first word that is "
+        "not a flag or a flag's value (as with dapr run), or everything after '--'",
+    )
     parser.set_defaults(handler=_run, accepts_passthrough=True)
+    _take_app_command(parser)
 
 
-def _run(namespace: argparse.Namespace, command: list[str]) -> int:
+def _take_app_command(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` leave the app's command alone, as the Dapr CLI does
+    (``dapr run --app-id x python app.py -v``): argparse would read the app's own flags as
+    mechakit's, so the words from the command on are cut off before parsing (see
+    :func:`split_app_command`) and stored as ``app_command``."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        flags, command = split_app_command(parser, list(sys.argv[1:] if args is None else args))
+        parsed, extras = parse(flags, namespace)
+        parsed.app_command = command
+        return parsed, extras
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign, assignment]
+
+
+def split_app_command(
+    parser: argparse.ArgumentParser, args: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """``args`` as (mechakit's flags, the app's command): the command starts at the first word
+    that is neither a flag nor the value of one. A boolean flag takes the next word only when
+    it is a boolean (``--enable-metrics false``); ``--flag=value`` and ``-p3000`` take none.
+    A ``--`` ends the flags too (and is not part of the command)."""
+    options = parser._option_string_actions
+    position = 0
+    while position < len(args):
+        word = args[position]
+        if word == "--" or not word.startswith("-") or word == "-":
+            break
+        position += 1
+        name, equals, _ = word.partition("=")
+        action = options.get(name) or _abbreviated(options, name)
+        if action is None or equals or action.nargs == 0:
+            continue  # -p3000 (the value attached), --flag=value, or unknown (argparse says so)
+        if action.nargs == "?":
+            if position < len(args) and _is_bool(args[position]):
+                position += 1
+            continue
+        position += 1  # one value
+    after = position + 1 if position < len(args) and args[position] == "--" else position
+    return list(args[:position]), list(args[after:])
+
+
+def _abbreviated(options: dict[str, argparse.Action], name: str) -> argparse.Action | None:
+    """The action ``name`` abbreviates (``--app-i``), as argparse allows; None if not one."""
+    if not name.startswith("--"):
+        return None
+    found = {id(action): action for option, action in options.items() if option.startswith(name)}
+    return next(iter(found.values())) if len(found) == 1 else None
+
+
+def _is_bool(word: str) -> bool:
+    try:
+        parse_bool(word)
+    except ValueError:
+        return False
+    return True
+
+
+def _run(namespace: argparse.Namespace, passthrough: list[str]) -> int:
     if lacks_extra("run", "sidecar", SIDECAR):
         return 1
+    before: list[str] = namespace.app_command
+    command = [*before, "--", *passthrough] if before and passthrough else before or passthrough
     _configure_logging(namespace)
     log = logging.getLogger("mechakit.run")
     if namespace.run_file:
