@@ -338,3 +338,45 @@ async def test_messages_of_a_killed_subscriber_process_go_to_its_successor(
         lambda: sorted(m.decode() for m in inbox.payloads) == sent, 20.0, "every message"
     )
     assert time.monotonic() - started < 15.0  # within about one ack deadline
+
+
+@pytest.mark.fault
+async def test_an_emulator_restart_is_survived_by_publishing_and_subscriptions(
+    make: Make, emulator: BackendInfo
+) -> None:
+    """The emulator keeps nothing across a restart: publishing fails with a retriable error
+    while it is down, then makes the topic again; the subscription's stream ends, makes its
+    subscription again and resumes. (Runs last: it restarts the module's emulator.)"""
+    if emulator.restart is None:
+        pytest.skip(f"the emulator ({emulator.source}) cannot be restarted here")
+    name = topic("restart")
+    component = await make(app_id=f"restart-{uuid.uuid4().hex[:6]}",
+                           connectionRecoveryInSec="1")  # fmt: skip
+    inbox = Inbox()
+    await component.subscribe(SubscribeRequest(topic=name), inbox)
+    await publish(component, name, [b"before"])
+    await inbox.wait_until(lambda: inbox.payloads == [b"before"], 20.0, "the first message")
+    emulator.restart()
+    sent = [f"after-{i}".encode() for i in range(5)]
+    refused = 0
+    deadline = time.monotonic() + 60
+    for data in sent:
+        while True:
+            try:
+                await component.publish(PublishRequest(name, data))
+                break
+            except ConnectionFailedError:
+                refused += 1
+                assert time.monotonic() < deadline, "publishing did not resume"
+                await asyncio.sleep(0.5)
+    # What is published before the subscription is made again is in no subscription (the
+    # emulator's new topic has none yet): probe until the stream is back, then count.
+    for probe in range(60):
+        if any(m.startswith(b"probe") for m in inbox.payloads):
+            break
+        await publish(component, name, [f"probe-{probe}".encode()])
+        await asyncio.sleep(1.0)
+    extra = [f"late-{i}".encode() for i in range(3)]
+    await publish(component, name, extra)
+    await inbox.wait_until(lambda: set(extra) <= set(inbox.payloads), 60.0, "every later message")
+    print(f"publishes refused while the emulator restarted: {refused}")

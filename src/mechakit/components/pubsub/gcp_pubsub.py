@@ -267,14 +267,27 @@ class GCPPubSub(PubSub[GCPPubSubSettings]):
         if s.enable_message_ordering:
             key = metadata.get(ORDERING_KEY) or s.ordering_key
         path = publisher.topic_path(s.project_id, topic)
-        try:
-            future = publisher.publish(path, bytes(data), ordering_key=key, **attributes)
-            await asyncio.wait_for(asyncio.wrap_future(future), _CALL_TIMEOUT)
-        except Exception as exc:
-            if key:  # the SDK pauses a key after a failure until resumed
-                with contextlib.suppress(Exception):
-                    publisher.resume_publish(path, key)
-            raise self._failure(f"publish to {topic!r} failed", topic, exc) from exc
+        for attempt in (1, 2):
+            try:
+                future = publisher.publish(path, bytes(data), ordering_key=key, **attributes)
+                await asyncio.wait_for(asyncio.wrap_future(future), _CALL_TIMEOUT)
+                return
+            except Exception as exc:
+                if key:  # the SDK pauses a key after a failure until resumed
+                    with contextlib.suppress(Exception):
+                        publisher.resume_publish(path, key)
+                if attempt == 1 and self._gone(exc):  # deleted since: made again, once
+                    self._topics.discard(topic)
+                    await self._ensure_topic(topic)
+                    continue
+                raise self._failure(f"publish to {topic!r} failed", topic, exc) from exc
+
+    def _gone(self, exc: BaseException) -> bool:
+        """A topic or subscription this component made has gone (deleted, or an emulator
+        restarted empty) and may be made again."""
+        from google.api_core.exceptions import NotFound
+
+        return isinstance(exc, NotFound) and not self.settings.disable_entity_management
 
     async def _ensure_topic(self, topic: str) -> None:
         if topic in self._topics or self.settings.disable_entity_management:
@@ -455,6 +468,9 @@ class _StreamingPull(Transport):
             settings.max_reconnection_attempts,
         )
         await asyncio.sleep(settings.connection_recovery_in_sec)
+        if error is not None and self._pubsub._gone(error):
+            self._pubsub._topics.discard(self._topic)
+            await self._pubsub._ensure_subscription(self._topic, self._path)
         self.start()
 
     def _delivery(self, msg: Any) -> Delivery:
