@@ -22,9 +22,9 @@ from dapr.clients.grpc._request import TransactionalStateOperation, TransactionO
 from dapr.clients.grpc._state import StateItem as SdkStateItem
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import (
+    actors_pb2,
     configuration_pb2,
     dapr_pb2_grpc,
-    invoke_pb2,
     pubsub_pb2,
     secret_pb2,
     state_pb2,
@@ -306,10 +306,10 @@ async def test_configuration_changes_stream_until_unsubscribed(stub: Any, rt: Ru
 
 
 async def test_an_unimplemented_rpc_names_itself(stub: Any) -> None:
-    request = invoke_pb2.InvokeServiceRequest(id="other")
-    error = await failure(stub.InvokeService(request, metadata=AUTH))
+    request = actors_pb2.GetActorStateRequest(actor_type="cart", actor_id="1", key="k")
+    error = await failure(stub.GetActorState(request, metadata=AUTH))
     assert error.code() is Code.UNIMPLEMENTED
-    assert "dapr.proto.runtime.v1.Dapr/InvokeService" in (error.details() or "")
+    assert "dapr.proto.runtime.v1.Dapr/GetActorState" in (error.details() or "")
 
 
 async def test_every_call_needs_the_api_token_streams_included(stub: Any) -> None:

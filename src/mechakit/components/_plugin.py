@@ -143,6 +143,12 @@ def mechakit_components() -> list[ComponentSpec]:
             description="Locks in Redis (SET NX PX), standalone or Sentinel.",
         ),
         ComponentSpec(
+            "nameresolution.sqlite",
+            f"{_PKG}.nameresolution.sqlite:SQLiteNameResolver",
+            status="alpha",
+            description="Sidecars of one host found through a shared SQLite file (the default).",
+        ),
+        ComponentSpec(
             "configuration.in-memory",
             f"{_PKG}.configuration.in_memory:InMemoryConfigurationStore",
             status="alpha",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from mechakit.conformance.suites.bindings import BindingsSuite
 from mechakit.conformance.suites.configuration import ConfigurationSuite
 from mechakit.conformance.suites.lock import LockSuite
+from mechakit.conformance.suites.nameresolution import NameResolutionSuite
 from mechakit.conformance.suites.pubsub import PubSubSuite
 from mechakit.conformance.suites.secretstores import SecretStoreSuite
 from mechakit.conformance.suites.state import StateSuite
@@ -35,4 +36,8 @@ class TestLock(LockSuite):
 
 
 class TestConfiguration(ConfigurationSuite):
+    pass
+
+
+class TestNameResolution(NameResolutionSuite):
     pass

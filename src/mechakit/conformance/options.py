@@ -89,6 +89,7 @@ SUITE_OPTIONS: Mapping[str, Mapping[str, SuiteOption]] = {
     "lock": _options(
         SuiteOption("expiry_timeout", NUMBER, 3),
     ),
+    "nameresolution": _options(),
     "configuration": _options(
         SuiteOption("writer", (str,), None),
         SuiteOption("receive_timeout", NUMBER, 10),

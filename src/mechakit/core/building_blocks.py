@@ -15,6 +15,7 @@ from typing import Any
 from .bindings import InputBinding, OutputBinding
 from .configuration import ConfigurationStore
 from .lock import LockStore
+from .nameresolution import NameResolver
 from .pubsub import PubSub, PubSubFeature
 from .secretstores import SecretStore, SecretStoreFeature
 from .state import StateFeature, StateStore
@@ -69,6 +70,9 @@ BUILDING_BLOCKS: Mapping[str, BuildingBlock] = {
             None,
             "TestConfiguration",
             "ConfigurationClient",
+        ),
+        BuildingBlock(
+            "nameresolution", "name resolver", (NameResolver,), None, "TestNameResolution", ""
         ),
     )
 }

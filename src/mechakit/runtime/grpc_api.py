@@ -41,10 +41,12 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
+from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import (
     binding_pb2,
     configuration_pb2,
     dapr_pb2,
+    invoke_pb2,
     lock_pb2,
     metadata_pb2,
     pubsub_pb2,
@@ -521,6 +523,28 @@ class DaprGrpcApi(Door):
     # --- metadata ------------------------------------------------------------------------
 
     @_unary
+    # --- service invocation ----------------------------------------------------------------
+
+    @_unary
+    async def InvokeService(
+        self, request: invoke_pb2.InvokeServiceRequest, context: Context
+    ) -> common_pb2.InvokeResponse:
+        from .service.invocation import grpc_code_of_http, grpc_invocation
+
+        invoker = self.runtime.invoker
+        if invoker is None:
+            raise DaprError(
+                ErrorKind.INTERNAL, "ERR_DIRECT_INVOKE", "service invocation needs 'mechakit run'"
+            )
+        invocation = grpc_invocation(request.message, context.invocation_metadata())
+        reply = await invoker.invoke(request.id, invocation)
+        if not 200 <= reply.status < 300:
+            message = reply.body.decode("utf-8", "replace") or f"HTTP {reply.status}"
+            code = grpc_code_of_http(reply.status)
+            raise RpcFailure(code, "ERR_DIRECT_INVOKE", message)
+        data = any_pb2.Any(value=reply.body)
+        return common_pb2.InvokeResponse(data=data, content_type=reply.content_type)
+
     async def GetMetadata(
         self, request: metadata_pb2.GetMetadataRequest, context: Context
     ) -> metadata_pb2.GetMetadataResponse:

@@ -143,7 +143,7 @@ class DaprHttpApi(Door):
         )
         self.app = Starlette(
             routes=routes,
-            middleware=[token, guard],
+            middleware=[token, Middleware(_AppIdHeader), guard],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         )
 
@@ -409,6 +409,30 @@ class DaprHttpApi(Door):
 
     # --- metadata, health, OpenAPI ---------------------------------------------------------
 
+    # --- service invocation ----------------------------------------------------------------
+
+    async def invoke(self, request: Request) -> Response:
+        from .service.invocation import Invocation
+
+        invoker = self.runtime.invoker
+        if invoker is None:
+            raise ApiError(500, "ERR_DIRECT_INVOKE", "service invocation needs 'mechakit run'")
+        invocation = Invocation(
+            method=request.path_params["method"],
+            verb=request.method,
+            query=request.url.query,
+            headers=tuple(request.headers.items()),
+            body=await request.body(),
+        )
+        reply = await invoker.invoke(request.path_params["app_id"], invocation)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        response = Response(reply.body, reply.status)
+        response.raw_headers = [
+            *(h for h in headers if h[0].lower() != b"content-length"),
+            (b"content-length", str(len(reply.body)).encode()),
+        ]
+        return response
+
     async def get_metadata(self, request: Request) -> Response:
         delivered = self.delivery.subscriptions if self.delivery is not None else None
         found = self.service.metadata.describe(subscriptions=delivered, app=self.app_connection())
@@ -502,6 +526,21 @@ class _TokenCheck:
             if not hmac.compare_digest(given, self.token):
                 await PlainTextResponse("invalid api token", 401)(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class _AppIdHeader:
+    """``dapr-app-id: svc-b`` on any path is ``/v1.0/invoke/svc-b/method/<path>``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not str(scope["path"]).startswith("/v1.0/invoke/"):
+            target = dict(scope["headers"]).get(b"dapr-app-id")
+            if target:
+                path = f"/v1.0/invoke/{target.decode('latin-1')}/method{scope['path']}"
+                scope = {**scope, "path": path, "raw_path": path.encode("latin-1")}
         await self.app(scope, receive, send)
 
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .http_api import DaprHttpApi
 
 API_TOKEN_HEADER = "dapr-api-token"
+INVOKE_VERBS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+"""HEAD comes with GET (Starlette adds it)."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -264,6 +266,14 @@ def _configuration_subscription_endpoints(api: DaprHttpApi, version: str) -> lis
                 400: "unknown configuration store",
                 404: "{ok: false, errorCode, message}: no such subscription",
             },
+        ),
+        Endpoint(
+            INVOKE_VERBS,
+            "/v1.0/invoke/{app_id}/method/{method:path}",
+            api.invoke,
+            "Call a method of another app through its sidecar",
+            {500: "ERR_DIRECT_INVOKE: the app id resolves nowhere or its sidecar is down"},
+            "passed to the app as is; its status, headers and body come back unchanged",
         ),
     ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mechakit.core.building_blocks import BUILDING_BLOCKS
 from mechakit.core.component import Component
@@ -31,6 +31,9 @@ from .manifest import Manifests, PathLike, SubscriptionManifest, load_manifests
 from .outbox import Outbox
 from .resiliency import Resiliency
 from .service import DaprService
+
+if TYPE_CHECKING:
+    from .service.invocation import Invoker
 
 ClientT = TypeVar("ClientT")
 
@@ -60,6 +63,8 @@ class Runtime:
         """The transactional outbox of the outbox-enabled state stores (:mod:`.outbox`)."""
         self.extended_metadata: dict[str, str] = {}
         """What apps set through the metadata API (one sidecar, one set, for every door)."""
+        self.invoker: Invoker | None = None
+        """Service invocation to other apps' sidecars; set by ``mechakit run``."""
 
     async def start(self) -> Runtime:
         """Load the manifests and start every component; nothing stays running on failure."""

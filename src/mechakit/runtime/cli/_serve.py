@@ -3,8 +3,8 @@ app run as a child that dies with it, subscriptions delivered to it.
 
 The APIs listen on TCP (each of ``--dapr-listen-addresses``) or, with
 ``--unix-domain-socket DIR``, on ``DIR/dapr-<app-id>-http.socket`` and
-``DIR/dapr-<app-id>-grpc.socket`` only, as daprd. Beside them: the internal gRPC port (bound,
-nothing served yet) and the metrics port. Deliveries to the app go through an
+``DIR/dapr-<app-id>-grpc.socket`` only, as daprd. Beside them: the internal gRPC port (service
+invocation from other sidecars) and the metrics port. Deliveries to the app go through an
 :class:`~._app_gate.AppGate` (concurrency limit, health pause, drain).
 
 Stopping (a signal, or the app exiting) is graceful for ``--dapr-graceful-shutdown-seconds``
@@ -42,6 +42,7 @@ from .dapr_flags import (
 )
 
 if TYPE_CHECKING:
+    import grpc
     import grpc.aio
     import uvicorn
 
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from mechakit.runtime.grpc_server import GrpcServer
     from mechakit.runtime.in_process import Runtime
     from mechakit.runtime.manifest import Manifests
+    from mechakit.runtime.service.invocation import Invoker
 
     from ._app_gate import AppGate, AppHealthProbe
     from ._observability import ApiEdge, SidecarMetrics
@@ -199,8 +201,11 @@ async def _start_servers(
     """The metrics server, the internal gRPC port and the gRPC API, each stopped by
     ``stack``; an ``OSError`` when a port cannot be had. Returns the metrics (None: off)."""
     metrics = await _start_metrics(runtime, namespace, stack, log)
-    internal = await _start_internal_grpc(namespace, log)
+    runtime.invoker = invoker = await _start_invocation(runtime, namespace)
+    stack.push_async_callback(invoker.close)
+    internal = await _start_internal_grpc(namespace, log, invoker.handler())
     stack.push_async_callback(internal.stop, 0)
+    await invoker.register(namespace.dapr_internal_grpc_port)
     grpc_server = await _start_grpc(runtime, namespace, log, metrics)
     if grpc_server is not None:
         stack.push_async_callback(_stop_grpc, grpc_server, shutdown)
@@ -450,16 +455,31 @@ def _bind_each(server: grpc.aio.Server, hosts: list[str], port: int) -> tuple[in
     return port, bound
 
 
+async def _start_invocation(runtime: Runtime, namespace: argparse.Namespace) -> Invoker:
+    """The name resolver of the Configuration (sqlite by default) and the app it calls."""
+    from mechakit.runtime.service.invocation import GrpcApp, HttpApp, Invoker, open_resolver
+
+    host = runtime.host
+    spec = host.configuration.spec if host.configuration is not None else {}
+    resolver = await open_resolver(spec, namespace.app_id, host.registry)
+    app: HttpApp | GrpcApp | None = None
+    if namespace.app_port is not None:
+        grpc_app = plain_protocol(namespace.app_protocol) == "grpc"
+        app = (GrpcApp if grpc_app else HttpApp)(namespace.app_port, namespace.app_channel_address)
+    return Invoker(resolver, namespace.app_id, os.environ.get("NAMESPACE") or "default", app)
+
+
 async def _start_internal_grpc(
-    namespace: argparse.Namespace, log: logging.Logger
+    namespace: argparse.Namespace, log: logging.Logger, handler: grpc.GenericRpcHandler
 ) -> grpc.aio.Server:
-    """Bind daprd's internal gRPC port (sidecar to sidecar). Nothing is served there yet:
-    every call answers UNIMPLEMENTED. The default port, when taken, becomes a free one."""
+    """Serve daprd's internal gRPC port (sidecar to sidecar): ``handler``, the invocation
+    of this sidecar's app. The default port, when taken, becomes a free one."""
     import grpc.aio
 
     chosen: int | None = namespace.dapr_internal_grpc_port
     hosts: list[str] = namespace.api_listen_addresses
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
     port, bound = _bind_each(
         server, hosts, DEFAULT_INTERNAL_GRPC_PORT if chosen is None else chosen
     )
@@ -478,7 +498,7 @@ async def _start_internal_grpc(
     await server.start()
     namespace.dapr_internal_grpc_port = port
     log.info(
-        "internal gRPC port bound on %s (nothing is served there yet)",
+        "internal gRPC API (service invocation) listening on %s",
         ", ".join(_grpc_address(host, port) for host in bound),
     )
     return server

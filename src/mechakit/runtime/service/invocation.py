@@ -1,0 +1,335 @@
+"""Service invocation: a call for app id X goes from this sidecar to X's sidecar over the
+internal gRPC port, which calls its app and hands back status, headers and body unchanged.
+
+The resolver (a ``nameresolution`` component) is the Configuration's
+``spec.nameResolution`` (``component``, ``version``, ``configuration``), as daprd reads it;
+without one it is ``nameresolution.sqlite``, so sidecars of one host find each other with
+nothing configured. Between sidecars one generic gRPC method carries a frame: a 4-byte
+length, a JSON header (method, verb, query, headers, caller) and the body as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import httpx
+
+from mechakit.core.component import ComponentMetadata
+from mechakit.core.errors import MechakitError, NotFoundError
+from mechakit.core.nameresolution import (
+    DEFAULT_NAMESPACE,
+    NameRegistry,
+    NameResolver,
+    Registration,
+    ResolveRequest,
+)
+from mechakit.core.registry import Registry
+
+from .errors import DaprError, ErrorKind
+
+INTERNAL_METHOD = "/mechakit.internal.v1.ServiceInvocation/CallLocal"
+DEFAULT_RESOLVER = "nameresolution.sqlite"
+CALL_TIMEOUT = 60.0
+_HOP_BY_HOP = frozenset(
+    {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {"dapr-app-id", "dapr-api-token"}
+_METADATA_KEY = re.compile(r"[a-z0-9._-]+(?<!-bin)")
+"""Header names gRPC metadata carries as text."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call of an app's method, as the caller's app sent it."""
+
+    method: str
+    verb: str = "POST"
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    caller: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The callee app's answer, passed back unchanged."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str:
+        return next((v for k, v in self.headers if k.lower() == "content-type"), "")
+
+
+def _frame(header: Mapping[str, Any], body: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack(">I", len(encoded)) + encoded + body
+
+
+def _unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
+    (size,) = struct.unpack(">I", data[:4])
+    header: dict[str, Any] = json.loads(data[4 : 4 + size])
+    return header, data[4 + size :]
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``svc-b.ns`` → (``svc-b``, ``ns``); a plain id is in the default namespace."""
+    app_id, dot, namespace = target.partition(".")
+    return app_id, namespace if dot and namespace else DEFAULT_NAMESPACE
+
+
+def direct_invoke_error(target: str, reason: str) -> DaprError:
+    return DaprError(
+        ErrorKind.INTERNAL, "ERR_DIRECT_INVOKE", f"failed to invoke, id: {target}, err: {reason}"
+    )
+
+
+class HttpApp:
+    """The callee's own app over HTTP: the method is the path, verb and query as sent, and
+    ``dapr-caller-app-id`` (and ``dapr-api-token`` from ``APP_API_TOKEN``) added."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self._client = httpx.AsyncClient(
+            base_url=f"http://{host}:{port}", timeout=CALL_TIMEOUT, trust_env=False
+        )
+
+    async def call(self, invocation: Invocation, app_id: str) -> Reply:
+        headers = [(k, v) for k, v in invocation.headers if k.lower() not in _NOT_FORWARDED]
+        headers += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
+        token = os.environ.get("APP_API_TOKEN")
+        if token:
+            headers.append(("dapr-api-token", token))
+        path = "/" + invocation.method.lstrip("/")
+        url = f"{path}?{invocation.query}" if invocation.query else path
+        response = await self._client.request(
+            invocation.verb, url, headers=headers, content=invocation.body
+        )
+        kept = tuple((k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP)
+        return Reply(response.status_code, kept, response.content)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class GrpcApp:
+    """The callee's own app over gRPC: ``AppCallback.OnInvoke`` with the verb and query as
+    its HTTP extension and the headers as call metadata; its answer is a 200, an RPC error
+    the HTTP status of its code."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+
+        self._channel = grpc.aio.insecure_channel(f"{host}:{port}")
+        self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)  # type: ignore[no-untyped-call]
+
+    async def call(self, invocation: Invocation, app_id: str) -> Reply:
+        from dapr.proto.common.v1 import common_pb2
+        from google.protobuf import any_pb2
+
+        verbs = common_pb2.HTTPExtension.Verb
+        verb = invocation.verb.upper()
+        extension = common_pb2.HTTPExtension(
+            verb=verbs.Value(verb) if verb in set(verbs.keys()) else verbs.NONE,
+            querystring=invocation.query,
+        )
+        headers = dict((k.lower(), v) for k, v in invocation.headers)
+        request = common_pb2.InvokeRequest(
+            method=invocation.method,
+            data=any_pb2.Any(value=invocation.body),
+            content_type=headers.pop("content-type", ""),
+            http_extension=extension,
+        )
+        metadata = [
+            (k, v)
+            for k, v in headers.items()
+            if k not in _NOT_FORWARDED and _METADATA_KEY.fullmatch(k) and v.isascii()
+        ]
+        metadata += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
+        token = os.environ.get("APP_API_TOKEN")
+        if token:
+            metadata.append(("dapr-api-token", token))
+        try:
+            answer = await self._stub.OnInvoke(request, metadata=metadata, timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                raise ConnectionError(exc.details() or "the app is unavailable") from exc
+            status = _HTTP_OF_GRPC.get(exc.code(), 500)
+            body = (exc.details() or exc.code().name).encode()
+            return Reply(status, (("content-type", "text/plain"),), body)
+        kept = (("content-type", answer.content_type),) if answer.content_type else ()
+        return Reply(200, kept, answer.data.value)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+@dataclass
+class Invoker:
+    """This sidecar's side of invocation: calls out through the resolver, and serves the
+    internal method that calls ``app`` (None: no app port, every call answers 500)."""
+
+    resolver: NameResolver[Any]
+    app_id: str
+    namespace: str = DEFAULT_NAMESPACE
+    app: HttpApp | GrpcApp | None = None
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    async def invoke(self, target: str, invocation: Invocation) -> Reply:
+        app_id, namespace = split_target(target)
+        try:
+            address = await self.resolver.resolve(ResolveRequest(app_id, namespace))
+        except NotFoundError as exc:
+            raise direct_invoke_error(target, str(exc)) from exc
+        except MechakitError as exc:
+            raise direct_invoke_error(target, f"name resolution failed: {exc}") from exc
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INTERNAL_METHOD)
+        header = {
+            "app_id": app_id,
+            "method": invocation.method,
+            "verb": invocation.verb,
+            "query": invocation.query,
+            "headers": invocation.headers,
+            "caller": self.app_id,
+        }
+        try:
+            data = await call(_frame(header, invocation.body), timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            reason = f"the sidecar at {address} did not answer: {exc.details() or exc.code().name}"
+            raise direct_invoke_error(target, reason) from exc
+        answer, body = _unframe(data)
+        return Reply(int(answer["status"]), tuple(map(tuple, answer["headers"])), body)
+
+    async def serve_call(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        """The internal method: the caller sidecar's frame in, the app's answer out."""
+        header, body = _unframe(data)
+        if self.app is None:
+            return _error_frame(f"app id {self.app_id!r} has no app port to call")
+        invocation = Invocation(
+            method=header["method"],
+            verb=header["verb"],
+            query=header["query"],
+            headers=tuple(map(tuple, header["headers"])),
+            body=body,
+            caller=header["caller"],
+        )
+        try:
+            reply = await self.app.call(invocation, self.app_id)
+        except (httpx.HTTPError, ConnectionError) as exc:
+            return _error_frame(f"cannot reach the app of {self.app_id!r}: {exc}")
+        return _frame({"status": reply.status, "headers": reply.headers}, reply.body)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+            self.serve_call
+        )
+        service, _, name = INTERNAL_METHOD.strip("/").partition("/")
+        return grpc.method_handlers_generic_handler(service, {name: method})
+
+    async def register(self, port: int, host: str = "127.0.0.1") -> None:
+        if isinstance(self.resolver, NameRegistry):
+            await self.resolver.register(
+                Registration(self.app_id, f"{host}:{port}", self.namespace)
+            )
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        if self.app is not None:
+            await self.app.close()
+        await self.resolver.close()
+
+
+def _error_frame(message: str) -> bytes:
+    body = json.dumps({"errorCode": "ERR_DIRECT_INVOKE", "message": message}).encode()
+    return _frame({"status": 500, "headers": [("content-type", "application/json")]}, body)
+
+
+async def open_resolver(
+    spec: Mapping[str, Any], app_id: str, registry: Registry
+) -> NameResolver[Any]:
+    """The Configuration's ``spec.nameResolution`` started; sqlite when it names none."""
+    chosen = spec.get("nameResolution") or {}
+    type_name = str(chosen.get("component") or "sqlite")
+    type_name = (
+        type_name if type_name.startswith("nameresolution.") else f"nameresolution.{type_name}"
+    )
+    version = str(chosen.get("version") or "v1")
+    settings = {str(k): str(v) for k, v in (chosen.get("configuration") or {}).items()}
+    resolver = registry.create(type_name, version)
+    if not isinstance(resolver, NameResolver):
+        raise DaprError(
+            ErrorKind.INVALID,
+            "ERR_NAME_RESOLUTION",
+            f"spec.nameResolution.component: {type_name} is not a name resolver",
+        )
+    await resolver.init(ComponentMetadata("nameresolution", type_name, settings, version, app_id))
+    return resolver
+
+
+__all__ = [
+    "DEFAULT_RESOLVER",
+    "GrpcApp",
+    "HttpApp",
+    "Invocation",
+    "Invoker",
+    "Reply",
+    "direct_invoke_error",
+    "grpc_code_of_http",
+    "grpc_invocation",
+    "open_resolver",
+    "split_target",
+]
+
+
+_GRPC_OF_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+_HTTP_OF_GRPC = {code: status for status, code in _GRPC_OF_HTTP.items()}
+
+
+def grpc_code_of_http(status: int) -> grpc.StatusCode:
+    """The gRPC status a non-2xx HTTP answer of the app becomes on ``InvokeService``."""
+    return _GRPC_OF_HTTP.get(status, grpc.StatusCode.UNKNOWN)
+
+
+def grpc_invocation(message: Any, metadata: Any) -> Invocation:
+    """An ``InvokeRequest`` of the public gRPC API (``common.v1``) and the call's metadata
+    as an :class:`Invocation`: the HTTP verb (POST when none), query, content type, and the
+    metadata as headers."""
+    from dapr.proto.common.v1 import common_pb2
+
+    extension = message.http_extension
+    verb = common_pb2.HTTPExtension.Verb.Name(extension.verb) if extension.verb else "POST"
+    headers = [("content-type", message.content_type)] if message.content_type else []
+    headers += [
+        (str(key), value)
+        for key, value in metadata or ()
+        if isinstance(value, str) and not key.startswith((":", "grpc-")) and key != "user-agent"
+    ]
+    return Invocation(
+        message.method, verb, extension.querystring, tuple(headers), message.data.value
+    )

@@ -1,0 +1,5 @@
+from mechakit.conformance.suites.nameresolution import NameResolutionSuite
+
+
+class TestNameResolution(NameResolutionSuite):
+    pass
