@@ -124,7 +124,7 @@ def start_sidecar(
             )
         sidecar = Sidecar(http_port, grpc_port, log, process)
         started.append(sidecar)
-        _wait_healthy(sidecar)
+        wait_healthy(sidecar)
         monkeypatch.setenv("DAPR_HTTP_PORT", str(http_port))
         monkeypatch.setenv("DAPR_GRPC_PORT", str(grpc_port))
         monkeypatch.setenv("DAPR_HEALTH_TIMEOUT", "10")
@@ -146,7 +146,8 @@ def start_sidecar(
                 sidecar.process.wait()
 
 
-def _wait_healthy(sidecar: Sidecar) -> None:
+def wait_healthy(sidecar: Sidecar) -> None:
+    """Until ``mechakit run`` answers its health check (fails the test if it exits)."""
     deadline = time.monotonic() + STARTUP
     while time.monotonic() < deadline:
         if sidecar.process.poll() is not None:
@@ -168,4 +169,5 @@ __all__ = [
     "pubsub_yaml",
     "redis_address",
     "start_sidecar",
+    "wait_healthy",
 ]
