@@ -36,6 +36,12 @@ Configuration updates (subscriptions made through the HTTP API) go out as Dapr s
 ``POST /configuration/<store>/<key>`` once per changed key, each carrying the whole update
 ``{"id", "items": {key: {value, version, metadata}}}`` (gRPC: ``OnInvoke`` with that method).
 A failed call is logged, not retried, as in Dapr.
+
+Pausing (``--enable-app-health-check``): :meth:`Delivery.pause` cancels every broker
+subscription and input-binding read, as daprd stops them while the app is unhealthy, so the
+broker keeps what is published instead of the sidecar holding a prefetch window of unacked
+messages; what was in flight goes back to the broker unacknowledged. :meth:`Delivery.resume`
+subscribes and reads again.
 """
 
 from __future__ import annotations
@@ -96,12 +102,57 @@ class Delivery:
         """What is being delivered, declarative first."""
         self.bindings: dict[str, str] = {}
         """Input binding name -> the route its events are posted to."""
-        self._running: list[Subscription] = []
+        self._sources: list[_Source] = []
+        self._paused = False
+        self._switch = asyncio.Lock()
         self._starting: asyncio.Task[None] | None = None
         self._stopped = False
         self._sending = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def hold(self) -> None:
+        """Start paused: subscriptions and reads are gathered but begin only on ``resume``."""
+        self._paused = True
+
+    async def pause(self) -> None:
+        """Cancel the broker subscriptions and input-binding reads (each given
+        ``STOP_TIMEOUT`` s for its deliveries in flight); ``resume`` redoes them."""
+        async with self._switch:
+            if self._paused or self._stopped:
+                self._paused = True
+                return
+            self._paused = True
+            for source in self._sources:
+                await source.stop()
+            if self._sources:
+                log.info("deliveries paused: %d subscription(s) cancelled", len(self._sources))
+
+    async def resume(self) -> None:
+        """Subscribe and read again what ``pause`` cancelled (or ``hold`` kept back)."""
+        async with self._switch:
+            if not self._paused or self._stopped:
+                return
+            self._paused = False
+            for source in self._sources:
+                await source.begin()
+            if self._sources:
+                log.info("deliveries resumed: %d subscription(s)", len(self._sources))
+
+    def _later(self) -> str:
+        return " once resumed (the app is not healthy yet)" if self._paused else ""
+
+    async def _add(self, source: _Source) -> bool:
+        """Track ``source`` and start it unless paused; False when its first start failed."""
+        async with self._switch:
+            if not self._paused and not await source.begin():
+                return False
+            self._sources.append(source)
+            return True
 
     def start_in_background(self) -> asyncio.Task[None]:
         """``start`` as a task, so the caller can run the app meanwhile; ``stop`` cancels it."""
@@ -175,14 +226,14 @@ class Delivery:
             dead_letter_topic=subscription.dead_letter_topic,
             min_concurrency=subscription.bulk.max_messages if subscription.bulk else 0,
         )
-        try:
-            running = await pubsub.subscribe(request, self._topic_handler(pubsub, subscription))
-        except Exception as exc:
-            log.error("%s: subscribe failed: %s", subscription.describe(), exc)
+
+        def subscribe() -> Awaitable[Subscription]:
+            return pubsub.subscribe(request, self._topic_handler(pubsub, subscription))
+
+        if not await self._add(_Source(f"{subscription.describe()}: subscribe", subscribe)):
             return
-        self._running.append(running)
         self.subscriptions.append(subscription)
-        log.info("delivering %s", subscription.describe())
+        log.info("delivering %s%s", subscription.describe(), self._later())
 
     def _topic_handler(self, pubsub: PubSub[Any], subscription: AppSubscription) -> Handler:
         return topic_handler(
@@ -223,15 +274,13 @@ class Delivery:
             await policy.run(once)
             return None
 
-        try:
-            running = await binding.read(deliver)
-        except Exception as exc:
-            log.error("input binding %r: read failed: %s", name, exc)
+        if not await self._add(
+            _Source(f"input binding {name!r}: read", lambda: binding.read(deliver))
+        ):
             return
-        self._running.append(running)
         self.bindings[name] = route
         where = f"POST {route}" if channel.protocol == "http" else "OnBindingEvent"
-        log.info("delivering input binding %r to the app (%s)", name, where)
+        log.info("delivering input binding %r to the app (%s)%s", name, where, self._later())
 
     async def send_configuration(self, store: str, update: ConfigurationUpdate) -> None:
         """Hand a configuration update to the app: one call per changed key, failures logged."""
@@ -267,17 +316,41 @@ class Delivery:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-        while self._running:
-            running = self._running.pop()
-            try:
-                await asyncio.wait_for(running.cancel(), STOP_TIMEOUT)
-            except Exception as exc:
-                log.warning("a delivery did not stop cleanly: %r", exc)
+        async with self._switch:
+            while self._sources:
+                await self._sources.pop().stop()
         self.subscriptions.clear()
         self.bindings.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), STOP_TIMEOUT)
         await self.channel.close()
+
+
+class _Source:
+    """One broker subscription or input-binding read, which ``pause`` may stop and redo."""
+
+    def __init__(self, what: str, start: Callable[[], Awaitable[Subscription]]) -> None:
+        self.what = what
+        self._start = start
+        self._running: Subscription | None = None
+
+    async def begin(self) -> bool:
+        """Start it; a failure is logged (and tried again on the next ``resume``)."""
+        try:
+            self._running = await self._start()
+        except Exception as exc:
+            log.error("%s failed: %s", self.what, exc)
+            return False
+        return True
+
+    async def stop(self) -> None:
+        running, self._running = self._running, None
+        if running is None:
+            return
+        try:
+            await asyncio.wait_for(running.cancel(), STOP_TIMEOUT)
+        except Exception as exc:
+            log.warning("%s: did not stop cleanly: %r", self.what, exc)
 
 
 def topic_handler(

@@ -10,7 +10,11 @@ delivery itself:
 * ``--enable-app-health-check``: :class:`AppHealthProbe` probes the app as daprd does (HTTP
   ``GET`` of the health path, 2xx is healthy; gRPC ``AppCallbackHealthCheck/HealthCheck``).
   Nothing is sent before the first successful probe, nor after ``--app-health-threshold``
-  failures in a row until one succeeds again: deliveries wait, unacknowledged.
+  failures in a row until one succeeds again. Given the delivery, the probe also pauses it
+  (:meth:`~mechakit.runtime.delivery.Delivery.pause`: the broker subscriptions and input
+  binding reads are cancelled, as daprd stops them) and the sends waiting at the gate are
+  answered RETRY, so the cancelling does not wait for them; ``resume`` once healthy again.
+  Without it, deliveries wait at the gate, unacknowledged.
 * ``--dapr-graceful-shutdown-seconds``: :meth:`AppGate.drain` stops handing new work to the
   app, waits for what is in flight until the deadline, then abandons the rest: an abandoned
   event is answered RETRY (not acknowledged, so the broker redelivers it), as are the events
@@ -32,6 +36,8 @@ from mechakit.runtime.bulk_subscribe import BulkEntry, BulkOutcome
 from mechakit.runtime.routing import AppSubscription
 
 if TYPE_CHECKING:
+    from mechakit.runtime.delivery import Delivery
+
     from ._observability import SidecarMetrics
 
 log = logging.getLogger("mechakit.run")
@@ -39,10 +45,11 @@ log = logging.getLogger("mechakit.run")
 T = TypeVar("T")
 
 STOPPING = "not sent: mechakit run is stopping"
+UNHEALTHY = "not sent: the app is unhealthy, deliveries are paused"
 
 
 class _Abandoned(Exception):
-    """A send cut short by the end of the graceful shutdown."""
+    """A send cut short by the end of the graceful shutdown, or refused while paused."""
 
 
 class AppGate(AppChannel):
@@ -63,6 +70,7 @@ class AppGate(AppChannel):
         self.metrics = metrics
         self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._healthy = not health_checked
+        self._refusing = False
         self._draining = False
         self._closed = False
         self._state = asyncio.Condition()
@@ -80,10 +88,12 @@ class AppGate(AppChannel):
     def healthy(self) -> bool:
         return self._healthy
 
-    async def set_healthy(self, healthy: bool) -> None:
-        """Resume (or pause) sending; called by :class:`AppHealthProbe`."""
+    async def set_healthy(self, healthy: bool, *, refuse: bool = False) -> None:
+        """Resume (or pause) sending; called by :class:`AppHealthProbe`. ``refuse``: while
+        unhealthy, sends (waiting or new) are answered RETRY instead of waiting."""
         async with self._state:
             self._healthy = healthy
+            self._refusing = refuse and not healthy
             self._state.notify_all()
 
     def stop_taking_new(self) -> None:
@@ -135,7 +145,7 @@ class AppGate(AppChannel):
                     return await call()
             except TimeoutError:
                 if scope is not None and scope.expired() and self._draining:
-                    raise _Abandoned from None
+                    raise _Abandoned(STOPPING) from None
                 raise
             finally:
                 if scope is not None:
@@ -153,16 +163,18 @@ class AppGate(AppChannel):
             async with self._state:
                 await self._state.wait_for(self._may_send)
             if self._closed:
-                raise _Abandoned
+                raise _Abandoned(STOPPING)
+            if self._refusing:
+                raise _Abandoned(UNHEALTHY)
             if self._slots is None:
                 return
             await self._slots.acquire()
-            if self._may_send() and not self._closed:
+            if self._may_send() and not self._closed and not self._refusing:
                 return
             self._slots.release()
 
     def _may_send(self) -> bool:
-        return self._closed or (self._healthy and not self._draining)
+        return self._closed or self._refusing or (self._healthy and not self._draining)
 
     async def wait_ready(self, limit: float) -> None:
         await self.inner.wait_ready(limit)
@@ -179,8 +191,8 @@ class AppGate(AppChannel):
         started = time.perf_counter()
         try:
             answer = await self._send(lambda: self.inner.send_event(event, path, subscription))
-        except _Abandoned:
-            answer = AppAnswer(AppStatus.RETRY, STOPPING)
+        except _Abandoned as exc:
+            answer = AppAnswer(AppStatus.RETRY, str(exc))
         if self.metrics is not None:
             self.metrics.pubsub_ingress(
                 subscription.pubsub_name,
@@ -196,8 +208,8 @@ class AppGate(AppChannel):
         started = time.perf_counter()
         try:
             outcome = await self._send(lambda: self.inner.send_bulk(entries, path, subscription))
-        except _Abandoned:
-            outcome = BulkOutcome(STOPPING, whole="RETRY")
+        except _Abandoned as exc:
+            outcome = BulkOutcome(str(exc), whole="RETRY")
         if self.metrics is not None:
             elapsed = (time.perf_counter() - started) * 1000
             for entry in entries:
@@ -213,8 +225,8 @@ class AppGate(AppChannel):
         try:
             await self._send(lambda: self.inner.send_binding(name, route, event))
             success = True
-        except _Abandoned:
-            raise AppRetryError(f"input binding {name!r}: event {STOPPING}") from None
+        except _Abandoned as exc:
+            raise AppRetryError(f"input binding {name!r}: event {exc}") from None
         finally:
             if self.metrics is not None:
                 self.metrics.input_binding(name, success, (time.perf_counter() - started) * 1000)
@@ -222,8 +234,8 @@ class AppGate(AppChannel):
     async def send_configuration(self, method: str, body: bytes) -> None:
         try:
             await self._send(lambda: self.inner.send_configuration(method, body))
-        except _Abandoned:
-            raise AppRetryError(f"configuration update {method}: {STOPPING}") from None
+        except _Abandoned as exc:
+            raise AppRetryError(f"configuration update {method}: {exc}") from None
 
     async def close(self) -> None:
         await self.inner.close()
@@ -248,7 +260,8 @@ def gate(
 
 
 class AppHealthProbe:
-    """Probes the app every ``interval`` seconds and opens or closes the gate."""
+    """Probes the app every ``interval`` seconds, opens or closes the gate, and pauses or
+    resumes ``delivery`` (given: nothing is subscribed before the first successful probe)."""
 
     def __init__(
         self,
@@ -261,8 +274,10 @@ class AppHealthProbe:
         interval: float,
         timeout: float,
         threshold: int,
+        delivery: Delivery | None = None,
     ) -> None:
         self.target = target
+        self.delivery = delivery
         self.protocol = protocol
         self.host = host
         self.port = port
@@ -282,6 +297,8 @@ class AppHealthProbe:
         return f"http://{host}:{self.port}{self.path}"
 
     def start(self) -> None:
+        if self.delivery is not None:
+            self.delivery.hold()
         self._probe, self._close = (
             self._grpc_probe() if self.protocol == "grpc" else self._http_probe()
         )
@@ -317,13 +334,17 @@ class AppHealthProbe:
                     healthy = True
                     log.info("app is healthy: delivering to it")
                     await self.target.set_healthy(True)
+                    if self.delivery is not None:
+                        await self.delivery.resume()
             else:
                 failures += 1
                 log.debug("app health probe failed (%d in a row): %s", failures, problem)
                 if failures >= self.threshold and healthy is not False:
                     was_healthy = healthy is True
                     healthy = False
-                    await self.target.set_healthy(False)
+                    await self.target.set_healthy(False, refuse=self.delivery is not None)
+                    if self.delivery is not None:
+                        await self.delivery.pause()
                     if was_healthy:
                         log.warning(
                             "app is unhealthy after %d failed probe(s) (%s): deliveries "

@@ -234,6 +234,7 @@ def _delivery(
         health_checked=namespace.enable_app_health_check,
         metrics=metrics,
     )
+    delivery = Delivery(runtime, app_gate)
     health = None
     if namespace.enable_app_health_check:
         health = AppHealthProbe(
@@ -247,8 +248,9 @@ def _delivery(
             threshold=namespace.app_health_threshold
             if namespace.app_health_threshold > 0
             else DEFAULT_HEALTH_THRESHOLD,
+            delivery=delivery,
         )
-    return Delivery(runtime, app_gate), app_gate, health
+    return delivery, app_gate, health
 
 
 def _http_app(
