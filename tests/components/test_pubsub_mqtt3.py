@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +25,11 @@ import pytest
 import pytest_asyncio
 
 from mechakit.components._shared.mqtt import MQTTSettings
-from mechakit.components._shared.mqtt.settings import INSTANCE_ENV, instance_identity
+from mechakit.components._shared.mqtt.settings import (
+    INSTANCE_ENV,
+    instance_identity,
+    release_identity,
+)
 from mechakit.components.pubsub.mqtt3 import MQTTPubSub
 from mechakit.conformance.backends import BackendInfo, BackendUnavailable, provision
 from mechakit.conformance.backends_mqtt import MosquittoBackend
@@ -161,11 +167,51 @@ def test_client_ids_are_stable_per_instance(monkeypatch: pytest.MonkeyPatch) -> 
         return instance_identity(settings, "component")
 
     monkeypatch.delenv(INSTANCE_ENV, raising=False)
-    assert identity() == identity() != identity(instanceID="pod-1")
+    first = identity()
+    release_identity(first)
+    again = identity()
+    release_identity(again)
+    assert again == first != identity(instanceID="pod-1")
     assert identity(instanceID="pod 1/a") == "pod_1_a"
     monkeypatch.setenv(INSTANCE_ENV, "replica-2")
     assert identity() == "replica-2"
     assert identity(instanceID="pod-1") == "pod-1"
+
+
+def test_live_instances_on_one_host_get_different_ids_and_a_restart_gets_its_own_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two instances started from one folder must not share a client id (the broker would
+    drop one of them every time the other connects); a restarted one gets its old id."""
+    monkeypatch.delenv(INSTANCE_ENV, raising=False)
+    monkeypatch.setenv("MECHAKIT_HOME", str(tmp_path))
+    settings = MQTTSettings.from_metadata({"url": "tcp://x"}, component="x")
+    holder = subprocess.Popen(  # another live instance, holding the first slot
+        [sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        assert holder.stdout is not None
+        theirs = holder.stdout.readline().strip()
+        ours = instance_identity(settings, "component")
+        assert ours != theirs and ours.startswith(theirs)
+        release_identity(ours)
+    finally:
+        holder.kill()  # as a crash: the OS releases its slot
+        holder.wait()
+    restarted = instance_identity(settings, "component")
+    try:
+        assert restarted == theirs
+    finally:
+        release_identity(restarted)
+
+
+_HOLDER = """
+import time
+from mechakit.components._shared.mqtt.settings import MQTTSettings, instance_identity
+settings = MQTTSettings.from_metadata({"url": "tcp://x"}, component="x")
+print(instance_identity(settings, "component"), flush=True)
+time.sleep(60)
+"""
 
 
 # --- wildcards, competing consumers, fan-out ------------------------------------------

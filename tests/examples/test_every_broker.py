@@ -124,10 +124,8 @@ def _start(app_id: str, resources: Path, tmp_path: Path, n: int) -> Instance:
         "--", sys.executable, str(EXAMPLE / "app.py"),
     ]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if k != "DAPR_API_TOKEN"}
-    environment["MECHAKIT_HOME"] = str(tmp_path / "home")
-    # Instances of one app id started from one folder on one host need names of their own
-    # (MQTT client ids derive from it: a second client with one id evicts the first).
-    environment["MECHAKIT_INSTANCE_ID"] = f"{app_id}-{n}"
+    environment["MECHAKIT_HOME"] = str(tmp_path / "home")  # shared: instances take slots
+    environment.pop("MECHAKIT_INSTANCE_ID", None)  # as a user runs it: none given
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=environment, stdout=sink, stderr=sink)
     return Instance(app_id, app_port, Sidecar(http_port, grpc_port, log, process))

@@ -67,7 +67,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
         self._closing = False
         mqtt.check_filter(s.topic, component=self.label)
         self._consumer = s.consumer_id or self.metadata.app_id or self.metadata.name
-        self._instance = mqtt.instance_identity(s, self.metadata.name)
+        self._instance = mqtt.instance_identity(s, self.metadata.name, self._consumer)
         publisher = mqtt.Connection(
             self, s, identifier=mqtt.client_id(self._consumer, self._instance, "pub"), clean=True
         )
@@ -84,6 +84,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
             publisher, self._publisher = self._publisher, None
             if publisher is not None:
                 await publisher.close()
+            mqtt.release_identity(self._instance, self._consumer)
 
     def operations(self) -> Sequence[str]:
         return (OperationKind.CREATE,)

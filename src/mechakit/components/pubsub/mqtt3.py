@@ -102,7 +102,7 @@ class MQTTPubSub(PubSub[MQTTPubSubSettings]):
         self._engines = SubscriptionEngines(self)
         self._subscriptions = {}
         self._consumer = self.consumer_id(s.consumer_id, names="the shared subscriptions")
-        self._instance = mqtt.instance_identity(s, self.metadata.name)
+        self._instance = mqtt.instance_identity(s, self.metadata.name, self._consumer)
         publisher = mqtt.Connection(
             self, s, identifier=mqtt.client_id(self._consumer, self._instance, "pub"), clean=True
         )
@@ -117,6 +117,7 @@ class MQTTPubSub(PubSub[MQTTPubSubSettings]):
             publisher, self._publisher = self._publisher, None
             if publisher is not None:
                 await publisher.close()
+            mqtt.release_identity(self._instance, self._consumer)
 
     async def publish(self, request: PublishRequest) -> None:
         publisher = self.opened(self._publisher)

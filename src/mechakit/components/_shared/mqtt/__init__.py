@@ -27,6 +27,7 @@ from .settings import (
     client_id,
     instance_identity,
     plain_filter,
+    release_identity,
     shared_filter,
     topic_hash,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "plain_filter",
     "publish",
     "publish_properties",
+    "release_identity",
     "shared_filter",
     "topic_hash",
 ]

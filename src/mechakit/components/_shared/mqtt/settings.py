@@ -179,16 +179,60 @@ INSTANCE_ENV = "MECHAKIT_INSTANCE_ID"
 """Names this instance where one host runs several from one folder (each its own value)."""
 
 
-def instance_identity(settings: MQTTSettings, component_name: str) -> str:
+def instance_identity(settings: MQTTSettings, component_name: str, consumer: str = "") -> str:
     """``instanceID``, else ``$MECHAKIT_INSTANCE_ID``, else a stable hash of host name,
-    working directory and component name. Two live clients with one id make the broker
-    drop the older one, so instances on one host started from one folder need one of the
-    first two."""
+    working directory and component name, with the lowest instance slot that no live
+    process of this host holds for ``consumer`` (none for the first, ``-1`` for the
+    second, ...).
+
+    Two live clients with one id make the broker drop the older one, and a restarted
+    instance must get its old id back to take over its session's unacked messages: the
+    slot is an exclusive lock file under ``$MECHAKIT_HOME/instances`` that the OS releases
+    when the process dies, so a restart claims the same slot again. ``release_identity``
+    gives it back when the component closes."""
     chosen = settings.instance_id or os.environ.get(INSTANCE_ENV, "")
     if chosen:
         return _clean(chosen)
     seed = f"{socket.gethostname()}|{os.getcwd()}|{component_name}"
-    return hashlib.sha256(seed.encode()).hexdigest()[:10]
+    return _claim_slot(hashlib.sha256(seed.encode()).hexdigest()[:10], consumer)
+
+
+_SLOTS = 64
+_held: dict[str, tuple[str, int]] = {}
+"""Identities this process holds: their lock file and its descriptor."""
+
+
+def _claim_slot(base: str, consumer: str) -> str:
+    home = os.environ.get("MECHAKIT_HOME") or os.path.join(os.path.expanduser("~"), ".mechakit")
+    folder = Path(home) / "instances"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # nowhere to coordinate: one instance per folder, as before
+        return base
+    import fcntl
+
+    held = {path for path, _ in _held.values()}
+    for slot in range(_SLOTS):
+        identity = base if slot == 0 else f"{base}-{slot}"
+        path = str(folder / f"{_clean(consumer) or '_'}-{identity}.lock")
+        if path in held:
+            continue
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            continue
+        _held[f"{consumer}\0{identity}"] = (path, descriptor)
+        return identity
+    return base
+
+
+def release_identity(identity: str, consumer: str = "") -> None:
+    """Gives back an instance slot ``instance_identity`` claimed (nothing for a chosen id)."""
+    path_and_descriptor = _held.pop(f"{consumer}\0{identity}", None)
+    if path_and_descriptor is not None:
+        os.close(path_and_descriptor[1])
 
 
 def client_id(*parts: str) -> str:
