@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -130,6 +131,17 @@ async def test_unreachable_broker_fails_init() -> None:
                 app_id="a",
             )
         )  # fmt: skip
+
+
+async def test_many_concurrent_publishes_log_no_warning(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Publishes waiting for their PUBACK are routine: no log line per publish."""
+    publisher = await make(app_id="busy")
+    name = topic("busy")
+    with caplog.at_level(logging.WARNING):
+        await asyncio.gather(*(publisher.publish(PublishRequest(name, b"x")) for _ in range(64)))
+    assert not [r for r in caplog.records if "pending publish" in r.getMessage()]
 
 
 async def test_publishing_to_a_wildcard_is_an_invalid_request(make: Make) -> None:

@@ -16,6 +16,10 @@ OnMessage = Callable[[Any, int], None]
 """Called on the event loop with each paho message and the session epoch it came in."""
 
 
+_PENDING_CALLS_WARNING = 10_000
+"""Publishes awaiting their PUBACK at which aiomqtt warns (its default, 10, is routine)."""
+
+
 class Connection:
     """One MQTT client id, connected until closed: reconnects with a doubling wait and
     subscribes its filters again after each connect. ``epoch`` grows whenever the broker
@@ -161,6 +165,9 @@ class Connection:
         else:
             options.update(protocol=aiomqtt.ProtocolVersion.V311, clean_session=self._clean)
         client = aiomqtt.Client(e.host, e.port, **options)
+        # aiomqtt warns on every publish while more than 10 wait for their PUBACK: with
+        # concurrent publishers that is normal, and it flooded the logs.
+        client.pending_calls_threshold = _PENDING_CALLS_WARNING
         inner: paho.Client = client._client  # aiomqtt exposes no manual acks; paho does
         inner.manual_ack_set(True)
         aiomqtt_on_connect = inner.on_connect
