@@ -6,9 +6,12 @@ import enum
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .component import Component, SettingsT, Subscription
+from .delivery import DeliveryEngine, DeliveryPolicy
 from .errors import NotSupportedError
+from .pubsub import Message, Transport
 
 
 class OperationKind(enum.StrEnum):
@@ -72,3 +75,41 @@ class InputBinding(Component[SettingsT]):
     @abstractmethod
     async def read(self, handler: InputHandler) -> Subscription:
         """Deliver events to ``handler`` until the returned subscription is cancelled."""
+
+
+class BindingReads:
+    """The reads of an input binding over a broker, one delivery engine each (the pub/sub
+    engine of ``core.delivery``): events are the messages' data and metadata (with
+    ``contentType`` where the message has one); ``stop`` ends them all, from ``shut``."""
+
+    ROUTE = "binding"
+
+    def __init__(self, component: Component[Any]) -> None:
+        self._component = component
+        self._engines: set[DeliveryEngine] = set()
+
+    @property
+    def reading(self) -> bool:
+        """Whether a read is running (not cancelled or stopping)."""
+        return any(not e.stopping for e in self._engines)
+
+    def start(
+        self, transport: Transport, policy: DeliveryPolicy, handler: InputHandler
+    ) -> Subscription:
+        """A new read delivering what ``transport`` receives (under ``ROUTE``) to ``handler``."""
+        c = self._component
+        engine = DeliveryEngine(transport, policy, label=c.label, log=c.log)
+        self._engines = {e for e in self._engines if not e.stopping} | {engine}
+
+        async def handle(message: Message) -> None:
+            metadata = dict(message.metadata)
+            if message.content_type:
+                metadata.setdefault("contentType", message.content_type)
+            await handler(BindingEvent(data=message.data, metadata=metadata))
+
+        return engine.subscribe(self.ROUTE, handle)
+
+    async def stop(self) -> None:
+        engines, self._engines = list(self._engines), set()
+        for engine in engines:
+            await engine.stop()

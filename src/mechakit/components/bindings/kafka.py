@@ -24,7 +24,7 @@ from mechakit.components._shared.kafka_consumer import GroupMember, GroupTranspo
 from mechakit.components._shared.requests import metadata_value
 from mechakit.components.pubsub.kafka import consumer_options, record_of
 from mechakit.core.bindings import (
-    BindingEvent,
+    BindingReads,
     InputBinding,
     InputHandler,
     InvokeRequest,
@@ -33,12 +33,10 @@ from mechakit.core.bindings import (
     OutputBinding,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError, MetadataError
 from mechakit.core.metadata import StrList, setting
-from mechakit.core.pubsub import Message, PublishRequest
-
-_ROUTE = "binding"
+from mechakit.core.pubsub import PublishRequest
 
 
 class KafkaBindingSettings(KafkaSettings):
@@ -62,7 +60,7 @@ class KafkaBinding(OutputBinding[KafkaBindingSettings], InputBinding[KafkaBindin
     def __init__(self) -> None:
         super().__init__()
         self._producer: Producer | None = None
-        self._engines: set[DeliveryEngine] = set()
+        self._reads = BindingReads(self)
 
     async def open(self) -> None:
         s = self.settings
@@ -72,10 +70,8 @@ class KafkaBinding(OutputBinding[KafkaBindingSettings], InputBinding[KafkaBindin
         self._producer = producer
 
     async def shut(self) -> None:
-        engines, self._engines = list(self._engines), set()
         try:
-            for engine in engines:
-                await engine.stop()
+            await self._reads.stop()
         finally:
             producer, self._producer = self._producer, None
             if producer is not None:
@@ -124,18 +120,9 @@ class KafkaBinding(OutputBinding[KafkaBindingSettings], InputBinding[KafkaBindin
         member = GroupMember(consumer_options(s, options, group), label=self.label,
                              log=self.log, room=policy.room)  # fmt: skip
         transport = GroupTransport(member, list(s.topics), label=self.label,
-                                   route=lambda _topic: _ROUTE)  # fmt: skip
+                                   route=lambda _topic: BindingReads.ROUTE)  # fmt: skip
         await transport.start()
-        engine = DeliveryEngine(transport, policy, label=self.label, log=self.log)
-        self._engines = {e for e in self._engines if not e.stopping} | {engine}
-
-        async def handle(message: Message) -> None:
-            metadata = dict(message.metadata)
-            if message.content_type:
-                metadata.setdefault("contentType", message.content_type)
-            await handler(BindingEvent(data=message.data, metadata=metadata))
-
-        return engine.subscribe(_ROUTE, handle)
+        return self._reads.start(transport, policy, handler)
 
 
 __all__ = ["KafkaBinding", "KafkaBindingSettings"]

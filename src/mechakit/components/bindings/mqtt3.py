@@ -23,7 +23,7 @@ from pydantic import Field
 from mechakit.components._shared import mqtt
 from mechakit.components._shared.requests import metadata_flag, metadata_value
 from mechakit.core.bindings import (
-    BindingEvent,
+    BindingReads,
     InputBinding,
     InputHandler,
     InvokeRequest,
@@ -32,12 +32,11 @@ from mechakit.core.bindings import (
     OutputBinding,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import setting
-from mechakit.core.pubsub import Message
 
-_ROUTE = "binding"
+_ROUTE = BindingReads.ROUTE
 
 
 class MQTTBindingSettings(mqtt.MQTTSettings):
@@ -57,7 +56,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
     def __init__(self) -> None:
         super().__init__()
         self._publisher: mqtt.Connection | None = None
-        self._engines: set[DeliveryEngine] = set()
+        self._reads = BindingReads(self)
         self._consumer = ""
         self._instance = ""
         self._closing = False
@@ -76,10 +75,8 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
 
     async def shut(self) -> None:
         self._closing = True
-        engines, self._engines = list(self._engines), set()
         try:
-            for engine in engines:
-                await engine.stop()
+            await self._reads.stop()
         finally:
             publisher, self._publisher = self._publisher, None
             if publisher is not None:
@@ -112,7 +109,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
 
     async def read(self, handler: InputHandler) -> Subscription:
         self.require_open()
-        if any(not e.stopping for e in self._engines):
+        if self._reads.reading:
             # A second client with the same id would make the broker drop the first.
             raise InvalidRequestError(
                 "this binding is already being read; cancel that read first",
@@ -138,13 +135,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
             max_redelivery_delay=30.0,
             stop_grace=5.0,
         )
-        engine = DeliveryEngine(transport, policy, label=self.label, log=self.log)
-        self._engines = {e for e in self._engines if not e.stopping} | {engine}
-
-        async def handle(message: Message) -> None:
-            await handler(BindingEvent(data=message.data, metadata=dict(message.metadata)))
-
-        return engine.subscribe(_ROUTE, handle)
+        return self._reads.start(transport, policy, handler)
 
 
 __all__ = ["MQTTBinding", "MQTTBindingSettings"]

@@ -38,7 +38,7 @@ from mechakit.components._shared.rabbitmq_queue import (
     declare_queue,
 )
 from mechakit.core.bindings import (
-    BindingEvent,
+    BindingReads,
     InputBinding,
     InputHandler,
     InvokeRequest,
@@ -47,13 +47,13 @@ from mechakit.core.bindings import (
     OutputBinding,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryEngine, DeliveryPolicy
+from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import Bool, Duration, setting
-from mechakit.core.pubsub import Delivery, Message
+from mechakit.core.pubsub import Delivery
 from mechakit.core.state import parse_ttl
 
-_ROUTE = "binding"
+_ROUTE = BindingReads.ROUTE
 
 
 class RabbitMQBindingSettings(RabbitMQConnectionSettings):
@@ -105,7 +105,7 @@ class RabbitMQBinding(
         super().__init__()
         self._amqp: AmqpConnection | None = None
         self._publisher: Publisher | None = None
-        self._engines: set[DeliveryEngine] = set()
+        self._reads = BindingReads(self)
 
     async def open(self) -> None:
         s = self.settings
@@ -129,10 +129,8 @@ class RabbitMQBinding(
                 await channel.close()
 
     async def shut(self) -> None:
-        engines, self._engines = list(self._engines), set()
         try:
-            for engine in engines:
-                await engine.stop()
+            await self._reads.stop()
         finally:
             publisher, amqp = self._publisher, self._amqp
             self._publisher, self._amqp = None, None
@@ -197,16 +195,7 @@ class RabbitMQBinding(
         except BaseException:
             await consumer.close()
             raise
-        engine = DeliveryEngine(consumer, policy, label=self.label, log=self.log)
-        self._engines = {e for e in self._engines if not e.stopping} | {engine}
-
-        async def handle(message: Message) -> None:
-            metadata = dict(message.metadata)
-            if message.content_type:
-                metadata.setdefault("contentType", message.content_type)
-            await handler(BindingEvent(data=message.data, metadata=metadata))
-
-        return engine.subscribe(_ROUTE, handle)
+        return self._reads.start(consumer, policy, handler)
 
 
 __all__ = ["RabbitMQBinding", "RabbitMQBindingSettings"]
