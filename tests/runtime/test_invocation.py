@@ -171,6 +171,29 @@ def test_a_stopped_callee_is_a_clear_error_and_calls_resume_once_it_is_back(
     assert httpx.get(url).status_code == 200
 
 
+def test_a_registered_sidecar_that_does_not_answer_is_skipped(sidecars: Cluster) -> None:
+    """A callee killed without unregistering stays listed until its row expires: calls
+    meanwhile go to an instance that answers."""
+    import sqlite3
+
+    dead = f"127.0.0.1:{free_port()}"
+    with sqlite3.connect(sidecars.folder / "home" / "nr.db") as registry:
+        registry.execute(
+            "INSERT INTO " + _table(registry) + " (registration_id, address, app_id, "
+            "namespace, last_update) VALUES ('killed', ?, 'svc-b', 'default', ?)",
+            (dead, time.time() + 3600),  # fresh for the whole test
+        )
+    url = f"{sidecars['svc-a'].url}/v1.0/invoke/svc-b/method/x"
+    assert [httpx.get(url).status_code for _ in range(12)] == [200] * 12
+
+
+def _table(registry: Any) -> str:
+    rows = registry.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    tables = [str(row[0]) for row in rows if "metadata" not in str(row[0])]
+    assert len(tables) == 1, tables
+    return tables[0]
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_the_sdks_invoke_method(
     sidecars: Cluster, monkeypatch: pytest.MonkeyPatch, protocol: str

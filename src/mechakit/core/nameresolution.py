@@ -20,6 +20,9 @@ class ResolveRequest:
     app_id: str
     namespace: str = DEFAULT_NAMESPACE
     port: int = 0
+    exclude: frozenset[str] = frozenset()
+    """Addresses that just did not answer: a resolver that knows others returns one of
+    them (a sidecar killed without unregistering is still listed until it expires)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.app_id, str) or not self.app_id:

@@ -174,6 +174,7 @@ class SQLiteNameResolver(NameRegistry[SQLiteResolverSettings]):
             return [str(row[0]) for row in rows]
 
         found = await self._call(live, f"look up app id {request.app_id!r}")
+        found = [address for address in found if address not in request.exclude]
         if not found:
             raise NotFoundError(
                 f"no live sidecar of app id {request.app_id!r} in namespace "

@@ -37,6 +37,8 @@ from .errors import DaprError, ErrorKind
 
 INTERNAL_METHOD = "/mechakit.internal.v1.ServiceInvocation/CallLocal"
 DEFAULT_RESOLVER = "nameresolution.sqlite"
+CONNECT_ATTEMPTS = 3
+"""Instances of an app id tried when their sidecars do not answer."""
 CALL_TIMEOUT = 60.0
 _HOP_BY_HOP = frozenset(
     {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
@@ -185,17 +187,10 @@ class Invoker:
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     async def invoke(self, target: str, invocation: Invocation) -> Reply:
+        """Calls ``target``'s sidecar; one that refuses the connection (killed, still
+        registered until its row expires) is skipped for another instance, up to
+        ``CONNECT_ATTEMPTS`` of them."""
         app_id, namespace = split_target(target)
-        try:
-            address = await self.resolver.resolve(ResolveRequest(app_id, namespace))
-        except NotFoundError as exc:
-            raise direct_invoke_error(target, str(exc)) from exc
-        except MechakitError as exc:
-            raise direct_invoke_error(target, f"name resolution failed: {exc}") from exc
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INTERNAL_METHOD)
         header = {
             "app_id": app_id,
             "method": invocation.method,
@@ -204,13 +199,34 @@ class Invoker:
             "headers": invocation.headers,
             "caller": self.app_id,
         }
-        try:
-            data = await call(_frame(header, invocation.body), timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            reason = f"the sidecar at {address} did not answer: {exc.details() or exc.code().name}"
-            raise direct_invoke_error(target, reason) from exc
-        answer, body = _unframe(data)
-        return Reply(int(answer["status"]), tuple(map(tuple, answer["headers"])), body)
+        unanswered: set[str] = set()
+        while True:
+            try:
+                request = ResolveRequest(app_id, namespace, exclude=frozenset(unanswered))
+                address = await self.resolver.resolve(request)
+            except NotFoundError as exc:
+                raise direct_invoke_error(target, str(exc)) from exc
+            except MechakitError as exc:
+                raise direct_invoke_error(target, f"name resolution failed: {exc}") from exc
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                INTERNAL_METHOD
+            )
+            try:
+                data = await call(_frame(header, invocation.body), timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                unanswered.add(address)
+                retry = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if retry and len(unanswered) < CONNECT_ATTEMPTS:
+                    continue
+                reason = (
+                    f"the sidecar at {address} did not answer: {exc.details() or exc.code().name}"
+                )
+                raise direct_invoke_error(target, reason) from exc
+            answer, body = _unframe(data)
+            return Reply(int(answer["status"]), tuple(map(tuple, answer["headers"])), body)
 
     async def serve_call(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """The internal method: the caller sidecar's frame in, the app's answer out."""
