@@ -33,6 +33,8 @@ class LossyProxy:
         self.port = 0
         self.lost = 0
         """How many answers were lost so far."""
+        self.chunks = 0
+        """How many client-to-server reads carried data (about one per round trip)."""
         self._armed: _Armed | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,6 +75,7 @@ class LossyProxy:
 
         async def upstream() -> None:
             while chunk := await client_r.read(65536):
+                self.chunks += 1
                 armed = self._armed
                 if armed is not None and not lose and armed.marker in chunk:
                     self._armed = None

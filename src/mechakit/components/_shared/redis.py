@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, field_validator
 
@@ -49,6 +49,9 @@ from mechakit.core.metadata import (
     Settings,
     setting,
 )
+
+if TYPE_CHECKING:
+    from mechakit.components._shared.redis_autopipe import AutoPipeline
 
 
 class RedisType(enum.StrEnum):
@@ -310,7 +313,9 @@ RedisSettingsT = TypeVar("RedisSettingsT", bound=RedisSettings)
 
 class RedisDriver(Component[RedisSettingsT]):
     """Base of a driver over one redis-py client: ``open`` connects it, ``shut`` closes it,
-    ``ping`` pings it and ``_redis`` hands it out while the component is open.
+    ``ping`` pings it and ``_redis`` hands it out while the component is open; ``_calls``
+    sends through the same client with auto-pipelining (``_shared.redis_autopipe``), for
+    the calls that many callers make at once.
 
     A driver that checks its settings first (or connects more) overrides ``open`` and
     calls ``super().open()``.
@@ -319,12 +324,19 @@ class RedisDriver(Component[RedisSettingsT]):
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
+        self._auto: AutoPipeline | None = None
 
     async def open(self) -> None:
+        from mechakit.components._shared.redis_autopipe import AutoPipeline
+
         self._client = await connect(self.settings, component=self.label)
+        self._auto = AutoPipeline(self._client)
 
     async def shut(self) -> None:
         client, self._client = self._client, None
+        auto, self._auto = self._auto, None
+        if auto is not None:
+            await auto.drain()
         await close_client(client)
 
     async def ping(self) -> None:
@@ -335,6 +347,11 @@ class RedisDriver(Component[RedisSettingsT]):
     def _redis(self) -> Any:
         """The client ``open`` made; ``ComponentNotOpenError`` when the component is not open."""
         return self.opened(self._client)
+
+    @property
+    def _calls(self) -> AutoPipeline:
+        """The auto-pipeline over ``_redis``; ``ComponentNotOpenError`` when not open."""
+        return self.opened(self._auto)
 
 
 class redis_errors:  # lower case: used like a function, ``with redis_errors(...)``

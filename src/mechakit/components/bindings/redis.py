@@ -68,16 +68,17 @@ class RedisBinding(RedisDriver[RedisBindingSettings], OutputBinding[RedisBinding
         with redis_errors(self.label, key=key, action=operation):
             if operation == OperationKind.CREATE:
                 ttl = self._ttl(request, key)
-                await self._redis.set(key, request.data, ex=ttl if ttl and ttl > 0 else None)
+                expiry = ttl if ttl and ttl > 0 else None
+                await self._calls.command(lambda r: r.set(key, request.data, ex=expiry))
                 return InvokeResponse()
             if operation == OperationKind.GET:
                 if self._flag(request, "delete", key):
                     data = await self._once(key, "get and delete", lambda r: r.getdel(key))
                 else:
-                    data = await self._redis.get(key)
+                    data = await self._calls.command(lambda r: r.get(key))
                 return InvokeResponse(data=b"" if data is None else bytes(data))
             if operation == OperationKind.DELETE:
-                await self._redis.delete(key)
+                await self._calls.command(lambda r: r.delete(key))
                 return InvokeResponse()
             ttl = self._ttl(request, key)
             count = await self._once(key, "increment", lambda r: _increment(r, key, ttl))

@@ -36,14 +36,16 @@ class RedisLockStore(RedisDriver[RedisLockSettings], LockStore[RedisLockSettings
 
     async def try_lock(self, request: TryLockRequest) -> bool:
         with redis_errors(self.label, key=request.resource_id, action="lock"):
-            acquired = await self._redis.set(
-                request.resource_id, request.owner, nx=True, px=request.expiry_seconds * 1000
+            acquired = await self._calls.command(
+                lambda r: r.set(
+                    request.resource_id, request.owner, nx=True, px=request.expiry_seconds * 1000
+                )
             )
         return bool(acquired)
 
     async def unlock(self, request: UnlockRequest) -> UnlockStatus:
         with redis_errors(self.label, key=request.resource_id, action="unlock"):
-            status = await _UNLOCK(self._redis, [request.resource_id], [request.owner])
+            status = await self._calls.script(_UNLOCK, [request.resource_id], [request.owner])
         return UnlockStatus(int(status))
 
 

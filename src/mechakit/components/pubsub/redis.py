@@ -57,6 +57,7 @@ from mechakit.components._shared.redis import (
     map_error,
     redis_errors,
 )
+from mechakit.components._shared.redis_autopipe import AutoPipeline
 from mechakit.core.component import Subscription
 from mechakit.core.delivery import (
     DeliveryPolicy,
@@ -244,8 +245,7 @@ class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSet
         return self._consumer
 
     async def publish(self, request: PublishRequest) -> None:
-        client = self._redis
-        await self._xadd(client, request.topic, self._fields(request))
+        await self._xadd(self._redis, request.topic, self._fields(request), auto=self._calls)
 
     async def bulk_publish(self, request: BulkPublishRequest) -> BulkPublishResponse:
         """One pipeline of XADDs; an entry that fails (bad TTL, rejected write) fails alone."""
@@ -281,10 +281,15 @@ class RedisPubSub(RedisDriver[RedisPubSubSettings], BulkPublisher[RedisPubSubSet
     # They take the client: a stopping subscription still acks and dead-letters while
     # shut() waits for its handlers, when the public operations already refuse.
 
-    async def _xadd(self, client: Any, topic: str, fields: dict[str, bytes]) -> None:
+    async def _xadd(
+        self, client: Any, topic: str, fields: dict[str, bytes], auto: AutoPipeline | None = None
+    ) -> None:
+        """XADD (and XTRIM after it, when both limits apply); through ``auto`` when given."""
         trim = self._trim_args()
         with redis_errors(self.label, key=topic, action=f"publish to {topic!r}"):
-            if trim.minid_after_maxlen is None:
+            if trim.minid_after_maxlen is None and auto is not None:
+                await auto.command(lambda r: r.xadd(topic, fields, **trim.xadd))
+            elif trim.minid_after_maxlen is None:
                 await client.xadd(topic, fields, **trim.xadd)
             else:
                 pipe = client.pipeline(transaction=False)

@@ -109,19 +109,19 @@ class RedisStateStore(RedisDriver[RedisStateSettings], TransactionalStore[RedisS
 
     async def get(self, request: GetRequest) -> StateItem | None:
         with redis_errors(self.label, key=request.key, action="get"):
-            reply = await _GET(self._redis, [self.stored_key(request.key)], [])
+            reply = await self._calls.script(_GET, [self.stored_key(request.key)], [])
         return self._item(request.key, reply)
 
     async def set(self, request: SetRequest) -> None:
         script, keys, args = self._set_call(request)
         with redis_errors(self.label, key=request.key, action="set", write=True):
-            status = await script(self._redis, keys, args)
+            status = await self._calls.script(script, keys, args)
         if status:
             raise self._etag_error(request.key, int(status))
 
     async def delete(self, request: DeleteRequest) -> None:
         with redis_errors(self.label, key=request.key, action="delete", write=True):
-            status = await _DELETE(self._redis, *self._delete_call(request))
+            status = await self._calls.script(_DELETE, *self._delete_call(request))
         if status:
             raise self._etag_error(request.key, int(status))
 
@@ -183,7 +183,7 @@ class RedisStateStore(RedisDriver[RedisStateSettings], TransactionalStore[RedisS
             keys.append(marker)
             args[0] = str(self._marker_seconds)
         with redis_errors(self.label, action="transaction", write=True):
-            reply = await _TRANSACT(self._redis, keys, args)
+            reply = await self._calls.script(_TRANSACT, keys, args)
         failed = int(reply[0])
         if failed:
             op = operations[failed - 1]
