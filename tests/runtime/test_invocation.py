@@ -66,8 +66,9 @@ class Cluster(dict[str, Sidecar]):
         self.environment["MECHAKIT_HOME"] = str(folder / "home")
         self.environment["APP_API_TOKEN"] = "app-secret"
 
-    def start(self, app_id: str, protocol: str = "http") -> Sidecar:
-        """An echo app (HTTP or gRPC) and its sidecar for ``app_id``, both answering."""
+    def start(self, app_id: str, protocol: str = "http", *flags: str) -> Sidecar:
+        """An echo app (HTTP or gRPC) and its sidecar for ``app_id`` (with ``flags`` of
+        ``mechakit run``), both answering."""
         app_port, http_port, grpc_port = free_port(), free_port(), free_port()
         log = self.folder / f"{app_id}-{time.monotonic_ns()}.log"
         with log.open("wb") as sink:
@@ -84,7 +85,7 @@ class Cluster(dict[str, Sidecar]):
                 sys.executable, "-m", "mechakit.runtime.cli", "run", "--app-id", app_id,
                 "--app-port", str(app_port), "--dapr-http-port", str(http_port),
                 "--dapr-grpc-port", str(grpc_port), "--dapr-internal-grpc-port", ports[0],
-                "--metrics-port", ports[1], "--app-protocol", protocol,
+                "--metrics-port", ports[1], "--app-protocol", protocol, *flags,
             ]  # fmt: skip
             runner = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=sink, env=self.environment

@@ -458,17 +458,21 @@ def _bind_each(server: grpc.aio.Server, hosts: list[str], port: int) -> tuple[in
 
 
 async def _start_invocation(runtime: Runtime, namespace: argparse.Namespace) -> Invoker:
-    """The name resolver of the Configuration (sqlite by default) and the app it calls."""
+    """The name resolver of the Configuration (sqlite by default), its access control and
+    the app it calls."""
+    from mechakit.runtime.service.access_control import access_control_of
     from mechakit.runtime.service.invocation import GrpcApp, HttpApp, Invoker, open_resolver
 
     host = runtime.host
     spec = host.configuration.spec if host.configuration is not None else {}
+    grpc_app = plain_protocol(namespace.app_protocol) == "grpc"
+    access = access_control_of(host.configuration, http_app=not grpc_app)
     resolver = await open_resolver(spec, namespace.app_id, host.registry)
     app: HttpApp | GrpcApp | None = None
     if namespace.app_port is not None:
-        grpc_app = plain_protocol(namespace.app_protocol) == "grpc"
         app = (GrpcApp if grpc_app else HttpApp)(namespace.app_port, namespace.app_channel_address)
-    return Invoker(resolver, namespace.app_id, os.environ.get("NAMESPACE") or "default", app)
+    own_namespace = os.environ.get("NAMESPACE") or "default"
+    return Invoker(resolver, namespace.app_id, own_namespace, app, access)
 
 
 async def _start_internal_grpc(

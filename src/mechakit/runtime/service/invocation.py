@@ -5,7 +5,9 @@ The resolver (a ``nameresolution`` component) is the Configuration's
 ``spec.nameResolution`` (``component``, ``version``, ``configuration``), as daprd reads it;
 without one it is ``nameresolution.sqlite``, so sidecars of one host find each other with
 nothing configured. Between sidecars one generic gRPC method carries a frame: a 4-byte
-length, a JSON header (method, verb, query, headers, caller) and the body as is.
+length, a JSON header (method, verb, query, headers, caller with its namespace and trust
+domain) and the body as is. The callee's ``spec.accessControl`` is checked before its app is
+called (:mod:`.access_control`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from mechakit.core.nameresolution import (
 )
 from mechakit.core.registry import Registry
 
+from .access_control import (
+    AccessControl,
+    caller_of,
+    denied_error,
+    normalize_method,
+    own_trust_domain,
+)
 from .errors import DaprError, ErrorKind
 
 INTERNAL_METHOD = "/mechakit.internal.v1.ServiceInvocation/CallLocal"
@@ -184,6 +193,8 @@ class Invoker:
     app_id: str
     namespace: str = DEFAULT_NAMESPACE
     app: HttpApp | GrpcApp | None = None
+    access_control: AccessControl | None = None
+    """This app's ``spec.accessControl``: checked on calls in; its trust domain is sent out."""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     async def invoke(self, target: str, invocation: Invocation) -> Reply:
@@ -198,6 +209,8 @@ class Invoker:
             "query": invocation.query,
             "headers": invocation.headers,
             "caller": self.app_id,
+            "caller_namespace": self.namespace,
+            "caller_trust_domain": own_trust_domain(self.access_control),
         }
         unanswered: set[str] = set()
         while True:
@@ -217,6 +230,8 @@ class Invoker:
             try:
                 data = await call(_frame(header, invocation.body), timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
+                    raise denied_error(target, exc.details() or "") from exc
                 unanswered.add(address)
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE
                 if retry and len(unanswered) < CONNECT_ATTEMPTS:
@@ -231,6 +246,15 @@ class Invoker:
     async def serve_call(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """The internal method: the caller sidecar's frame in, the app's answer out."""
         header, body = _unframe(data)
+        try:
+            header["method"] = normalize_method(header["method"])
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid method: {exc}")
+        if self.access_control is not None:
+            verb = "" if isinstance(self.app, GrpcApp) else header["verb"]
+            refusal = self.access_control.refusal(caller_of(header), verb, header["method"])
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         if self.app is None:
             return _error_frame(f"app id {self.app_id!r} has no app port to call")
         invocation = Invocation(
