@@ -512,14 +512,14 @@ def test_the_graceful_period_bounds_the_wait(sidecars: list[Sidecar], home: Path
     assert "1 delivery(ies) still in flight" in sidecar.log
 
 
-def test_run_file_is_refused_with_a_message_not_a_usage_error(
+def test_a_run_file_that_does_not_exist_is_refused_with_a_message_not_a_usage_error(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mechakit.runtime.cli import main
 
-    assert main(["run", "-f", "dapr.yaml"]) == 1
+    assert main(["run", "-f", str(home / "dapr.yaml")]) == 1
     err = capsys.readouterr().err
-    assert "--run-file (multi-app run) is not supported" in err
+    assert f"{home / 'dapr.yaml'}: no such file or folder" in err
     assert "usage:" not in err
 
 

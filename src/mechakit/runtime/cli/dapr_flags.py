@@ -402,7 +402,8 @@ def add_dapr_run_flags(parser: argparse.ArgumentParser) -> None:
         "--run-file",
         metavar="FILE",
         default=None,
-        help="multi-app run: not supported yet (mechakit says so and exits)",
+        help="multi-app run: start every app of this template (a folder: its dapr.yaml), "
+        "each with its sidecar",
     )
     ignored = parser.add_argument_group(
         "accepted for dapr run compatibility",

@@ -22,6 +22,7 @@ from .dapr_flags import (
     non_negative,
     notices,
 )
+from .multi_app_run import run_template, take_log_fd
 
 SIDECAR = ("starlette", "uvicorn", "grpc", "dapr", "httpx")
 """Top-level modules of what the ``sidecar`` extra installs (``google.protobuf`` and
@@ -143,19 +144,15 @@ def _is_bool(word: str) -> bool:
 
 
 def _run(namespace: argparse.Namespace, passthrough: list[str]) -> int:
+    take_log_fd()
     if lacks_extra("run", "sidecar", SIDECAR):
         return 1
+    if namespace.run_file:
+        return run_template(namespace.run_file, ("--log-as-json",) if namespace.log_as_json else ())
     before: list[str] = namespace.app_command
     command = [*before, "--", *passthrough] if before and passthrough else before or passthrough
     _configure_logging(namespace)
     log = logging.getLogger("mechakit.run")
-    if namespace.run_file:
-        print(
-            "error: --run-file (multi-app run) is not supported by mechakit yet: start one "
-            "'mechakit run' per app",
-            file=sys.stderr,
-        )
-        return 1
     for line in notices(namespace):
         log.warning("%s", line)
     if not namespace.app_id:
