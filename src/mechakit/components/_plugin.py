@@ -149,6 +149,26 @@ def mechakit_components() -> list[ComponentSpec]:
             description="Sidecars of one host found through a shared SQLite file (the default).",
         ),
         ComponentSpec(
+            "nameresolution.mdns",
+            f"{_PKG}.nameresolution.mdns:MDNSNameResolver",
+            install_hint="pip install 'mechakit[mdns]'",
+            requires=("zeroconf",),
+            status="alpha",
+            description="Sidecars of one network segment found through multicast DNS.",
+        ),
+        ComponentSpec(
+            "nameresolution.kubernetes",
+            f"{_PKG}.nameresolution.kubernetes:KubernetesNameResolver",
+            status="alpha",
+            description="Kubernetes sidecar service names, <appid>-dapr.<namespace>.svc...",
+        ),
+        ComponentSpec(
+            "nameresolution.nameformat",
+            f"{_PKG}.nameresolution.nameformat:NameFormatResolver",
+            status="alpha",
+            description="Every app id's address from one pattern such as {appid}.example:50002.",
+        ),
+        ComponentSpec(
             "configuration.in-memory",
             f"{_PKG}.configuration.in_memory:InMemoryConfigurationStore",
             status="alpha",

@@ -173,6 +173,7 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "mosquitto": "mechakit.conformance.backends_mqtt:MosquittoBackend",
     "gcp-pubsub": "mechakit.conformance.backends_gcp:PubSubEmulatorBackend",
     "azure-servicebus": "mechakit.conformance.backends_azure:ServiceBusBackend",
+    "multicast": "mechakit.conformance.backends_mdns:MulticastBackend",
 }
 """Short backend names of the matrix → ``module:factory``; nothing is imported until used."""
 

@@ -89,7 +89,9 @@ SUITE_OPTIONS: Mapping[str, Mapping[str, SuiteOption]] = {
     "lock": _options(
         SuiteOption("expiry_timeout", NUMBER, 3),
     ),
-    "nameresolution": _options(),
+    "nameresolution": _options(
+        SuiteOption("addresses", (list,), []),
+    ),
     "configuration": _options(
         SuiteOption("writer", (str,), None),
         SuiteOption("receive_timeout", NUMBER, 10),

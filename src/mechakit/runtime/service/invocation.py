@@ -195,6 +195,8 @@ class Invoker:
     app: HttpApp | GrpcApp | None = None
     access_control: AccessControl | None = None
     """This app's ``spec.accessControl``: checked on calls in; its trust domain is sent out."""
+    internal_port: int = 0
+    """This sidecar's internal gRPC port: the port computing resolvers fill in (daprd's)."""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     async def invoke(self, target: str, invocation: Invocation) -> Reply:
@@ -215,7 +217,9 @@ class Invoker:
         unanswered: set[str] = set()
         while True:
             try:
-                request = ResolveRequest(app_id, namespace, exclude=frozenset(unanswered))
+                request = ResolveRequest(
+                    app_id, namespace, self.internal_port, exclude=frozenset(unanswered)
+                )
                 address = await self.resolver.resolve(request)
             except NotFoundError as exc:
                 raise direct_invoke_error(target, str(exc)) from exc
@@ -279,6 +283,7 @@ class Invoker:
         return grpc.method_handlers_generic_handler(service, {name: method})
 
     async def register(self, port: int, host: str = "127.0.0.1") -> None:
+        self.internal_port = port
         if isinstance(self.resolver, NameRegistry):
             await self.resolver.register(
                 Registration(self.app_id, f"{host}:{port}", self.namespace)
