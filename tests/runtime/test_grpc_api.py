@@ -609,14 +609,24 @@ async def test_api_logging_logs_each_call_with_its_code(
     rt: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await start_server(rt, "127.0.0.1", 0, api_logging=True)
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mechakit.api"]
+
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub: Any = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
-            with caplog.at_level("INFO", logger="mechakit.api"):
+        with caplog.at_level("INFO", logger="mechakit.api"):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub: Any = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
                 await get(stub, "k")
                 await failure(stub.GetState(state_pb2.GetStateRequest(store_name="nope", key="k")))
+            # The line is written once the handler is done, which may be just after the
+            # caller got its answer.
+            for _ in range(100):
+                if len(logged()) >= 2:
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await server.stop(0)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mechakit.api"]
+    lines = logged()
     assert any('method="/dapr.proto.runtime.v1.Dapr/GetState" code=OK' in line for line in lines)
     assert any("code=INVALID_ARGUMENT" in line for line in lines), lines

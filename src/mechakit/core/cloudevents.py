@@ -133,12 +133,15 @@ def envelope(
     pubsub_name: str,
     source: str,
     expire_after: int | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> bytes:
     """The bytes to publish: ``payload`` wrapped in a CloudEvent, or, when it is one already
     (``application/cloudevents+json``), that event stamped with topic and pub/sub name.
 
     ``expire_after`` seconds sets ``expiration``, for brokers that cannot expire messages
-    themselves. A CloudEvent payload that is not a JSON object raises ``ValueError``.
+    themselves. ``trace`` (``traceid``, ``traceparent``, ``tracestate``) is set on a new
+    event, and on a given one that has no ``traceid`` of its own, as Dapr does. A
+    CloudEvent payload that is not a JSON object raises ``ValueError``.
     """
     if is_cloudevent_content(content_type):
         text = _utf8(payload)
@@ -147,10 +150,16 @@ def envelope(
             raise ValueError("a body sent as application/cloudevents+json must be a JSON object")
         event["topic"] = topic
         event["pubsubname"] = pubsub_name
+        if trace and "traceid" not in event:
+            event["traceid"] = trace.get("traceparent", "")
+            event.setdefault("traceparent", event["traceid"])
+        if trace and "tracestate" not in event:
+            event["tracestate"] = trace.get("tracestate", "")
     else:
         event = new_event(
             payload, content_type=content_type, topic=topic, pubsub_name=pubsub_name, source=source
         )
+        event.update(trace or {})
     if expire_after is not None and expire_after > 0:
         expires = datetime.now(UTC) + timedelta(seconds=expire_after)
         event["expiration"] = expires.isoformat(timespec="milliseconds").replace("+00:00", "Z")

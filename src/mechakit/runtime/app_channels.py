@@ -33,6 +33,7 @@ from mechakit.core import cloudevents
 from mechakit.core.bindings import BindingEvent
 from mechakit.core.errors import ComponentError, ConnectionFailedError
 
+from . import tracing
 from .bulk_subscribe import BulkEntry, BulkOutcome, http_envelope, http_outcome
 from .routing import AppSubscription, BulkConfig, RouteRule, RouteSyntaxError
 
@@ -292,6 +293,7 @@ class HttpAppChannel(AppChannel):
         where = f"POST {path}"
         headers = http_headers(MESSAGE_METADATA.get())
         headers["content-type"] = cloudevents.CONTENT_TYPE
+        headers.update(tracing.trace_headers())
         try:
             response = await self._client.post(
                 path,
@@ -465,7 +467,11 @@ class GrpcAppChannel(AppChannel):
         where = f"OnTopicEvent {path or '(default)'}"
         try:
             answer = await self._stub.OnTopicEvent(
-                request, timeout=self.timeout, metadata=grpc_metadata(MESSAGE_METADATA.get())
+                request,
+                timeout=self.timeout,
+                metadata=tracing.with_trace(
+                    grpc_metadata(MESSAGE_METADATA.get()), tracing.trace_metadata
+                ),
             )
         except self._grpc.aio.AioRpcError as exc:
             detail = f"{where}: {exc.code().name} {exc.details() or ''}".rstrip()

@@ -63,6 +63,7 @@ from mechakit.core.configuration import ConfigurationUpdate
 from mechakit.core.errors import MechakitError
 from mechakit.core.pubsub import DropMessage, Handler, Message, PubSub, SubscribeRequest
 
+from . import tracing
 from .app_channels import MESSAGE_METADATA, AppAnswer, AppChannel, AppRetryError, AppStatus
 from .bulk_subscribe import Batcher, BulkSender, bulk_entry
 from .manifest import MetadataItem
@@ -392,7 +393,8 @@ def topic_handler(
             return answer
 
         async def once(route: str = path) -> AppAnswer:
-            return settled(await send(event, route, subscription))
+            sent = send(event, route, subscription)
+            return settled(await tracing.delivery(event, subscription.topic, sent))
 
         if batcher is not None:
             word, detail = await batcher.submit(bulk_entry(message, event, subscription), path)

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
 
-from . import bulk
+from . import bulk, tracing_middleware
 from .grpc_api import API_TOKEN_METADATA, DEFAULT_STOP_GRACE, Context, DaprGrpcApi
 from .in_process import Runtime
 
@@ -185,6 +185,7 @@ def create_server(
         observers.append(lambda method, code, elapsed: on_call(method, go_status(code), elapsed))
     if observers:
         interceptors.insert(0, _Observed(observers))
+    interceptors.append(tracing_middleware.grpc_interceptor())
     settings: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
     size = options.get("max_message_size")
     if size is not None:

@@ -55,7 +55,7 @@ from mechakit.core.state import (
     GetRequest,
 )
 
-from . import bulk, http_routes
+from . import bulk, http_routes, tracing_middleware
 from . import http_codec as codec
 from .http_guards import DEFAULT_READ_BODY_TIMEOUT, RequestGuard
 from .http_routes import API_TOKEN_HEADER, Endpoint, Handler
@@ -143,7 +143,12 @@ class DaprHttpApi(Door):
         )
         self.app = Starlette(
             routes=routes,
-            middleware=[token, Middleware(_AppIdHeader), guard],
+            middleware=[
+                token,
+                Middleware(_AppIdHeader),
+                Middleware(tracing_middleware.HttpTracing),
+                guard,
+            ],
             exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         )
 

@@ -200,6 +200,11 @@ async def _start_servers(
 ) -> SidecarMetrics | None:
     """The metrics server, the internal gRPC port and the gRPC API, each stopped by
     ``stack``; an ``OSError`` when a port cannot be had. Returns the metrics (None: off)."""
+    from mechakit.runtime import tracing
+
+    host = runtime.host
+    spec = host.configuration.spec if host.configuration is not None else {}
+    stack.push_async_callback(tracing.configure(spec, namespace.app_id).shutdown)
     metrics = await _start_metrics(runtime, namespace, stack, log)
     runtime.invoker = invoker = await _start_invocation(runtime, namespace)
     stack.push_async_callback(invoker.close)

@@ -34,6 +34,7 @@ from mechakit.core.nameresolution import (
     ResolveRequest,
 )
 from mechakit.core.registry import Registry
+from mechakit.runtime import tracing
 
 from .access_control import (
     AccessControl,
@@ -117,6 +118,7 @@ class HttpApp:
     async def call(self, invocation: Invocation, app_id: str) -> Reply:
         headers = [(k, v) for k, v in invocation.headers if k.lower() not in _NOT_FORWARDED]
         headers += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
+        headers = tracing.with_trace(headers, tracing.trace_headers)
         token = os.environ.get("APP_API_TOKEN")
         if token:
             headers.append(("dapr-api-token", token))
@@ -160,12 +162,13 @@ class GrpcApp:
             content_type=headers.pop("content-type", ""),
             http_extension=extension,
         )
-        metadata = [
+        metadata: list[tuple[str, str | bytes]] = [
             (k, v)
             for k, v in headers.items()
             if k not in _NOT_FORWARDED and _METADATA_KEY.fullmatch(k) and v.isascii()
         ]
         metadata += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
+        metadata = tracing.with_trace(metadata, tracing.trace_metadata)
         token = os.environ.get("APP_API_TOKEN")
         if token:
             metadata.append(("dapr-api-token", token))
@@ -232,7 +235,11 @@ class Invoker:
                 INTERNAL_METHOD
             )
             try:
-                data = await call(_frame(header, invocation.body), timeout=CALL_TIMEOUT)
+                data = await call(
+                    _frame(header, invocation.body),
+                    timeout=CALL_TIMEOUT,
+                    metadata=tracing.trace_metadata(),
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     raise denied_error(target, exc.details() or "") from exc
@@ -270,7 +277,12 @@ class Invoker:
             caller=header["caller"],
         )
         try:
-            reply = await self.app.call(invocation, self.app_id)
+            reply = await tracing.within(
+                f"CallLocal/{self.app_id}/{invocation.method}",
+                tracing.incoming(context.invocation_metadata()),
+                tracing.SpanKind.SERVER,
+                self.app.call(invocation, self.app_id),
+            )
         except (httpx.HTTPError, ConnectionError) as exc:
             return _error_frame(f"cannot reach the app of {self.app_id!r}: {exc}")
         return _frame({"status": reply.status, "headers": reply.headers}, reply.body)

@@ -19,7 +19,7 @@ from mechakit.core.pubsub import (
     PubSubFeature,
 )
 from mechakit.core.state import parse_ttl
-from mechakit.runtime import bulk
+from mechakit.runtime import bulk, tracing
 
 from .errors import BlockService, DaprError, failure, invalid
 
@@ -89,6 +89,7 @@ class PubSubService(BlockService[PubSub[Any]]):
                 pubsub_name=pubsub.name,
                 source=self._source,
                 expire_after=None if native_ttl else ttl,
+                trace=tracing.cloudevent_fields(metadata),
             )
         except ValueError as exc:
             raise invalid("ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)) from None
