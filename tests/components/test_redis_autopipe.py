@@ -19,6 +19,7 @@ from mechakit.conformance.backends import BackendInfo
 from mechakit.core.bindings import InvokeRequest
 from mechakit.core.errors import ComponentError, ConnectionFailedError, ETagError
 from mechakit.core.lock import TryLockRequest
+from mechakit.core.pubsub import Message, PublishRequest, SubscribeRequest
 from mechakit.core.state import Concurrency, GetRequest, SetRequest, StateItem, StateOptions
 
 if TYPE_CHECKING:
@@ -177,3 +178,36 @@ async def test_locks_and_bindings_pipeline_too(
     )
     assert [reply.data for reply in replies] == [k.encode() for k in names]
     assert proxy.chunks - before <= CALLS // 2
+
+
+async def test_acks_ride_with_the_next_read_and_go_alone_when_no_message_comes(
+    redis_driver: RedisDriver, proxy: LossyProxy, raw_redis: Any
+) -> None:
+    """One publisher, one message at a time: each ack goes in one pipeline with the
+    subscriber's next XREADGROUP (two round trips a message, not three); the last one,
+    with no read to ride on, goes by itself within moments. No message is acked before
+    its handler returned."""
+    pubsub = await through(redis_driver, proxy, "pubsub.redis", consumerID="acks")
+    topic, count = keys("acks", 1)[0], 40
+    handled: asyncio.Queue[bytes] = asyncio.Queue()
+    pending_in_handler: list[int] = []
+
+    async def handler(message: Message) -> None:
+        pending_in_handler.append(int((await raw_redis.xpending(topic, "acks"))["pending"]))
+        await handled.put(message.data)
+
+    subscription = await pubsub.subscribe(SubscribeRequest(topic=topic), handler)
+    await pubsub.publish(PublishRequest(topic=topic, data=b"warm"))
+    await asyncio.wait_for(handled.get(), 10)
+    before = proxy.chunks
+    for i in range(count):
+        await pubsub.publish(PublishRequest(topic=topic, data=str(i).encode()))
+        assert await asyncio.wait_for(handled.get(), 10) == str(i).encode()
+    assert proxy.chunks - before <= 2 * count + 4, "acks did not ride with the reads"
+    assert all(pending >= 1 for pending in pending_in_handler)
+    for _ in range(100):  # the last ack: ACK_DELAY after its handler
+        if int((await raw_redis.xpending(topic, "acks"))["pending"]) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert int((await raw_redis.xpending(topic, "acks"))["pending"]) == 0
+    await subscription.cancel()
