@@ -47,6 +47,16 @@ def _wait(check: str, process: subprocess.Popen[bytes], log: Path) -> None:
     pytest.fail(f"{check} never answered: {log.read_text()}")
 
 
+def _distinct_free_ports(count: int) -> list[int]:
+    """``count`` free ports, no two the same (the kernel may hand one out twice in a row)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -66,26 +76,27 @@ class Cluster(dict[str, Sidecar]):
         self.environment["MECHAKIT_HOME"] = str(folder / "home")
         self.environment["APP_API_TOKEN"] = "app-secret"
 
-    def start(self, app_id: str, protocol: str = "http", *flags: str) -> Sidecar:
-        """An echo app (HTTP or gRPC) and its sidecar for ``app_id`` (with ``flags`` of
-        ``mechakit run``), both answering."""
-        app_port, http_port, grpc_port = free_port(), free_port(), free_port()
+    def start(
+        self, app_id: str, protocol: str = "http", *flags: str, script: Path = APP
+    ) -> Sidecar:
+        """An echo app (HTTP or gRPC; ``script``: another taking the same arguments) and
+        its sidecar for ``app_id`` (with ``flags`` of ``mechakit run``), both answering."""
+        app_port, http_port, grpc_port, *ports = _distinct_free_ports(5)
         log = self.folder / f"{app_id}-{time.monotonic_ns()}.log"
         with log.open("wb") as sink:
             app = subprocess.Popen(
-                [sys.executable, str(APP), str(app_port), protocol],
+                [sys.executable, str(script), str(app_port), protocol],
                 stderr=sink,
                 env=self.environment,
             )
             self[app_id] = Sidecar(app_id, http_port, grpc_port, log, [app])
             if protocol == "http":
                 _wait(f"http://127.0.0.1:{app_port}/ready", app, log)
-            ports = [str(free_port()) for _ in range(2)]
             argv = [
                 sys.executable, "-m", "mechakit.runtime.cli", "run", "--app-id", app_id,
                 "--app-port", str(app_port), "--dapr-http-port", str(http_port),
-                "--dapr-grpc-port", str(grpc_port), "--dapr-internal-grpc-port", ports[0],
-                "--metrics-port", ports[1], "--app-protocol", protocol, *flags,
+                "--dapr-grpc-port", str(grpc_port), "--dapr-internal-grpc-port", str(ports[0]),
+                "--metrics-port", str(ports[1]), "--app-protocol", protocol, *flags,
             ]  # fmt: skip
             runner = subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=sink, env=self.environment

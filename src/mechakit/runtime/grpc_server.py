@@ -14,6 +14,7 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 
 from . import bulk, tracing_middleware
 from .grpc_api import API_TOKEN_METADATA, DEFAULT_STOP_GRACE, Context, DaprGrpcApi
+from .grpc_proxy import OutboundProxy
 from .in_process import Runtime
 
 API_LOG = logging.getLogger("mechakit.api")
@@ -192,6 +193,7 @@ def create_server(
         settings.append(("grpc.max_receive_message_length", size))
     server = grpc.aio.server(interceptors=interceptors, options=settings)
     dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((OutboundProxy(lambda: runtime.invoker),))  # after Dapr's
     return server, api
 
 

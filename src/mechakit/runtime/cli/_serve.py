@@ -208,7 +208,9 @@ async def _start_servers(
     metrics = await _start_metrics(runtime, namespace, stack, log)
     runtime.invoker = invoker = await _start_invocation(runtime, namespace)
     stack.push_async_callback(invoker.close)
-    internal = await _start_internal_grpc(namespace, log, invoker.handler())
+    from mechakit.runtime.grpc_proxy import InboundProxy
+
+    internal = await _start_internal_grpc(namespace, log, invoker.handler(), InboundProxy(invoker))
     stack.push_async_callback(internal.stop, 0)
     await invoker.register(namespace.dapr_internal_grpc_port)
     grpc_server = await _start_grpc(runtime, namespace, log, metrics)
@@ -481,16 +483,17 @@ async def _start_invocation(runtime: Runtime, namespace: argparse.Namespace) -> 
 
 
 async def _start_internal_grpc(
-    namespace: argparse.Namespace, log: logging.Logger, handler: grpc.GenericRpcHandler
+    namespace: argparse.Namespace, log: logging.Logger, *handlers: grpc.GenericRpcHandler
 ) -> grpc.aio.Server:
-    """Serve daprd's internal gRPC port (sidecar to sidecar): ``handler``, the invocation
-    of this sidecar's app. The default port, when taken, becomes a free one."""
+    """Serve daprd's internal gRPC port (sidecar to sidecar): ``handlers``, the invocation
+    of this sidecar's app (then gRPC proxying). The default port, when taken, becomes a
+    free one."""
     import grpc.aio
 
     chosen: int | None = namespace.dapr_internal_grpc_port
     hosts: list[str] = namespace.api_listen_addresses
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers(handlers)
     port, bound = _bind_each(
         server, hosts, DEFAULT_INTERNAL_GRPC_PORT if chosen is None else chosen
     )

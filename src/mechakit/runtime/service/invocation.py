@@ -145,6 +145,11 @@ class GrpcApp:
         self._channel = grpc.aio.insecure_channel(f"{host}:{port}")
         self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)  # type: ignore[no-untyped-call]
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel to the app, kept for its lifetime (gRPC proxying uses it too)."""
+        return self._channel
+
     async def call(self, invocation: Invocation, app_id: str) -> Reply:
         from dapr.proto.common.v1 import common_pb2
         from google.protobuf import any_pb2
@@ -228,9 +233,7 @@ class Invoker:
                 raise direct_invoke_error(target, str(exc)) from exc
             except MechakitError as exc:
                 raise direct_invoke_error(target, f"name resolution failed: {exc}") from exc
-            channel = self._channels.get(address)
-            if channel is None:
-                channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self.channel(address)
             call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
                 INTERNAL_METHOD
             )
@@ -253,6 +256,13 @@ class Invoker:
                 raise direct_invoke_error(target, reason) from exc
             answer, body = _unframe(data)
             return Reply(int(answer["status"]), tuple(map(tuple, answer["headers"])), body)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to the sidecar at ``address``: one per address, kept until closed."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return channel
 
     async def serve_call(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         """The internal method: the caller sidecar's frame in, the app's answer out."""
