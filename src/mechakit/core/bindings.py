@@ -6,11 +6,14 @@ import enum
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .component import Component, SettingsT, Subscription
 from .delivery import DeliveryEngine, DeliveryPolicy
 from .errors import NotSupportedError
+from .metadata import Settings, setting
 from .pubsub import Message, Transport
 
 
@@ -75,6 +78,50 @@ class InputBinding(Component[SettingsT]):
     @abstractmethod
     async def read(self, handler: InputHandler) -> Subscription:
         """Deliver events to ``handler`` until the returned subscription is cancelled."""
+
+
+class BrokerReadSettings(Settings):
+    """The read settings an input binding over a broker shares with the others:
+    ``concurrency`` and, when the binding offers it, ``backOffMaxRetries``
+    (:class:`RetriedReadSettings`); :meth:`read_policy` is the engine's policy from them."""
+
+    concurrency: Annotated[int, Field(ge=1)] = setting(
+        1,
+        description="Handler calls at once (1 keeps the order of arrival; Kafka keeps the "
+        "order per key at any value).",
+        example="1",
+    )
+
+    def read_policy(self, *, prefetch: int, redelivery_delay: float) -> DeliveryPolicy:
+        """Failed events come back after ``redelivery_delay``, doubling up to 30 s; a read
+        that stops gives running handlers 5 s."""
+        return DeliveryPolicy(
+            concurrency=self.concurrency,
+            prefetch=max(prefetch, self.concurrency),
+            max_deliveries=self.max_deliveries(),
+            redelivery_delay=redelivery_delay,
+            max_redelivery_delay=30.0,
+            stop_grace=5.0,
+        )
+
+    def max_deliveries(self) -> int:
+        """Handler calls of one event at most; 0: until it succeeds."""
+        return 0
+
+
+class RetriedReadSettings(BrokerReadSettings):
+    """:class:`BrokerReadSettings` with ``backOffMaxRetries`` bounding the retries."""
+
+    back_off_max_retries: Annotated[int, Field(ge=-1)] = setting(
+        -1,
+        description="Retries of an event whose handler failed before it is dropped with an "
+        "error log; -1: until it succeeds.",
+        example="-1",
+    )
+
+    def max_deliveries(self) -> int:
+        retries = self.back_off_max_retries
+        return 0 if retries < 0 else retries + 1
 
 
 class BindingReads:

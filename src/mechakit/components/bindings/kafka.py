@@ -15,9 +15,6 @@ it is dropped with an error log), without holding up a rebalance.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
-
-from pydantic import Field
 
 from mechakit.components._shared.kafka import KafkaSettings, Producer
 from mechakit.components._shared.kafka_consumer import GroupMember, GroupTransport
@@ -31,28 +28,19 @@ from mechakit.core.bindings import (
     InvokeResponse,
     OperationKind,
     OutputBinding,
+    RetriedReadSettings,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError, MetadataError
 from mechakit.core.metadata import StrList, setting
 from mechakit.core.pubsub import PublishRequest
 
 
-class KafkaBindingSettings(KafkaSettings):
+class KafkaBindingSettings(KafkaSettings, RetriedReadSettings):
     topics: StrList = setting((), description="Topics the input binding reads, comma separated.",
                               example="orders,payments")  # fmt: skip
     publish_topic: str = setting(
         "", description="Topic the output binding sends to.", example="orders"
-    )
-    back_off_max_retries: Annotated[int, Field(ge=-1)] = setting(
-        -1,
-        description="Retries of an event whose handler failed before it is dropped with an "
-        "error log; -1: until it succeeds.",
-        example="-1",
-    )
-    concurrency: Annotated[int, Field(ge=1)] = setting(
-        1, description="Handler calls at once (events of one key stay in order).", example="1"
     )
 
 
@@ -105,15 +93,7 @@ class KafkaBinding(OutputBinding[KafkaBindingSettings], InputBinding[KafkaBindin
             raise MetadataError("the input binding needs topics to read", component=self.label,
                                 field="topics")  # fmt: skip
         group = s.consumer_group or self.metadata.app_id or self.metadata.name
-        retries = s.back_off_max_retries
-        policy = DeliveryPolicy(
-            concurrency=s.concurrency,
-            prefetch=max(s.concurrency * 2, 10),
-            max_deliveries=0 if retries < 0 else retries + 1,
-            redelivery_delay=0.1,
-            max_redelivery_delay=30.0,
-            stop_grace=5.0,
-        )
+        policy = s.read_policy(prefetch=max(s.concurrency * 2, 10), redelivery_delay=0.1)
         for topic in s.topics:
             await self.opened(self._producer).announce(topic)
         options = s.client_options(self.label, client_id=f"dapr-{group}")

@@ -16,9 +16,6 @@ pubsub.mqtt3 (stable client ids, persistent sessions: ``mechakit.components._sha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
-
-from pydantic import Field
 
 from mechakit.components._shared import mqtt
 from mechakit.components._shared.requests import metadata_flag, metadata_value
@@ -30,26 +27,17 @@ from mechakit.core.bindings import (
     InvokeResponse,
     OperationKind,
     OutputBinding,
+    RetriedReadSettings,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import setting
 
 _ROUTE = BindingReads.ROUTE
 
 
-class MQTTBindingSettings(mqtt.MQTTSettings):
+class MQTTBindingSettings(mqtt.MQTTSettings, RetriedReadSettings):
     topic: str = setting(..., description="Topic to publish to and read from.", example="orders")
-    back_off_max_retries: Annotated[int, Field(ge=-1)] = setting(
-        -1,
-        description="Retries of an event whose handler failed before it is dropped with an "
-        "error log; -1: until it succeeds.",
-        example="-1",
-    )
-    concurrency: Annotated[int, Field(ge=1)] = setting(
-        1, description="Handler calls at once (1 keeps the order of arrival).", example="1"
-    )
 
 
 class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSettings]):
@@ -126,15 +114,7 @@ class MQTTBinding(OutputBinding[MQTTBindingSettings], InputBinding[MQTTBindingSe
             keep_session=lambda: self._closing and not s.clean_session,
         )
         await transport.start()
-        retries = s.back_off_max_retries
-        policy = DeliveryPolicy(
-            concurrency=s.concurrency,
-            prefetch=max(s.concurrency, 10),
-            max_deliveries=0 if retries < 0 else retries + 1,
-            redelivery_delay=0.5,
-            max_redelivery_delay=30.0,
-            stop_grace=5.0,
-        )
+        policy = s.read_policy(prefetch=10, redelivery_delay=0.5)
         return self._reads.start(transport, policy, handler)
 
 

@@ -39,6 +39,7 @@ from mechakit.components._shared.rabbitmq_queue import (
 )
 from mechakit.core.bindings import (
     BindingReads,
+    BrokerReadSettings,
     InputBinding,
     InputHandler,
     InvokeRequest,
@@ -47,7 +48,6 @@ from mechakit.core.bindings import (
     OutputBinding,
 )
 from mechakit.core.component import Subscription
-from mechakit.core.delivery import DeliveryPolicy
 from mechakit.core.errors import InvalidRequestError
 from mechakit.core.metadata import Bool, Duration, setting
 from mechakit.core.pubsub import Delivery
@@ -56,7 +56,7 @@ from mechakit.core.state import parse_ttl
 _ROUTE = BindingReads.ROUTE
 
 
-class RabbitMQBindingSettings(RabbitMQConnectionSettings):
+class RabbitMQBindingSettings(RabbitMQConnectionSettings, BrokerReadSettings):
     queue_name: str = setting(..., description="The queue to send to and read from.")
     durable: Bool = setting(False, description="The queue survives a broker restart.")
     delete_when_unused: Bool = setting(
@@ -78,9 +78,6 @@ class RabbitMQBindingSettings(RabbitMQConnectionSettings):
     )
     delivery_mode: Annotated[int, Field(ge=0, le=2)] = setting(
         0, description="2: persistent messages (written to disk); 0 or 1: transient."
-    )
-    concurrency: Annotated[int, Field(ge=1)] = setting(
-        1, description="Handler calls at once (1 keeps the order of arrival)."
     )
 
     def queue_spec(self) -> QueueSpec:
@@ -174,14 +171,8 @@ class RabbitMQBinding(
     async def read(self, handler: InputHandler) -> Subscription:
         amqp = self.opened(self._amqp)
         s = self.settings
-        policy = DeliveryPolicy(
-            concurrency=s.concurrency,
-            prefetch=s.prefetch_count or max(s.concurrency * 2, 10),
-            max_deliveries=0,
-            redelivery_delay=0.5,
-            max_redelivery_delay=30.0,
-            stop_grace=5.0,
-        )
+        prefetch = s.prefetch_count or max(s.concurrency * 2, 10)
+        policy = s.read_policy(prefetch=prefetch, redelivery_delay=0.5)
 
         async def no_dead_letter(delivery: Delivery, topic: str) -> None:
             raise AssertionError("bindings.rabbitmq has no dead-letter topic")
