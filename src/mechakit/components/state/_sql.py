@@ -8,8 +8,10 @@ item. :class:`SQLStateStore` says that once; a driver prepares, reads and writes
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from mechakit.core.component import SettingsT
@@ -26,6 +28,13 @@ from mechakit.core.state import (
 )
 
 OperationT = TypeVar("OperationT")
+
+PURGE_BATCH = 500
+"""Expired rows the periodic cleanup deletes in its first transaction; later batches are
+sized to take about ``PURGE_BATCH_SECONDS`` each (between ``PURGE_BATCH_MIN`` and
+``PURGE_BATCH_MAX`` rows)."""
+PURGE_BATCH_SECONDS = 0.005
+PURGE_BATCH_MIN, PURGE_BATCH_MAX = 100, 5000
 
 
 class SQLStateStore(TransactionalStore[SettingsT], Generic[SettingsT, OperationT]):
@@ -95,6 +104,29 @@ class SQLStateStore(TransactionalStore[SettingsT], Generic[SettingsT, OperationT
         if errors:
             raise BulkError(dict(errors), component=self.label)
 
+    async def purge_in_batches(
+        self, delete_batch: Callable[[int], Awaitable[int]], batch: int = PURGE_BATCH
+    ) -> int:
+        """Run ``delete_batch(n)`` (delete at most ``n`` expired rows in a short transaction
+        of its own, answer how many) until it deletes fewer than asked; the total.
+
+        One statement over 10^5 expired rows would hold the database (SQLite: the one
+        connection) for its whole length. Here a request waits for one batch of about
+        ``PURGE_BATCH_SECONDS`` at most, and after each batch the sweep pauses as long as
+        the batch took, so it never takes more than half of the database's time.
+        """
+        total = 0
+        while True:
+            started = time.monotonic()
+            deleted = await delete_batch(batch)
+            total += deleted
+            if deleted < batch:
+                return total
+            took = time.monotonic() - started
+            await asyncio.sleep(took)
+            scaled = int(batch * PURGE_BATCH_SECONDS / max(took, 1e-6))
+            batch = min(PURGE_BATCH_MAX, max(PURGE_BATCH_MIN, scaled))
+
     def check_schema_version(self, table: str, version: int) -> None:
         """Refuse tables that a newer mechakit made (their version is above ours)."""
         if version > self.SCHEMA_VERSION:
@@ -106,4 +138,4 @@ class SQLStateStore(TransactionalStore[SettingsT], Generic[SettingsT, OperationT
             )
 
 
-__all__ = ["SQLStateStore"]
+__all__ = ["PURGE_BATCH", "SQLStateStore"]

@@ -331,18 +331,23 @@ class PostgreSQLStateStore(
             )
 
     async def _purge_expired(self) -> None:
-        """Delete expired rows, unless another process did within ``cleanupInterval``."""
+        """Delete expired rows in batches (``purge_in_batches``), unless another process
+        claimed the cleanup within ``cleanupInterval``."""
         interval = self.settings.cleanup_interval.total_seconds()
 
-        async def purge(conn: AsyncConnection[Any]) -> None:
-            async with conn.transaction():
-                claimed = await conn.execute(
-                    self._sql.claim_cleanup, (self._sql.cleanup_key, interval)
-                )
-                if claimed.rowcount > 0:
-                    await conn.execute(self._sql.purge)
+        async def claim(conn: AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(self._sql.claim_cleanup, (self._sql.cleanup_key, interval))
+            return cursor.rowcount > 0
 
-        await self._pool.run(purge, "delete expired rows")
+        async def delete(conn: AsyncConnection[Any], batch: int) -> int:
+            return (await conn.execute(self._sql.purge, (batch,))).rowcount
+
+        if await self._pool.run(claim, "claim the cleanup", write=True):
+            await self.purge_in_batches(
+                lambda batch: self._pool.run(
+                    lambda conn: delete(conn, batch), "delete expired rows", write=True
+                )
+            )
 
 
 _MIGRATION_LOCK = "mechakit state.postgresql schema"
@@ -441,7 +446,13 @@ class _Statements:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
             "WHERE m.value::timestamptz <= now() - make_interval(secs => %s::float8)"
         )
-        self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= now()"
+        expired = "expires_at IS NOT NULL AND expires_at <= now()"
+        # By ctid: "key IN (…)" plans a hash join over every expired row, once per batch.
+        # SKIP LOCKED: a row a writer holds is left for the next batch, nobody waits.
+        self.purge = (
+            f"DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {expired} "
+            f"LIMIT %s FOR UPDATE SKIP LOCKED)) AND {expired}"
+        )
 
 
 def _storable_as_jsonb(text: str) -> bool:

@@ -300,12 +300,18 @@ class SQLiteStateStore(SQLStateStore[SQLiteSettings, PreparedOperation]):
             (op.stored_key, value.data, int(value.is_binary), next(etags), value.expires_at, now),
         )
 
-    async def _purge_expired(self) -> None:
-        await self._run(
-            lambda conn: self._in_transaction(
-                conn, lambda: conn.execute(self._sql.purge, (time.time(),)).rowcount
-            ),
-            "delete expired rows",
+    async def _purge_expired(self) -> int:
+        """Expired rows deleted in batches; requests queued on the database thread run
+        between them."""
+
+        def delete(conn: sqlite3.Connection, batch: int) -> int:
+            purge = self._sql.purge
+            return self._in_transaction(
+                conn, lambda: conn.execute(purge, (time.time(), batch)).rowcount
+            )
+
+        return await self.purge_in_batches(
+            lambda batch: self._run(lambda conn: delete(conn, batch), "delete expired rows")
         )
 
 
@@ -348,4 +354,8 @@ class _Statements:
             "expires_at = excluded.expires_at, updated_at = excluded.updated_at"
         )
         self.delete = f"DELETE FROM {t} WHERE key = ?"
-        self.purge = f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+        expired = "expires_at IS NOT NULL AND expires_at <= ?1"
+        self.purge = (
+            f"DELETE FROM {t} WHERE rowid IN "
+            f"(SELECT rowid FROM {t} WHERE {expired} LIMIT ?2) AND {expired}"
+        )
