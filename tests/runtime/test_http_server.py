@@ -123,6 +123,27 @@ async def test_half_sent_requests_are_closed_at_the_header_deadline_while_health
             writer.close()
 
 
+async def test_a_head_that_grows_past_the_bound_without_ending_is_431_and_closed(
+    serve: Serve,
+) -> None:
+    async with serve() as base:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(base))
+        writer.write(b"GET /v1.0/healthz HTTP/1.1\r\nHost: x\r\n")
+        answer = asyncio.create_task(read_until_closed(reader))
+        for n in range(40):  # up to 40 KiB of headers, never ended: over the 16 KiB bound
+            if answer.done():
+                break
+            writer.write(b"x-filler-%d: %s\r\n" % (n, b"y" * 1000))
+            await writer.drain()
+            await asyncio.sleep(0.02)  # read as sent: nothing unread when the server closes
+        async with asyncio.timeout(CLOSE_WITHIN):
+            received = await answer
+        writer.close()
+        assert received.startswith(b"HTTP/1.1 431"), received[:80]
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/v1.0/healthz")).status_code == 204
+
+
 async def test_a_body_that_stops_arriving_is_408_and_the_connection_is_closed(
     serve: Serve,
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypedDict, Unpack
 
 import grpc
@@ -43,57 +43,99 @@ def _log_call(method: str, code: grpc.StatusCode, elapsed_ms: float) -> None:
     )
 
 
-class _Observed(grpc.aio.ServerInterceptor):
-    """Tells ``observers`` of every unary call once it completes: the API log line and the
-    metrics. Streams are long-lived and not observed per call."""
+Observer = Callable[[str, grpc.StatusCode, float], None]
 
-    def __init__(self, observers: list[Callable[[str, grpc.StatusCode, float], None]]) -> None:
-        self._observers = observers
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None:
-            return handler
-        behavior: Any = handler.unary_unary  # async under grpc.aio, typed as the sync API
-        observers = self._observers
+def _observed(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, observers: list[Observer]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` telling ``observers`` of each unary call once it completes (the API log
+    line, the metrics). Streams are long-lived and not observed per call."""
+    if handler.unary_unary is None or not observers:
+        return handler
+    behavior: Any = handler.unary_unary  # async under grpc.aio, typed as the sync API
 
-        async def observed(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            failed = False
-            try:
-                return await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except BaseException:
-                failed = True  # grpc answers UNKNOWN (CANCELLED when the caller went away)
-                raise
-            finally:
-                code = context.code()
-                if not isinstance(code, grpc.StatusCode):
-                    code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-                elapsed = (time.perf_counter() - started) * 1000
-                for observer in observers:
-                    observer(method, code, elapsed)
+    async def observed(request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        failed = False
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except BaseException:
+            failed = True  # grpc answers UNKNOWN (CANCELLED when the caller went away)
+            raise
+        finally:
+            code = context.code()
+            if not isinstance(code, grpc.StatusCode):
+                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+            elapsed = (time.perf_counter() - started) * 1000
+            for observer in observers:
+                observer(method, code, elapsed)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+    return grpc.unary_unary_rpc_method_handler(
+        observed,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class _ObservedRegistry:
+    """What the servicer is added to: each of its handlers is wrapped in the observation once,
+    when registered. (An interceptor would do it on every call, and every interceptor adds
+    a coroutine to each call's handler lookup in grpc.aio.)"""
+
+    def __init__(self, server: grpc.aio.Server, observers: list[Observer]) -> None:
+        self._server, self._observers = server, observers
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_ObservedGeneric(handler, self._observers) for handler in handlers]
         )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        observed = {
+            name: _observed(handler, f"/{service}/{name}", self._observers)
+            for name, handler in handlers.items()
+        }
+        self._server.add_registered_method_handlers(service, observed)
+
+
+_MOST_WRAPPED = 1024
+"""Methods whose observed handler a generic handler keeps."""
+
+
+class _ObservedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose unary handlers are observed, each wrapped once per method."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, observers: list[Observer]) -> None:
+        self._inner, self._observers = inner, observers
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        observed = _observed(handler, method, self._observers)
+        if len(self._wrapped) < _MOST_WRAPPED:  # a proxy answers any name a caller makes up
+            self._wrapped[method] = (handler, observed)
+        return observed
 
 
 class _TokenCheck(grpc.aio.ServerInterceptor):
     """Every call must carry metadata ``dapr-api-token`` equal to ``DAPR_API_TOKEN``."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, observers: list[Observer]) -> None:
         self._token = token.encode()
+        self._observers = observers
 
     async def intercept_service(
         self,
@@ -118,7 +160,9 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
             if hmac.compare_digest(value, self._token):
                 return handler
             message = "authentication error: api token mismatch"
-        return None if handler is None else _denied(handler, message)
+        if handler is None:
+            return None
+        return _observed(_denied(handler, message), handler_call_details.method, self._observers)
 
 
 def _denied(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> Any:
@@ -176,24 +220,25 @@ def create_server(
         app_protocol=options.get("app_protocol", "http"),
         max_bulk_keys=options.get("max_bulk_keys", bulk.DEFAULT_MAX_BULK_KEYS),
     )
-    token = options.get("api_token")
-    interceptors: list[grpc.aio.ServerInterceptor] = [_TokenCheck(token)] if token else []
-    observers: list[Callable[[str, grpc.StatusCode, float], None]] = []
+    observers: list[Observer] = []
     if options.get("api_logging"):
         observers.append(_log_call)
     on_call = options.get("on_call")
     if on_call is not None:
         observers.append(lambda method, code, elapsed: on_call(method, go_status(code), elapsed))
-    if observers:
-        interceptors.insert(0, _Observed(observers))
+    token = options.get("api_token")
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [_TokenCheck(token, observers)] if token else []
+    )
     interceptors.append(tracing_middleware.grpc_interceptor())
     settings: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
     size = options.get("max_message_size")
     if size is not None:
         settings.append(("grpc.max_receive_message_length", size))
     server = grpc.aio.server(interceptors=interceptors, options=settings)
-    dapr_pb2_grpc.add_DaprServicer_to_server(api, server)  # type: ignore[no-untyped-call]
-    server.add_generic_rpc_handlers((OutboundProxy(lambda: runtime.invoker),))  # after Dapr's
+    registry = _ObservedRegistry(server, observers)
+    dapr_pb2_grpc.add_DaprServicer_to_server(api, registry)  # type: ignore[no-untyped-call]
+    registry.add_generic_rpc_handlers((OutboundProxy(lambda: runtime.invoker),))  # after Dapr's
     return server, api
 
 

@@ -13,6 +13,7 @@ latency, pub/sub and input-binding deliveries to the app, loaded components and 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import resource
@@ -37,6 +38,9 @@ GO_DEFAULT_MAX_HEADER_BYTES = 1 << 20
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 _PROCESS_STARTED = time.time()
+
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+"""A series: the metric's name and its sorted labels."""
 
 
 def header_limit(read_buffer_size: int) -> int:
@@ -172,20 +176,38 @@ class SidecarMetrics:
     def __init__(self, app_id: str, components: Callable[[], int] = lambda: 0) -> None:
         self.app_id = app_id
         self.components = components
-        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        self._histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self._counters: dict[_Key, float] = {}
+        self._histograms: dict[_Key, list[float]] = {}
+        self._per_call: dict[tuple[str, int | str], tuple[_Key, ...]] = {}
 
     def http_request(self, method: str, status: int, elapsed_ms: float) -> None:
-        self._count("dapr_http_server_request_count", method=method)
-        labels = {"method": method, "status": str(status)}
-        self._count("dapr_http_server_response_count", **labels)
-        self._observe("dapr_http_server_latency", elapsed_ms, **labels)
+        keys = self._per_call.get((method, status))
+        if keys is None:  # once per method and status: the calls after reuse the keys
+            labels = {"method": method, "status": str(status)}
+            keys = self._per_call[(method, status)] = (
+                self._key("dapr_http_server_request_count", {"method": method}),
+                self._key("dapr_http_server_response_count", labels),
+                self._key("dapr_http_server_latency", labels),
+            )
+        self._add(keys, elapsed_ms)
 
     def grpc_call(self, method: str, status: str, elapsed_ms: float) -> None:
         """A completed gRPC API call (``status`` in Go's spelling: ``OK``, ``NotFound``)."""
-        labels = {"grpc_server_method": method, "grpc_server_status": status}
-        self._count("dapr_grpc_io_server_completed_rpcs", **labels)
-        self._observe("dapr_grpc_io_server_server_latency", elapsed_ms, **labels)
+        keys = self._per_call.get((method, status))
+        if keys is None:
+            labels = {"grpc_server_method": method, "grpc_server_status": status}
+            keys = self._per_call[(method, status)] = (
+                self._key("dapr_grpc_io_server_completed_rpcs", labels),
+                self._key("dapr_grpc_io_server_server_latency", labels),
+            )
+        self._add(keys, elapsed_ms)
+
+    def _add(self, keys: tuple[_Key, ...], elapsed_ms: float) -> None:
+        """Count each counter of ``keys``, and put ``elapsed_ms`` in the last one's histogram."""
+        counters = self._counters
+        for key in keys[:-1]:
+            counters[key] = counters.get(key, 0.0) + 1
+        self._observe_key(keys[-1], elapsed_ms)
 
     def pubsub_ingress(self, component: str, topic: str, status: str, elapsed_ms: float) -> None:
         labels = {"component": component, "namespace": "", "topic": topic}
@@ -197,7 +219,7 @@ class SidecarMetrics:
         self._count("dapr_component_input_binding_count", **labels)
         self._observe("dapr_component_input_binding_latencies", elapsed_ms, **labels)
 
-    def _key(self, name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    def _key(self, name: str, labels: dict[str, str]) -> _Key:
         return name, (("app_id", self.app_id), *sorted(labels.items()))
 
     def _count(self, name: str, **labels: str) -> None:
@@ -205,13 +227,16 @@ class SidecarMetrics:
         self._counters[key] = self._counters.get(key, 0.0) + 1
 
     def _observe(self, name: str, value: float, **labels: str) -> None:
-        key = self._key(name, labels)
+        self._observe_key(self._key(name, labels), value)
+
+    def _observe_key(self, key: _Key, value: float) -> None:
+        """``series[i]`` counts the values in bucket ``i`` alone; :meth:`render` sums them."""
         series = self._histograms.get(key)
         if series is None:
             series = self._histograms[key] = [0.0] * (len(LATENCY_BUCKETS_MS) + 2)
-        for i, bound in enumerate(LATENCY_BUCKETS_MS):
-            if value <= bound:
-                series[i] += 1
+        bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, value)
+        if bucket < len(LATENCY_BUCKETS_MS):
+            series[bucket] += 1
         series[-2] += value
         series[-1] += 1
 
@@ -228,9 +253,11 @@ class SidecarMetrics:
             for (family, labels), series in self._histograms.items():
                 if family != name:
                     continue
+                cumulative = 0.0
                 for bound, count in zip(LATENCY_BUCKETS_MS, series, strict=False):
+                    cumulative += count
                     bucket = (*labels, ("le", str(bound)))
-                    lines.append(f"{name}_bucket{_labels(bucket)} {_number(count)}")
+                    lines.append(f"{name}_bucket{_labels(bucket)} {_number(cumulative)}")
                 everything = (*labels, ("le", "+Inf"))
                 lines.append(f"{name}_bucket{_labels(everything)} {_number(series[-1])}")
                 lines.append(f"{name}_sum{_labels(labels)} {series[-2]:.3f}")

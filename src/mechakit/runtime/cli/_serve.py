@@ -300,7 +300,7 @@ def _http_server(app: ApiEdge, namespace: argparse.Namespace) -> uvicorn.Server:
         read_header_timeout=namespace.http_read_header_timeout,
         access_log=namespace.log_level == "debug",
     )
-    # h11 refuses (400) a head over its own limit before the API can answer 431: above ours.
+    # The protocol drops a head past this bound before the API can answer 431: above ours.
     server.config.h11_max_incomplete_event_size = max(
         16 * 1024, 2 * header_limit(namespace.read_buffer_size)
     )
