@@ -127,3 +127,45 @@ def test_a_delivery_waiting_at_the_gate_goes_back_to_the_broker_and_comes_again(
         wait_until(lambda: len(app.events) >= 2, "both deliveries", sidecar)
         time.sleep(1.0)
         assert ids(app) == ["slow", "waiting"]
+
+
+FRAGILE = """
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: fragile}
+spec:
+  policies:
+    circuitBreakers:
+      fragile: {maxRequests: 1, timeout: 60s, trip: consecutiveFailures >= 1}
+  targets:
+    components:
+      pubsub:
+        inbound: {circuitBreaker: fragile}
+"""
+
+
+def test_a_delivery_refused_while_the_app_is_unhealthy_is_not_a_delivery_attempt(
+    sidecars: list[Sidecar], home: Path
+) -> None:
+    """``maxDeliveries: 1`` and a breaker that opens on one failure: the event refused at
+    the gate while the app is unhealthy would be dropped, or held back by the open breaker,
+    if its refusal counted as a failed delivery."""
+    folder = home.parent / "resources"
+    folder.mkdir(exist_ok=True)
+    settings = {"maxDeliveries": "1", "redeliveryInterval": "10ms"}
+    (folder / "pubsub.yaml").write_text(component_yaml("pubsub.in-memory", settings))
+    (folder / "resiliency.yaml").write_text(FRAGILE)
+    with App(healthy=True, delay=1.5) as app:
+        sidecar, client = tcp_sidecar(
+            sidecars, home, "-a", "shop", "-p", str(app.port), "--resources-path", str(folder),
+            *HEALTH, "--app-max-concurrency", "1",
+        )  # fmt: skip
+        sidecar.wait_for_line("delivering .*orders")
+        publish(client, "slow", "waiting")
+        wait_until(lambda: len(app.started) == 1, "the first delivery", sidecar)
+        app.healthy = False
+        sidecar.wait_for_line(PAUSED)
+        app.healthy = True
+        wait_until(lambda: len(app.events) >= 2, "both deliveries", sidecar)
+        assert ids(app) == ["slow", "waiting"]
+    assert "dropped" not in sidecar.log and "circuit breaker" not in sidecar.log

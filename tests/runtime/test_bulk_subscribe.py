@@ -342,3 +342,103 @@ async def test_a_grpc_app_gets_batches_through_on_bulk_topic_event(resources: Wr
     finally:
         app.stop()
     assert sorted(got) == ["a", "b", "flaky", "flaky"]
+
+
+# --- inbound resiliency on batches ------------------------------------------------------------
+
+INBOUND = """
+    apiVersion: dapr.io/v1alpha1
+    kind: Resiliency
+    metadata: {name: inbound}
+    spec:
+      policies:
+        timeouts: {brief: 300ms}
+        retries:
+          twice: {policy: constant, duration: 10ms, maxRetries: 2}
+      targets:
+        components:
+          pubsub:
+            inbound: {timeout: brief, retry: twice}
+    """
+
+
+async def test_an_inbound_retry_sends_again_only_the_entries_the_app_did_not_take(
+    resources: WriteFiles,
+) -> None:
+    tries: dict[str, int] = {}
+
+    def status(data: str) -> str:
+        tries[data] = tries.get(data, 0) + 1
+        return {"taken": "SUCCESS", "poison": "DROP"}.get(data, "RETRY")
+
+    app = RecordingApp(
+        subscriptions=[
+            bulk_subscription("orders", "/orders", 3, 100, deadLetterTopic="dead"),
+            {"pubsubname": "pubsub", "topic": "dead", "route": "/dead"},
+        ],
+        computed={"/orders": answer_by_data(status)},
+    )
+    async with delivering(resources, app, resiliency=INBOUND) as runtime:
+        await publish_all(runtime, "orders", ["taken", "poison", "refused"])
+        dead = await app.wait_for("/dead")
+    calls = [sorted(e["event"]["data"] for e in entries(c)) for c in app.at("/orders")]
+    assert calls[0] == ["poison", "refused", "taken"]
+    assert calls[1:] == [["refused"]] * (3 * 3 - 1)
+    # maxDeliveries 3, each delivery of the batch tried 1 + 2 times, then the dead letter.
+    assert tries == {"taken": 1, "poison": 1, "refused": 3 * 3}
+    assert [c.event["data"] for c in dead] == ["refused"]
+
+
+async def test_an_inbound_timeout_cuts_a_batch_call_and_the_retry_sends_it_again(
+    resources: WriteFiles,
+) -> None:
+    from .test_resiliency import StallingApp
+
+    app = StallingApp(
+        subscriptions=[bulk_subscription("orders", "/orders", 2, 100)],
+        computed={"/orders": all_success},
+        stalls=[2.0],
+    )
+    async with delivering(resources, app, resiliency=INBOUND) as runtime:
+        await publish_all(runtime, "orders", ["a", "b"])
+        first, again = await app.wait_for("/orders", 2)
+    assert [e["entryId"] for e in entries(again)] == [e["entryId"] for e in entries(first)]
+    assert sorted(e["event"]["data"] for e in entries(again)) == ["a", "b"]
+
+
+async def test_a_batch_refused_while_the_app_is_unhealthy_uses_up_none_of_its_deliveries(
+    resources: WriteFiles,
+) -> None:
+    """``mechakit run``'s gate refuses what is sent while the app is unhealthy; the broker
+    gets the batch's messages back uncounted, so each still has its 3 deliveries."""
+    from mechakit.runtime.cli._app_gate import gate
+
+    tries: list[str] = []
+
+    def status(data: str) -> str:
+        tries.append(data)
+        return "RETRY"
+
+    app = RecordingApp(
+        subscriptions=[
+            bulk_subscription("orders", "/orders", 2, 50, deadLetterTopic="dead"),
+            {"pubsubname": "pubsub", "topic": "dead", "route": "/dead"},
+        ],
+        computed={"/orders": answer_by_data(status)},
+    )
+    folder = resources(pubsub=PUBSUB)
+    async with serving(app), Runtime(folder, app_id="myapp") as runtime:
+        app_gate = gate(HttpAppChannel(app.port), health_checked=True)
+        await app_gate.set_healthy(False, refuse=True)
+        delivery = Delivery(runtime, app_gate, ready_timeout=WAIT)
+        await delivery.start()
+        try:
+            await runtime.pubsub("pubsub").publish("orders", "x")
+            await asyncio.sleep(0.5)  # refused several times meanwhile (every 50 ms)
+            assert tries == []
+            await app_gate.set_healthy(True)
+            dead = await app.wait_for("/dead")
+        finally:
+            await delivery.stop()
+    assert tries == ["x"] * 3
+    assert [c.event["data"] for c in dead] == ["x"]

@@ -28,6 +28,7 @@ class Sidecar:
     grpc_port: int
     log: Path
     processes: list[subprocess.Popen[bytes]]
+    app_port: int = 0
 
     @property
     def url(self) -> str:
@@ -89,7 +90,7 @@ class Cluster(dict[str, Sidecar]):
                 stderr=sink,
                 env=self.environment,
             )
-            self[app_id] = Sidecar(app_id, http_port, grpc_port, log, [app])
+            self[app_id] = Sidecar(app_id, http_port, grpc_port, log, [app], app_port)
             if protocol == "http":
                 _wait(f"http://127.0.0.1:{app_port}/ready", app, log)
             argv = [

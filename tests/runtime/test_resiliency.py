@@ -290,3 +290,29 @@ class StallingApp(RecordingApp):
         if request.method == "POST" and self.stalls:
             await asyncio.sleep(self.stalls.pop(0))
         return response
+
+
+async def test_a_half_open_breaker_gets_its_trial_back_from_a_call_that_proved_nothing() -> None:
+    """A half-open breaker lets ``maxRequests`` trial calls through; one that ends neither
+    in success nor in a retriable failure (refused by an unhealthy app, cancelled, a bad
+    request) must not keep the breaker busy for ever."""
+    from mechakit.core.delivery import NotDelivered
+    from mechakit.runtime.resiliency import CircuitBreaker, Policy, compile_trip
+
+    breaker = CircuitBreaker("fragile", compile_trip("consecutiveFailures >= 1"), timeout=0.0)
+    policy = Policy("pubsub", breaker=breaker)
+
+    async def unreachable() -> None:
+        raise ConnectionFailedError("down", component="pubsub")
+
+    async def refused() -> None:
+        raise NotDelivered("the app is unhealthy")
+
+    async def answered() -> str:
+        return "ok"
+
+    with pytest.raises(ConnectionFailedError):
+        await policy.run(unreachable)  # opens it; timeout 0: half-open on the next call
+    with pytest.raises(NotDelivered):
+        await policy.run(refused)
+    assert await policy.run(answered) == "ok"

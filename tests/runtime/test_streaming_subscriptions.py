@@ -21,12 +21,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import httpx
 import pytest
 from dapr.aio.clients import DaprClient as AsyncDaprClient
 from dapr.clients import DaprClient
 from dapr.clients.grpc._response import TopicEventResponse
 from dapr.common.pubsub.subscription import StreamCancelledError, StreamInactiveError
-from dapr.proto.runtime.v1 import appcallback_pb2, dapr_pb2_grpc, pubsub_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2, dapr_pb2_grpc, metadata_pb2, pubsub_pb2
 
 import mechakit
 from mechakit.runtime.grpc_server import GrpcServer, start_server
@@ -377,3 +378,102 @@ async def test_a_sidecar_stop_ends_open_streams_and_keeps_their_events(
     finally:
         await subscription.cancel()
     assert event.data == "held" and event.cloud_event["id"] == held.id
+
+
+# --- inbound resiliency and the metadata API, on a real sidecar ------------------------------
+
+INBOUND = """
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: inbound}
+spec:
+  policies:
+    timeouts: {brief: 300ms}
+    retries:
+      twice: {policy: constant, duration: 10ms, maxRetries: 2}
+  targets:
+    components:
+      pubsub:
+        inbound: {timeout: brief, retry: twice}
+"""
+
+
+def test_each_broker_delivery_of_a_streamed_event_gets_the_inbound_retries(
+    start_sidecar: StartSidecar,
+) -> None:
+    start_sidecar(files={"resiliency.yaml": INBOUND})
+    name = topic()
+    with DaprClient() as client:
+        loop = SyncLoop(client.subscribe("pubsub", name), lambda message, before: "retry")
+        try:
+            client.publish_event(
+                "pubsub", name, json.dumps({"n": 1}), data_content_type="application/json"
+            )
+            loop.wait_for(15)
+            time.sleep(QUIET)
+            seen = loop.wait_for(15)
+        finally:
+            loop.close()
+    # maxDeliveries 5 (then dropped: no dead-letter topic), each tried 1 + 2 times.
+    assert len(seen) == 5 * 3
+    assert len({s.id for s in seen}) == 1
+
+
+def test_an_inbound_timeout_ends_the_wait_for_an_answer_and_the_retry_sends_it_again(
+    start_sidecar: StartSidecar,
+) -> None:
+    start_sidecar(files={"resiliency.yaml": INBOUND})
+    name = topic()
+    with DaprClient() as client:
+        # No answer to the first sight: without a timeout it would wait for ever.
+        loop = SyncLoop(
+            client.subscribe("pubsub", name),
+            lambda message, before: "success" if before else "none",
+        )
+        try:
+            client.publish_event(
+                "pubsub", name, json.dumps({"n": 1}), data_content_type="application/json"
+            )
+            loop.wait_for(2)
+            time.sleep(QUIET)
+            seen = loop.wait_for(2)
+        finally:
+            loop.close()
+    assert [s.answer for s in seen] == ["none", "success"]
+    assert seen[0].id == seen[1].id
+
+
+def listed_streams(sidecar: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The streaming subscriptions of the sidecar's metadata: HTTP, then gRPC."""
+    answer = httpx.get(f"{sidecar.http}/metadata", headers={"dapr-api-token": TOKEN}, timeout=WAIT)
+    answer.raise_for_status()
+    http = [s for s in answer.json().get("subscriptions", []) if s["type"] == "STREAMING"]
+    with grpc.insecure_channel(f"127.0.0.1:{sidecar.grpc_port}") as channel:
+        stub = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+        found = stub.GetMetadata(metadata_pb2.GetMetadataRequest(), metadata=AUTH, timeout=WAIT)
+    streaming = [s for s in found.subscriptions if s.type == metadata_pb2.STREAMING]
+    return http, streaming
+
+
+def test_the_metadata_api_lists_open_streams_as_streaming_subscriptions(
+    start_sidecar: StartSidecar,
+) -> None:
+    sidecar = start_sidecar()
+    name = topic()
+    with DaprClient() as client:
+        stream: Any = client.subscribe("pubsub", name, dead_letter_topic="poison")
+        try:
+            http, grpc_listed = listed_streams(sidecar)
+        finally:
+            stream.close()
+    assert [(s["pubsubname"], s["topic"], s["deadLetterTopic"]) for s in http] == [
+        ("pubsub", name, "poison")
+    ]
+    assert [r["path"] for r in http[0]["rules"]] == ["/"]
+    assert [(s.pubsub_name, s.topic, s.dead_letter_topic) for s in grpc_listed] == [
+        ("pubsub", name, "poison")
+    ]
+    deadline = time.monotonic() + WAIT
+    while listed_streams(sidecar) != ([], []):  # the stream's end reaches the sidecar
+        assert time.monotonic() < deadline, "a closed stream is still listed"
+        time.sleep(0.05)

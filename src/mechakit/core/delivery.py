@@ -10,6 +10,7 @@ channels:
   calling at most ``concurrency`` handlers at once;
 - acking only after the handler returned; ``DropMessage`` acks (Dapr's DROP); any other
   exception asks the transport to deliver again after a doubling wait;
+- ``NotDelivered`` (the handler could not take it now) gives it back uncounted;
 - ``max_deliveries``: then the dead-letter topic (published, then acked) or an acked drop
   with an error log;
 - ordering keys, expiry, duplicate deliveries, acks sent together, backoff after a failed
@@ -41,6 +42,12 @@ from .pubsub import Delivery, DropMessage, Handler, SubscribeRequest, Transport
 from .state import TTL_METADATA
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+
+class NotDelivered(Exception):
+    """Raised by a handler that could not hand the message on (its app is unhealthy): the
+    message goes back to the broker as one that reached no handler, so it uses up none of
+    ``max_deliveries`` and waits no redelivery backoff."""
 
 
 @dataclass(frozen=True)
@@ -374,6 +381,7 @@ class DeliveryEngine:
             if given_up is not None:
                 return given_up
         error: Exception | None = None
+        refused: NotDelivered | None = None
         async with self._slots:
             if self._stopping or route.cancelled:
                 await self._release([entry])
@@ -399,8 +407,20 @@ class DeliveryEngine:
                         message.topic,
                         f": {exc}" if str(exc) else "",
                     )
+                except NotDelivered as exc:
+                    refused = exc
                 except Exception as exc:
                     error = exc
+        if refused is not None:
+            self._log.debug(
+                "%s: message %s on topic %r given back undelivered: %s",
+                self._label,
+                message.id,
+                message.topic,
+                _reason(refused),
+            )
+            await self._release([entry])
+            return False
         if error is None:
             await self._ack(entry)
             return True
@@ -646,6 +666,7 @@ __all__ = [
     "DeliveryEngine",
     "DeliveryPolicy",
     "DeliverySettings",
+    "NotDelivered",
     "SubscriptionEngines",
     "concurrency_setting",
     "dead_letter_topic_setting",

@@ -18,6 +18,13 @@ acks that entry's message and DROP drops it; RETRY, an unknown or missing status
 call (any status but 2xx and 404) and an unreachable app retry it through the engine, which
 counts its deliveries and dead-letters it as for any other subscription; HTTP 404 (gRPC
 UNIMPLEMENTED) drops the whole batch, as daprd does.
+
+The component's ``inbound`` resiliency policy wraps each batch call as daprd's bulk
+resiliency does: a timeout bounds one call, and a retry sends again only the entries not
+yet answered SUCCESS or DROP (what it took is settled at once); a batch with entries left
+after the retries, or refused by an open circuit breaker, has them redelivered through the
+engine. A batch the app refused because it is unhealthy
+(:class:`~mechakit.core.delivery.NotDelivered`) goes back to the broker uncounted.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mechakit.core import cloudevents
+from mechakit.core.delivery import NotDelivered
 from mechakit.core.pubsub import Message
 
+from .resiliency import Policy, run_under
 from .routing import AppSubscription, BulkConfig
 
 log = logging.getLogger("mechakit.delivery")
@@ -129,12 +138,23 @@ _Answer = asyncio.Future[tuple[str, str]]
 
 
 class Batcher:
-    """Gathers one subscription's events into batches and hands each to ``send``."""
+    """Gathers one subscription's events into batches and hands each to ``send``, under the
+    ``policy`` (inbound resiliency) of pub/sub ``component`` when it has one."""
 
-    def __init__(self, config: BulkConfig, subscription: AppSubscription, send: BulkSender):
+    def __init__(
+        self,
+        config: BulkConfig,
+        subscription: AppSubscription,
+        send: BulkSender,
+        *,
+        component: str = "",
+        policy: Policy | None = None,
+    ):
         self.config = config
         self._subscription = subscription
         self._send = send
+        self._component = component or f"pubsub {subscription.pubsub_name!r}"
+        self._policy = policy
         self._pending: list[tuple[BulkEntry, str, _Answer]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -171,20 +191,61 @@ class Batcher:
         await asyncio.gather(*(self._deliver_to(path, items) for path, items in by_path.items()))
 
     async def _deliver_to(self, path: str, items: list[tuple[BulkEntry, _Answer]]) -> None:
+        """Sends the batch (again, under the policy, with what is still unanswered) and
+        settles each entry's wait with the app's status word for it."""
+        from .app_channels import AppRetryError  # app_channels imports this module
+
+        pending = items
+        last = ""
+
+        async def attempt() -> None:
+            nonlocal pending, last
+            pending = [item for item in pending if not item[1].done()]  # done: cancelled
+            if not pending:
+                return
+            outcome = await self._send_once(path, [entry for entry, _ in pending])
+            last = outcome.detail
+            log.debug(
+                "batch of %d event(s) on topic %r: %s",
+                len(pending),
+                self._subscription.topic,
+                outcome.detail,
+            )
+            left = []
+            for entry, answer in pending:
+                word = outcome.status_of(entry.entry_id)
+                if word == "RETRY":
+                    left.append((entry, answer))
+                elif not answer.done():
+                    answer.set_result((word, outcome.detail))
+            pending = left
+            if left:
+                raise AppRetryError(
+                    f"{len(left)} of {len(items)} event(s) on topic "
+                    f"{self._subscription.topic!r} to be retried ({outcome.detail})",
+                    component=self._component,
+                )
+
         try:
-            outcome = await self._send([entry for entry, _ in items], path, self._subscription)
+            await run_under(self._policy, attempt)
+        except NotDelivered as exc:
+            for _, answer in pending:
+                if not answer.done():
+                    answer.set_exception(NotDelivered(str(exc)))
+        except Exception as exc:
+            detail = last if isinstance(exc, AppRetryError) and last else str(exc)
+            for _, answer in pending:
+                if not answer.done():
+                    answer.set_result(("RETRY", detail))
+
+    async def _send_once(self, path: str, entries: list[BulkEntry]) -> BulkOutcome:
+        try:
+            return await self._send(entries, path, self._subscription)
+        except NotDelivered:
+            raise
         except Exception as exc:  # a bug in a channel must not leave handlers waiting
             log.exception("bulk delivery to %s failed", path)
-            outcome = BulkOutcome(f"{path}: {type(exc).__name__}: {exc}", whole="RETRY")
-        log.debug(
-            "batch of %d event(s) on topic %r: %s",
-            len(items),
-            self._subscription.topic,
-            outcome.detail,
-        )
-        for entry, answer in items:
-            if not answer.done():
-                answer.set_result((outcome.status_of(entry.entry_id), outcome.detail))
+            return BulkOutcome(f"{path}: {type(exc).__name__}: {exc}", whole="RETRY")
 
 
 def bulk_entry(

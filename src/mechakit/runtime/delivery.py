@@ -21,10 +21,12 @@ backoff and, once its deliveries are used up, moves the message to the subscript
 ``expiration``) are dropped before delivery.
 
 Resiliency: the ``inbound`` policy of the component (:mod:`mechakit.runtime.resiliency`)
-wraps each delivery as daprd wraps it: a retry policy repeats the call to the app after a
+wraps each delivery as daprd wraps it (:func:`topic_handler` does it for every pub/sub
+subscription: pushed, streamed or bulk): a retry policy repeats the call to the app after a
 RETRY (or a failure to reach it, or an input binding's non-2xx) before the message goes back
 to the broker; a timeout bounds one call; an open circuit breaker makes no call and the
-message goes back to the broker unacknowledged. A DROP is never retried.
+message goes back to the broker unacknowledged. A DROP is never retried. A batch is retried
+with only its entries the app did not take (see :mod:`mechakit.runtime.bulk_subscribe`).
 
 Input bindings: each input binding the app listens to (HTTP: ``OPTIONS /<name>`` is not 404;
 gRPC: ``ListInputBindings``) delivers each event as ``POST /<name>`` (or the binding's
@@ -67,8 +69,9 @@ from . import tracing
 from .app_channels import MESSAGE_METADATA, AppAnswer, AppChannel, AppRetryError, AppStatus
 from .bulk_subscribe import Batcher, BulkSender, bulk_entry
 from .manifest import MetadataItem
-from .resiliency import Policy
+from .resiliency import Policy, run_under
 from .routing import AppSubscription, RouteSyntaxError, route_path
+from .service.metadata import list_delivered
 
 if TYPE_CHECKING:
     from .in_process import Runtime
@@ -100,7 +103,8 @@ class Delivery:
         self.channel = channel
         self.ready_timeout = ready_timeout
         self.subscriptions: list[AppSubscription] = []
-        """What is being delivered, declarative first."""
+        """What is being delivered, declarative first (what the metadata API lists)."""
+        list_delivered(runtime, self.subscriptions)
         self.bindings: dict[str, str] = {}
         """Input binding name -> the route its events are posted to."""
         self._sources: list[_Source] = []
@@ -260,20 +264,15 @@ class Delivery:
         policy = self.runtime.resiliency.inbound(name)
 
         async def deliver(event: BindingEvent) -> None:
-            if policy is None:
-                await channel.send_binding(name, route, event)
-                return None
-
             async def once() -> None:
                 try:
                     await channel.send_binding(name, route, event)
                 except MechakitError as exc:
-                    if exc.retriable:
+                    if exc.retriable or policy is None:
                         raise
                     raise AppRetryError(exc.reason, component=f"binding {name!r}") from exc
 
-            await policy.run(once)
-            return None
+            await run_under(policy, once)
 
         if not await self._add(
             _Source(f"input binding {name!r}: read", lambda: binding.read(deliver))
@@ -366,9 +365,14 @@ def topic_handler(
     app's CloudEvent, routed, sent with its metadata (in a batch with others when the
     subscription has ``bulkSubscribe`` and ``send_bulk`` is given); the answer acks
     (SUCCESS), raises ``DropMessage`` (DROP) or ``AppRetryError`` (RETRY). ``component``
-    names the pub/sub in errors; ``policy`` (its inbound resiliency) wraps each single send."""
+    names the pub/sub in errors; ``policy`` (its inbound resiliency) wraps each send, of one
+    event or of a batch."""
     bulk = subscription.bulk
-    batcher = Batcher(bulk, subscription, send_bulk) if bulk and send_bulk else None
+    batcher = (
+        Batcher(bulk, subscription, send_bulk, component=component, policy=policy)
+        if bulk and send_bulk
+        else None
+    )
 
     async def deliver(message: Message) -> None:
         event = app_event(message, subscription)
@@ -403,7 +407,7 @@ def topic_handler(
             metadata = {**message.metadata, PUBSUB_NAME_METADATA: subscription.pubsub_name}
             token = MESSAGE_METADATA.set(metadata)
             try:
-                answer = await (once() if policy is None else policy.run(once))
+                answer = await run_under(policy, once)
             finally:
                 MESSAGE_METADATA.reset(token)
         if answer.status is AppStatus.DROP:

@@ -3,10 +3,13 @@
 As daprd applies them: ``spec.policies`` names the policies, ``spec.targets.components``
 gives a component its ``outbound`` ones (calls of the app to the component: state, publish,
 bindings, secrets, locks, configuration) and its ``inbound`` ones (deliveries from the
-component to the app: pub/sub messages, input-binding events; see
-:mod:`mechakit.runtime.delivery`). A retry repeats only a failure the component calls
+component to the app: pub/sub messages, streamed events, bulk batches, input-binding
+events; see :func:`run_under`). A retry repeats only a failure the component calls
 retriable (a lost connection, a timeout, the app's RETRY) — never an ETag conflict or a bad
 request.
+``spec.targets.apps.<appId>`` gives service invocation calls to that app id their
+policies (:mod:`mechakit.runtime.service.invocation`), with one circuit breaker per method
+as daprd keys them (``appId:method``).
 A circuit breaker opens when its ``trip`` expression holds (Dapr's default:
 ``consecutiveFailures > 5``), refuses calls for ``timeout``, then lets ``maxRequests`` calls
 through half-open: success closes it, a failure opens it again.
@@ -50,6 +53,15 @@ class RetryPolicy:
     randomization: float = 0.5
     max_retries: int = -1
     """-1: retry until the call succeeds (or fails in a way that is not retriable)."""
+    http_status_codes: tuple[tuple[int, int], ...] | None = None
+    """``matching.httpStatusCodes``: the ranges of an app's error statuses that are retried
+    (None: every one, daprd's default)."""
+
+    def retries_status(self, status: int) -> bool:
+        """Whether an invoked app's error ``status`` is tried again."""
+        if self.http_status_codes is None:
+            return True
+        return any(low <= status <= high for low, high in self.http_status_codes)
 
     def delays(self) -> Iterator[float]:
         tries = 0
@@ -99,6 +111,12 @@ class CircuitBreaker:
             self._window_start = now
         self._counts["requests"] = self._counts.get("requests", 0) + 1
 
+    def uncounted(self) -> None:
+        """The call ended neither in success nor in a retriable failure (cancelled, refused
+        by an unhealthy app, a bad request): a half-open breaker gets its trial slot back."""
+        if self._state == "half-open" and self._half_open_calls > 0:
+            self._half_open_calls -= 1
+
     def success(self) -> None:
         if self._state == "half-open":
             self._state = "closed"
@@ -133,12 +151,18 @@ class Policy:
     breaker: CircuitBreaker | None = None
 
     async def run(self, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """``call`` under the policy. A failure marked ``permanent`` counts for the breaker
+        but is not tried again."""
         delays = self.retry.delays() if self.retry is not None and retry else iter(())
         while True:
             try:
                 return await self._once(call)
             except Exception as exc:
-                if not getattr(exc, "retriable", False) or isinstance(exc, CircuitOpenError):
+                if (
+                    not getattr(exc, "retriable", False)
+                    or getattr(exc, "permanent", False)
+                    or isinstance(exc, CircuitOpenError)
+                ):
                     raise
                 delay = next(delays, None)
                 if delay is None:
@@ -160,26 +184,72 @@ class Policy:
                         f"no answer within {self.timeout:g}s (resiliency timeout)",
                         component=self.component,
                     ) from None
-        except Exception as exc:
+        except BaseException as exc:
             if self.breaker is not None and getattr(exc, "retriable", False):
                 self.breaker.failure(self.component)
+            elif self.breaker is not None:
+                self.breaker.uncounted()
             raise
         if self.breaker is not None:
             self.breaker.success()
         return result
 
 
+async def run_under(policy: Policy | None, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` under ``policy`` (timeout, retries of retriable failures, breaker) when
+    there is one: how every delivery to the app applies its component's ``inbound`` policy
+    (one event, a batch, a streamed event, an input-binding event)."""
+    return await (call() if policy is None else policy.run(call))
+
+
+APP_BREAKERS = 100
+"""Circuit breakers kept per app id (one per method; the least recently used is dropped)."""
+
+
+@dataclass
+class AppPolicy:
+    """``spec.targets.apps.<appId>``: the timeout and retry of every call to the app, and
+    a circuit breaker per method made from ``breaker``."""
+
+    app_id: str
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    breaker: CircuitBreaker | None = None
+    _breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+
+    def policy(self, method: str) -> Policy:
+        """The policy of a call of ``method``: the breaker of that method, kept across calls."""
+        breaker: CircuitBreaker | None = None
+        if self.breaker is not None:
+            breaker = self._breakers.pop(method, None)
+            if breaker is None:
+                template = self.breaker
+                breaker = CircuitBreaker(
+                    template.name,
+                    template.trip,
+                    max_requests=template.max_requests,
+                    interval=template.interval,
+                    timeout=template.timeout,
+                )
+            self._breakers[method] = breaker
+            if len(self._breakers) > APP_BREAKERS:
+                del self._breakers[next(iter(self._breakers))]
+        return Policy(self.app_id, self.timeout, self.retry, breaker)
+
+
 class Resiliency:
-    """The outbound and inbound policies of each component named in the Resiliency
-    resources in scope."""
+    """The outbound and inbound policies of each component, and the policies of calls to
+    each app id, named in the Resiliency resources in scope."""
 
     def __init__(
         self,
         outbound: Mapping[str, Policy] | None = None,
         inbound: Mapping[str, Policy] | None = None,
+        apps: Mapping[str, AppPolicy] | None = None,
     ) -> None:
         self._outbound = dict(outbound or {})
         self._inbound = dict(inbound or {})
+        self._apps = dict(apps or {})
 
     def outbound(self, component: str) -> Policy | None:
         """The policy of the app's calls to ``component``."""
@@ -189,26 +259,32 @@ class Resiliency:
         """The policy of deliveries from ``component`` to the app."""
         return self._inbound.get(component)
 
+    def app(self, target: str, method: str) -> Policy | None:
+        """The policy of an invocation of ``method`` on ``target`` (``appId`` or
+        ``appId.namespace``, looked up as given, then as the plain app id)."""
+        chosen = self._apps.get(target) or self._apps.get(target.partition(".")[0])
+        return None if chosen is None else chosen.policy(method)
+
     @classmethod
     def of(cls, manifests: Sequence[ResiliencyManifest], app_id: str) -> Resiliency:
         outbound: dict[str, Policy] = {}
         inbound: dict[str, Policy] = {}
+        apps: dict[str, AppPolicy] = {}
         for manifest in manifests:
             if manifest.scopes and app_id not in manifest.scopes:
                 continue
             outbound.update(_component_policies(manifest, "outbound"))
             inbound.update(_component_policies(manifest, "inbound"))
-        return cls(outbound, inbound)
+            apps.update(_app_policies(manifest))
+        return cls(outbound, inbound, apps)
+
+
+_TARGET_FIELDS = ("timeout", "retry", "circuitBreaker")
 
 
 def _component_policies(manifest: ResiliencyManifest, direction: str) -> dict[str, Policy]:
     """``spec.targets.components.<name>.<direction>`` of each component that has one."""
-    spec = manifest.spec
-    policies = _mapping(manifest, spec.get("policies"), "spec.policies")
-    timeouts = _mapping(manifest, policies.get("timeouts"), "spec.policies.timeouts")
-    retries = _mapping(manifest, policies.get("retries"), "spec.policies.retries")
-    breakers = _mapping(manifest, policies.get("circuitBreakers"), "spec.policies.circuitBreakers")
-    targets = _mapping(manifest, spec.get("targets"), "spec.targets")
+    targets = _mapping(manifest, manifest.spec.get("targets"), "spec.targets")
     components = _mapping(manifest, targets.get("components"), "spec.targets.components")
     found: dict[str, Policy] = {}
     for name, target in components.items():
@@ -216,21 +292,47 @@ def _component_policies(manifest: ResiliencyManifest, direction: str) -> dict[st
         raw = _mapping(manifest, target, f"spec.targets.components.{name}").get(direction)
         if raw is None:
             continue
-        chosen = _mapping(manifest, raw, where)
-        policy = Policy(str(name))
-        if "timeout" in chosen:
-            key = str(chosen["timeout"])
-            value = _named(manifest, timeouts, key, f"{where}.timeout")
-            policy.timeout = _seconds(manifest, value, f"spec.policies.timeouts.{key}")
-        if "retry" in chosen:
-            key = str(chosen["retry"])
-            policy.retry = _retry(manifest, key, _named(manifest, retries, key, f"{where}.retry"))
-        if "circuitBreaker" in chosen:
-            key = str(chosen["circuitBreaker"])
-            value = _named(manifest, breakers, key, f"{where}.circuitBreaker")
-            policy.breaker = _breaker(manifest, key, value)
-        found[str(name)] = policy
+        found[str(name)] = _policy(manifest, str(name), _mapping(manifest, raw, where), where)
     return found
+
+
+def _app_policies(manifest: ResiliencyManifest) -> dict[str, AppPolicy]:
+    """``spec.targets.apps.<appId>``: the policies of service invocation calls to that app."""
+    targets = _mapping(manifest, manifest.spec.get("targets"), "spec.targets")
+    apps = _mapping(manifest, targets.get("apps"), "spec.targets.apps")
+    found: dict[str, AppPolicy] = {}
+    for name, target in apps.items():
+        where = f"spec.targets.apps.{name}"
+        chosen = _policy(manifest, str(name), _mapping(manifest, target, where), where)
+        found[str(name)] = AppPolicy(str(name), chosen.timeout, chosen.retry, chosen.breaker)
+    return found
+
+
+def _policy(
+    manifest: ResiliencyManifest, name: str, chosen: Mapping[str, Any], where: str
+) -> Policy:
+    """The named policies a target chooses (``timeout``, ``retry``, ``circuitBreaker``),
+    looked up in ``spec.policies``."""
+    unknown = sorted(str(key) for key in chosen if key not in _TARGET_FIELDS)
+    if unknown:
+        raise _error(manifest, f"{where}.{unknown[0]}", "one of " + ", ".join(_TARGET_FIELDS))
+    policies = _mapping(manifest, manifest.spec.get("policies"), "spec.policies")
+    timeouts = _mapping(manifest, policies.get("timeouts"), "spec.policies.timeouts")
+    retries = _mapping(manifest, policies.get("retries"), "spec.policies.retries")
+    breakers = _mapping(manifest, policies.get("circuitBreakers"), "spec.policies.circuitBreakers")
+    policy = Policy(name)
+    if "timeout" in chosen:
+        key = str(chosen["timeout"])
+        value = _named(manifest, timeouts, key, f"{where}.timeout")
+        policy.timeout = _seconds(manifest, value, f"spec.policies.timeouts.{key}")
+    if "retry" in chosen:
+        key = str(chosen["retry"])
+        policy.retry = _retry(manifest, key, _named(manifest, retries, key, f"{where}.retry"))
+    if "circuitBreaker" in chosen:
+        key = str(chosen["circuitBreaker"])
+        value = _named(manifest, breakers, key, f"{where}.circuitBreaker")
+        policy.breaker = _breaker(manifest, key, value)
+    return policy
 
 
 def _retry(manifest: ResiliencyManifest, name: str, raw: Any) -> RetryPolicy:
@@ -252,7 +354,31 @@ def _retry(manifest: ResiliencyManifest, name: str, raw: Any) -> RetryPolicy:
             values["max_retries"] = int(spec["maxRetries"])
         except (TypeError, ValueError):
             raise _error(manifest, f"{where}.maxRetries", "a whole number (-1: no limit)") from None
+    matching = _mapping(manifest, spec.get("matching"), f"{where}.matching")
+    if matching.get("httpStatusCodes"):
+        codes = str(matching["httpStatusCodes"])
+        values["http_status_codes"] = _status_ranges(manifest, codes, f"{where}.matching")
     return RetryPolicy(name, exponential=kind == "exponential", **values)
+
+
+def _status_ranges(
+    manifest: ResiliencyManifest, codes: str, where: str
+) -> tuple[tuple[int, int], ...]:
+    """``"429,500-504"``: codes and ranges of HTTP statuses (100-599), as daprd reads them."""
+    ranges: list[tuple[int, int]] = []
+    for part in filter(None, (piece.strip() for piece in codes.split(","))):
+        low, dash, high = part.partition("-")
+        try:
+            span = (int(low), int(high) if dash else int(low))
+        except ValueError:
+            span = (0, 0)
+        if not 100 <= span[0] <= span[1] <= 599:
+            expected = (
+                f"codes or ranges of HTTP statuses (100-599) such as 429,500-504, got {part!r}"
+            )
+            raise _error(manifest, f"{where}.httpStatusCodes", expected)
+        ranges.append(span)
+    return tuple(ranges)
 
 
 def _breaker(manifest: ResiliencyManifest, name: str, raw: Any) -> CircuitBreaker:

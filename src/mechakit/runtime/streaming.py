@@ -10,7 +10,11 @@ the dead-letter topic), DROP acks it without redelivery. No app port is needed; 
 and go while the sidecar runs, several on one topic being several subscribers.
 
 Delivery is at-least-once, on the component's own subscribe, as for every subscription
-(:func:`mechakit.runtime.delivery.topic_handler` reads the answers). A stream that ends (the
+(:func:`mechakit.runtime.delivery.topic_handler` reads the answers, under the component's
+``inbound`` resiliency policy as daprd applies it to streams: a timeout bounds the wait for
+one answer, a retry writes the event again after a RETRY or a timeout, an open circuit
+breaker leaves it to the broker). An open stream is listed by the metadata API
+(``type: STREAMING``) until it ends. A stream that ends (the
 client closes or cancels it, or the sidecar stops) cancels its subscription: events not yet
 answered are not acked, so the broker delivers them again, to another stream or the next
 one, and their unanswered delivery does not count as a failed one.
@@ -41,6 +45,7 @@ from .delivery import topic_handler
 from .routing import AppSubscription
 from .service import PubSubService
 from .service.errors import failure, invalid
+from .service.metadata import list_open_stream
 
 log = logging.getLogger("mechakit.grpc")
 
@@ -101,7 +106,9 @@ class TopicStreams:
             metadata=dict(subscription.metadata),
             dead_letter_topic=subscription.dead_letter_topic,
         )
-        handler = topic_handler(pubsub.label, subscription, stream.send)
+        runtime = self._pubsub.runtime
+        policy = runtime.resiliency.inbound(subscription.pubsub_name)
+        handler = topic_handler(pubsub.label, subscription, stream.send, policy=policy)
         with failure(
             "ERR_PUBSUB_SUBSCRIBE",
             f"error subscribing to topic {subscription.topic} in pubsub {subscription.pubsub_name}",
@@ -111,6 +118,7 @@ class TopicStreams:
         self._streams.add(stream)
         log.info("streaming %s", subscription.describe())
         reader = asyncio.create_task(stream.read(requests), name="mechakit stream answers")
+        unlist = list_open_stream(runtime, subscription)
         try:
             yield pubsub_pb2.SubscribeTopicEventsResponseAlpha1(
                 initial_response=pubsub_pb2.SubscribeTopicEventsResponseInitialAlpha1()
@@ -118,6 +126,7 @@ class TopicStreams:
             async for event in stream.events():
                 yield event
         finally:
+            unlist()
             self._streams.discard(stream)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,7 +13,10 @@ delivery itself:
   failures in a row until one succeeds again. Given the delivery, the probe also pauses it
   (:meth:`~mechakit.runtime.delivery.Delivery.pause`: the broker subscriptions and input
   binding reads are cancelled, as daprd stops them) and the sends waiting at the gate are
-  answered RETRY, so the cancelling does not wait for them; ``resume`` once healthy again.
+  refused with :class:`~mechakit.core.delivery.NotDelivered`, so the cancelling does not
+  wait for them and the broker gets them back as never delivered (no delivery counted
+  toward ``maxDeliveries``, no retry of the inbound resiliency policy used up); ``resume``
+  once healthy again.
   Without it, deliveries wait at the gate, unacknowledged.
 * ``--dapr-graceful-shutdown-seconds``: :meth:`AppGate.drain` stops handing new work to the
   app, waits for what is in flight until the deadline, then abandons the rest: an abandoned
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from mechakit.core.bindings import BindingEvent
+from mechakit.core.delivery import NotDelivered
 from mechakit.runtime.app_channels import AppAnswer, AppChannel, AppRetryError, AppStatus
 from mechakit.runtime.bulk_subscribe import BulkEntry, BulkOutcome
 from mechakit.runtime.routing import AppSubscription
@@ -49,7 +53,7 @@ UNHEALTHY = "not sent: the app is unhealthy, deliveries are paused"
 
 
 class _Abandoned(Exception):
-    """A send cut short by the end of the graceful shutdown, or refused while paused."""
+    """A send cut short by the end of the graceful shutdown."""
 
 
 class AppGate(AppChannel):
@@ -90,7 +94,7 @@ class AppGate(AppChannel):
 
     async def set_healthy(self, healthy: bool, *, refuse: bool = False) -> None:
         """Resume (or pause) sending; called by :class:`AppHealthProbe`. ``refuse``: while
-        unhealthy, sends (waiting or new) are answered RETRY instead of waiting."""
+        unhealthy, sends (waiting or new) raise ``NotDelivered`` instead of waiting."""
         async with self._state:
             self._healthy = healthy
             self._refusing = refuse and not healthy
@@ -165,7 +169,7 @@ class AppGate(AppChannel):
             if self._closed:
                 raise _Abandoned(STOPPING)
             if self._refusing:
-                raise _Abandoned(UNHEALTHY)
+                raise NotDelivered(UNHEALTHY)
             if self._slots is None:
                 return
             await self._slots.acquire()
@@ -234,7 +238,7 @@ class AppGate(AppChannel):
     async def send_configuration(self, method: str, body: bytes) -> None:
         try:
             await self._send(lambda: self.inner.send_configuration(method, body))
-        except _Abandoned as exc:
+        except (_Abandoned, NotDelivered) as exc:
             raise AppRetryError(f"configuration update {method}: {exc}") from None
 
     async def close(self) -> None:

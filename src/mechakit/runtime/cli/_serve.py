@@ -479,7 +479,9 @@ async def _start_invocation(runtime: Runtime, namespace: argparse.Namespace) -> 
     if namespace.app_port is not None:
         app = (GrpcApp if grpc_app else HttpApp)(namespace.app_port, namespace.app_channel_address)
     own_namespace = os.environ.get("NAMESPACE") or "default"
-    return Invoker(resolver, namespace.app_id, own_namespace, app, access)
+    return Invoker(
+        resolver, namespace.app_id, own_namespace, app, access, resiliency=runtime.resiliency
+    )
 
 
 async def _start_internal_grpc(

@@ -196,6 +196,10 @@ class BlockService(Generic[C]):
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
     async def call(
         self, name: str, work: Callable[[], Awaitable[R]], *, repeatable: bool = True
     ) -> R:

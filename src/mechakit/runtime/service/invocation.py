@@ -25,7 +25,7 @@ import grpc.aio
 import httpx
 
 from mechakit.core.component import ComponentMetadata
-from mechakit.core.errors import MechakitError, NotFoundError
+from mechakit.core.errors import MechakitError, NotFoundError, OperationTimeoutError
 from mechakit.core.nameresolution import (
     DEFAULT_NAMESPACE,
     NameRegistry,
@@ -35,6 +35,7 @@ from mechakit.core.nameresolution import (
 )
 from mechakit.core.registry import Registry
 from mechakit.runtime import tracing
+from mechakit.runtime.resiliency import Resiliency
 
 from .access_control import (
     AccessControl,
@@ -205,9 +206,42 @@ class Invoker:
     """This app's ``spec.accessControl``: checked on calls in; its trust domain is sent out."""
     internal_port: int = 0
     """This sidecar's internal gRPC port: the port computing resolvers fill in (daprd's)."""
+    resiliency: Resiliency | None = None
+    """``spec.targets.apps`` of the Resiliency resources in scope, for calls out."""
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
 
     async def invoke(self, target: str, invocation: Invocation) -> Reply:
+        """Calls ``target``'s app under its resiliency policy, as daprd does: each try has
+        the timeout, which cancels the internal call (and so the callee's call of its app);
+        not reaching the callee and an app status outside 200-399 are failures the retry
+        repeats and the breaker counts; once retries run out, the app's answer passes on."""
+        policy = None if self.resiliency is None else self.resiliency.app(target, invocation.method)
+        if policy is None:
+            return await self._call(target, invocation)
+        retry = policy.retry
+
+        async def attempt() -> Reply:
+            try:
+                reply = await self._call(target, invocation)
+            except DaprError as exc:
+                if exc.kind is ErrorKind.DENIED:
+                    raise
+                raise _FailedTry(exc) from exc
+            if not 200 <= reply.status < 400:
+                retried = retry is None or retry.retries_status(reply.status)
+                raise _FailedTry(reply, permanent=not retried)
+            return reply
+
+        try:
+            return await policy.run(attempt)
+        except _FailedTry as failed:
+            if isinstance(failed.outcome, Reply):
+                return failed.outcome
+            raise failed.outcome from failed.outcome.__cause__
+        except OperationTimeoutError as exc:  # the policy's timeout, or its open breaker
+            raise direct_invoke_error(target, exc.reason) from exc
+
+    async def _call(self, target: str, invocation: Invocation) -> Reply:
         """Calls ``target``'s sidecar; one that refuses the connection (killed, still
         registered until its row expires) is skipped for another instance, up to
         ``CONNECT_ATTEMPTS`` of them."""
@@ -318,6 +352,19 @@ class Invoker:
         if self.app is not None:
             await self.app.close()
         await self.resolver.close()
+
+
+class _FailedTry(Exception):
+    """One failed try of an invocation under a resiliency policy: the callee's sidecar not
+    reached (a :class:`DaprError`) or its app's error status (a :class:`Reply`, not retried
+    when ``permanent``); retriable, so the circuit breaker counts both."""
+
+    retriable = True
+
+    def __init__(self, outcome: DaprError | Reply, *, permanent: bool = False) -> None:
+        self.outcome, self.permanent = outcome, permanent
+        failure = f"HTTP {outcome.status}" if isinstance(outcome, Reply) else str(outcome)
+        super().__init__(failure)
 
 
 def _error_frame(message: str) -> bytes:
