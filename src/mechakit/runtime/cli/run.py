@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from mechakit.core.metadata import parse_bool
 
 from ._common import extra_hint, lacks_extra
-from ._serve import serve
 from .dapr_flags import (
     LOG_LEVELS,
     add_dapr_run_flags,
@@ -22,7 +21,6 @@ from .dapr_flags import (
     non_negative,
     notices,
 )
-from .multi_app_run import run_template, take_log_fd
 
 SIDECAR = ("starlette", "uvicorn", "grpc", "dapr", "httpx")
 """Top-level modules of what the ``sidecar`` extra installs (``google.protobuf`` and
@@ -144,6 +142,10 @@ def _is_bool(word: str) -> bool:
 
 
 def _run(namespace: argparse.Namespace, passthrough: list[str]) -> int:
+    # Imported here: the other commands (``mechakit components list``) do not need them.
+    from ._serve import serve
+    from .multi_app_run import run_template, take_log_fd
+
     take_log_fd()
     if lacks_extra("run", "sidecar", SIDECAR):
         return 1
