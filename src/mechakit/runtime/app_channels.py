@@ -34,6 +34,7 @@ from mechakit.core.bindings import BindingEvent
 from mechakit.core.errors import ComponentError, ConnectionFailedError
 
 from . import tracing
+from .app_transport import APP_PROTOCOLS, grpc_channel, http_client, is_grpc
 from .bulk_subscribe import BulkEntry, BulkOutcome, http_envelope, http_outcome
 from .routing import AppSubscription, BulkConfig, RouteRule, RouteSyntaxError
 
@@ -231,14 +232,20 @@ class HttpAppChannel(AppChannel):
     protocol = "http"
 
     def __init__(
-        self, port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_CALL_TIMEOUT
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        app_protocol: str = "http",
     ) -> None:
         super().__init__(port, host=host, timeout=timeout)
-        self._client = httpx.AsyncClient(
-            base_url=f"http://{host}:{port}",
+        self._client = http_client(
+            app_protocol,
+            host,
+            port,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             headers={"user-agent": "mechakit"},
-            trust_env=False,
         )
 
     async def subscriptions(self) -> list[AppSubscription]:
@@ -387,14 +394,20 @@ class GrpcAppChannel(AppChannel):
     protocol = "grpc"
 
     def __init__(
-        self, port: int, *, host: str = "127.0.0.1", timeout: float = DEFAULT_CALL_TIMEOUT
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+        app_protocol: str = "grpc",
     ) -> None:
         super().__init__(port, host=host, timeout=timeout)
         import grpc
         from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
         self._grpc = grpc
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._link = grpc_channel(app_protocol, host, port)
+        self._channel = self._link.channel
         stub = appcallback_pb2_grpc.AppCallbackStub
         self._stub = stub(self._channel)  # type: ignore[no-untyped-call]
         alpha = appcallback_pb2_grpc.AppCallbackAlphaStub
@@ -541,16 +554,16 @@ class GrpcAppChannel(AppChannel):
             raise ComponentError(f"OnInvoke {method} on the app failed: {detail}") from None
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._link.close()
 
 
 def app_channel(port: int, protocol: str, *, host: str = "127.0.0.1") -> AppChannel:
-    """The channel for ``--app-protocol``: ``http`` or ``grpc``."""
-    if protocol == "grpc":
-        return GrpcAppChannel(port, host=host)
-    if protocol == "http":
-        return HttpAppChannel(port, host=host)
-    raise ValueError(f"app protocol {protocol!r} is not supported (http, grpc)")
+    """The channel for ``--app-protocol``: ``http``, ``https``, ``h2c``, ``grpc`` or ``grpcs``."""
+    if protocol not in APP_PROTOCOLS:
+        raise ValueError(f"app protocol {protocol!r} is not supported ({', '.join(APP_PROTOCOLS)})")
+    if is_grpc(protocol):
+        return GrpcAppChannel(port, host=host, app_protocol=protocol)
+    return HttpAppChannel(port, host=host, app_protocol=protocol)
 
 
 __all__ = [

@@ -280,9 +280,13 @@ class AppHealthProbe:
         threshold: int,
         delivery: Delivery | None = None,
     ) -> None:
+        from mechakit.runtime.app_transport import is_grpc
+
         self.target = target
         self.delivery = delivery
-        self.protocol = protocol
+        self.app_protocol = protocol
+        """The ``--app-protocol`` probed with (``http``, ``https``, ``h2c``, ``grpc``, ``grpcs``)."""
+        self.protocol = "grpc" if is_grpc(protocol) else "http"
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else f"/{path}"
@@ -298,7 +302,9 @@ class AppHealthProbe:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.protocol == "grpc":
             return f"{host}:{self.port} (gRPC AppCallbackHealthCheck)"
-        return f"http://{host}:{self.port}{self.path}"
+        from mechakit.runtime.app_transport import http_base_url
+
+        return f"{http_base_url(self.app_protocol, self.host, self.port)}{self.path}"
 
     def start(self) -> None:
         if self.delivery is not None:
@@ -365,12 +371,14 @@ class AppHealthProbe:
     ) -> tuple[Callable[[], Awaitable[str | None]], Callable[[], Awaitable[None]]]:
         import httpx
 
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        client = httpx.AsyncClient(
-            base_url=f"http://{host}:{self.port}",
+        from mechakit.runtime.app_transport import http_client
+
+        client = http_client(
+            self.app_protocol,
+            self.host,
+            self.port,
             timeout=self.timeout,
             headers={"user-agent": "mechakit"},
-            trust_env=False,
         )
 
         async def probe() -> str | None:
@@ -392,9 +400,10 @@ class AppHealthProbe:
         from dapr.proto.runtime.v1 import appcallback_pb2_grpc
         from google.protobuf import empty_pb2
 
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        channel = grpc.aio.insecure_channel(f"{host}:{self.port}")
-        stub = appcallback_pb2_grpc.AppCallbackHealthCheckStub(channel)  # type: ignore[no-untyped-call]
+        from mechakit.runtime.app_transport import grpc_channel
+
+        link = grpc_channel(self.app_protocol, self.host, self.port)
+        stub = appcallback_pb2_grpc.AppCallbackHealthCheckStub(link.channel)  # type: ignore[no-untyped-call]
 
         async def probe() -> str | None:
             try:
@@ -403,10 +412,7 @@ class AppHealthProbe:
                 return f"HealthCheck: {exc.code().name} {exc.details() or ''}".rstrip()
             return None
 
-        async def close() -> None:
-            await channel.close()
-
-        return probe, close
+        return probe, link.close
 
 
 __all__ = ["AppGate", "AppHealthProbe", "gate"]

@@ -232,7 +232,7 @@ def _delivery(
 
     from ._app_gate import AppHealthProbe, gate
 
-    protocol = plain_protocol(namespace.app_protocol)
+    protocol: str = namespace.app_protocol
     host: str = namespace.app_channel_address
     concurrency: int = namespace.app_max_concurrency
     app_gate = gate(
@@ -275,7 +275,7 @@ def _http_app(
         api_token=os.environ.get("DAPR_API_TOKEN") or None,
         max_request_size=namespace.max_body_size or sys.maxsize,
         app_port=namespace.app_port,
-        app_protocol=plain_protocol(namespace.app_protocol),
+        app_protocol=namespace.app_protocol,
         delivery=delivery,
         body_timeout=namespace.http_read_body_timeout,
         max_bulk_keys=namespace.max_bulk_keys,
@@ -411,7 +411,7 @@ async def _start_grpc(
         runtime,
         api_token=os.environ.get("DAPR_API_TOKEN") or None,
         app_port=namespace.app_port,
-        app_protocol=plain_protocol(namespace.app_protocol),
+        app_protocol=namespace.app_protocol,
         max_bulk_keys=namespace.max_bulk_keys,
         max_message_size=namespace.max_body_size or None,
         api_logging=namespace.enable_api_logging,
@@ -477,7 +477,9 @@ async def _start_invocation(runtime: Runtime, namespace: argparse.Namespace) -> 
     resolver = await open_resolver(spec, namespace.app_id, host.registry)
     app: HttpApp | GrpcApp | None = None
     if namespace.app_port is not None:
-        app = (GrpcApp if grpc_app else HttpApp)(namespace.app_port, namespace.app_channel_address)
+        app = (GrpcApp if grpc_app else HttpApp)(
+            namespace.app_port, namespace.app_channel_address, namespace.app_protocol
+        )
     own_namespace = os.environ.get("NAMESPACE") or "default"
     return Invoker(
         resolver, namespace.app_id, own_namespace, app, access, resiliency=runtime.resiliency

@@ -19,6 +19,7 @@ import logging
 import secrets
 
 from mechakit.core.metadata import parse_bool, parse_bytesize
+from mechakit.runtime.app_transport import APP_PROTOCOLS, is_grpc
 
 DEFAULT_HTTP_PORT = 3500
 DEFAULT_GRPC_PORT = 50001
@@ -36,7 +37,6 @@ DEFAULT_HEALTH_TIMEOUT_MS = 500
 DEFAULT_HEALTH_THRESHOLD = 3
 DEFAULT_GRACEFUL_SHUTDOWN = 5.0
 """daprd's ``--dapr-graceful-shutdown-seconds``."""
-APP_PROTOCOLS = ("http", "grpc", "https", "grpcs", "h2c")
 
 LOG_LEVELS = {
     "debug": logging.DEBUG,
@@ -219,8 +219,8 @@ def add_dapr_run_flags(parser: argparse.ArgumentParser) -> None:
         choices=APP_PROTOCOLS,
         default="http",
         help="how the app is called: http (GET /dapr/subscribe, POST <route>) or grpc "
-        "(AppCallback); https, grpcs and h2c are taken with a notice and called as http/grpc "
-        "(env APP_PROTOCOL; default http)",
+        "(AppCallback); https and grpcs over TLS without checking the app's certificate, "
+        "h2c as HTTP/2 without TLS, as daprd (env APP_PROTOCOL; default http)",
     )
     run.add_argument(
         "--app-channel-address",
@@ -452,23 +452,15 @@ def notices(namespace: argparse.Namespace) -> list[str]:
     ]
     if namespace.app_ssl:
         lines.append(
-            "--app-ssl is accepted for dapr run compatibility and ignored: the app is called "
-            "without TLS (deprecated in Dapr too)"
+            "--app-ssl is accepted for dapr run compatibility and ignored (deprecated in "
+            "Dapr too): for TLS to the app use --app-protocol https or grpcs"
         )
-    protocol: str = namespace.app_protocol
-    if protocol in ("https", "grpcs"):
-        lines.append(
-            f"--app-protocol {protocol}: TLS to the app is not supported here; the app is "
-            f"called over {protocol[:-1]} without TLS"
-        )
-    elif protocol == "h2c":
-        lines.append("--app-protocol h2c: the app is called over HTTP/1.1, not HTTP/2")
     return lines
 
 
 def plain_protocol(protocol: str) -> str:
     """The protocol the app is called with: ``http`` or ``grpc``."""
-    return "grpc" if protocol.startswith("grpc") else "http"
+    return "grpc" if is_grpc(protocol) else "http"
 
 
 __all__ = [

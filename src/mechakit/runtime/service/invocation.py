@@ -35,6 +35,7 @@ from mechakit.core.nameresolution import (
 )
 from mechakit.core.registry import Registry
 from mechakit.runtime import tracing
+from mechakit.runtime.app_transport import grpc_channel, http_client
 from mechakit.runtime.resiliency import Resiliency
 
 from .access_control import (
@@ -111,10 +112,8 @@ class HttpApp:
     """The callee's own app over HTTP: the method is the path, verb and query as sent, and
     ``dapr-caller-app-id`` (and ``dapr-api-token`` from ``APP_API_TOKEN``) added."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self._client = httpx.AsyncClient(
-            base_url=f"http://{host}:{port}", timeout=CALL_TIMEOUT, trust_env=False
-        )
+    def __init__(self, port: int, host: str = "127.0.0.1", protocol: str = "http") -> None:
+        self._client = http_client(protocol, host, port, timeout=CALL_TIMEOUT)
 
     async def call(self, invocation: Invocation, app_id: str) -> Reply:
         headers = [(k, v) for k, v in invocation.headers if k.lower() not in _NOT_FORWARDED]
@@ -140,10 +139,11 @@ class GrpcApp:
     its HTTP extension and the headers as call metadata; its answer is a 200, an RPC error
     the HTTP status of its code."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", protocol: str = "grpc") -> None:
         from dapr.proto.runtime.v1 import appcallback_pb2_grpc
 
-        self._channel = grpc.aio.insecure_channel(f"{host}:{port}")
+        self._link = grpc_channel(protocol, host, port)
+        self._channel = self._link.channel
         self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
@@ -190,7 +190,7 @@ class GrpcApp:
         return Reply(200, kept, answer.data.value)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._link.close()
 
 
 @dataclass
