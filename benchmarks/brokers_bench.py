@@ -16,10 +16,14 @@ the library the driver wraps:
 - jetstream: nats-py ``js.publish`` and a durable pull subscription, ``fetch`` + ``ack``;
 - rabbitmq: aio-pika publishes with publisher confirms to a fanout exchange, one consumer
   on its queue acking each message (the driver runs with ``publisherConfirm: true``);
-- mqtt: aiomqtt QoS 1 publishes and a QoS 1 subscription (the driver's default QoS).
+- mqtt: aiomqtt QoS 1 publishes and a QoS 1 subscription (the driver's default QoS); the
+  publisher's ``pending_calls_threshold`` is raised as the driver raises it, so that 32
+  publishers do not log a warning per publish.
 
-Rounds run mechakit then raw back to back; the slowdown is the median over rounds of raw ÷
-mechakit throughput (1.0 = as fast as the raw client). Results are printed and written to
+Rounds run mechakit and raw back to back, in alternating order; the slowdown is the median
+over rounds of raw ÷ mechakit throughput (1.0 = as fast as the raw client). The CPU ratio is
+the median of mechakit ÷ raw process CPU time per message over the timed part: on a machine
+other jobs load, wall-clock throughput swings with their bursts, CPU per message much less. Results are printed and written to
 ``benchmarks/results/brokers-<time>.json``.
 """
 
@@ -52,8 +56,17 @@ PAYLOAD = json.dumps({"order": 42, "customer": "c-1001", "note": "x" * 64}).enco
 WAIT = 120.0
 """Seconds a round may take before it counts as lost messages."""
 
-Raw = Callable[[BackendInfo, int, int], Awaitable[float]]
-"""Messages per second of the raw client, given the backend, messages and publishers."""
+
+@dataclass(frozen=True)
+class Timing:
+    rate: float
+    """Messages per second (wall clock)."""
+    cpu_us: float
+    """This process's CPU time per message in microseconds, all threads (brokers run apart)."""
+
+
+Raw = Callable[[BackendInfo, int, int], Awaitable[Timing]]
+"""The raw client's timing, given the backend, messages and publishers."""
 
 
 def unique(prefix: str) -> str:
@@ -80,8 +93,8 @@ class Counter:
 
 async def timed(
     counter: Counter, publish: Callable[[], Awaitable[None]], messages: int, publishers: int
-) -> float:
-    """Primes, then messages per second of ``publishers`` loops sharing ``messages`` publishes."""
+) -> Timing:
+    """Primes, then times ``publishers`` loops sharing ``messages`` publishes."""
     await publish()
     await asyncio.wait_for(counter.first.wait(), WAIT)
     todo = iter(range(messages))
@@ -90,14 +103,15 @@ async def timed(
         for _ in todo:
             await publish()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(publisher() for _ in range(publishers)))
     await asyncio.wait_for(counter.done.wait(), WAIT)
-    return messages / (time.perf_counter() - started)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return Timing(messages / elapsed, cpu / messages * 1e6)
 
 
-async def run_mechakit(broker: Broker, info: BackendInfo, messages: int, publishers: int) -> float:
-    """Messages per second through one driver, used in-process as the runtime uses it."""
+async def run_mechakit(broker: Broker, info: BackendInfo, messages: int, publishers: int) -> Timing:
+    """One driver's timing, used in-process as the runtime uses it."""
     component = broker.component()
     await component.init(ComponentMetadata("bench", broker.type, broker.properties(info)))
     topic, counter = unique("bench"), Counter(messages)
@@ -113,7 +127,7 @@ async def run_mechakit(broker: Broker, info: BackendInfo, messages: int, publish
         await component.close()
 
 
-async def raw_kafka(info: BackendInfo, messages: int, publishers: int) -> float:
+async def raw_kafka(info: BackendInfo, messages: int, publishers: int) -> Timing:
     """kafka-python: blocking ``send().get()`` from threads, one consumer thread committing."""
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -157,7 +171,7 @@ async def raw_kafka(info: BackendInfo, messages: int, publishers: int) -> float:
         producer.close()
 
 
-async def raw_jetstream(info: BackendInfo, messages: int, publishers: int) -> float:
+async def raw_jetstream(info: BackendInfo, messages: int, publishers: int) -> Timing:
     """nats-py: ``js.publish`` and a durable pull consumer fetching batches, acking each."""
     import nats
 
@@ -192,7 +206,7 @@ async def raw_jetstream(info: BackendInfo, messages: int, publishers: int) -> fl
         await client.close()
 
 
-async def raw_rabbitmq(info: BackendInfo, messages: int, publishers: int) -> float:
+async def raw_rabbitmq(info: BackendInfo, messages: int, publishers: int) -> Timing:
     """aio-pika: confirmed publishes to a fanout exchange, one consumer acking each message."""
     import aio_pika
 
@@ -220,7 +234,7 @@ async def raw_rabbitmq(info: BackendInfo, messages: int, publishers: int) -> flo
         await connection.close()
 
 
-async def raw_mqtt(info: BackendInfo, messages: int, publishers: int) -> float:
+async def raw_mqtt(info: BackendInfo, messages: int, publishers: int) -> Timing:
     """aiomqtt: QoS 1 publishes on one client, a QoS 1 subscription on another."""
     import aiomqtt
 
@@ -230,6 +244,7 @@ async def raw_mqtt(info: BackendInfo, messages: int, publishers: int) -> float:
         aiomqtt.Client(host, port, identifier=unique("sub")) as subscriber,
         aiomqtt.Client(host, port, identifier=unique("pub")) as publisher,
     ):
+        publisher.pending_calls_threshold = 10_000  # as the driver: no warning per publish
         await subscriber.subscribe(topic, qos=1)
 
         async def consume() -> None:
@@ -310,20 +325,33 @@ async def bench(
         ("1 publisher", 1),
         (f"{args.publishers} publishers", args.publishers),
     ):
-        ours: list[float] = []
-        raw: list[float] = []
-        for _ in range(args.rounds):
-            ours.append(await run_mechakit(broker, info, messages, publishers))
-            raw.append(await broker.raw(info, messages, publishers))
+        ours: list[Timing] = []
+        raw: list[Timing] = []
+        for round_ in range(args.rounds):  # the order alternates, so drift hits both sides
+            if round_ % 2:
+                raw.append(await broker.raw(info, messages, publishers))
+                ours.append(await run_mechakit(broker, info, messages, publishers))
+            else:
+                ours.append(await run_mechakit(broker, info, messages, publishers))
+                raw.append(await broker.raw(info, messages, publishers))
+        pairs = list(zip(raw, ours, strict=True))
         rows.append(
             {
                 "mode": mode,
                 "messages": messages,
                 "raw_client": broker.raw_name,
-                "mechakit_msgs_per_s": statistics.median(ours),
-                "raw_msgs_per_s": statistics.median(raw),
-                "slowdown": statistics.median(r / m for r, m in zip(raw, ours, strict=True)),
-                "rounds": {"mechakit": ours, "raw": raw},
+                "mechakit_msgs_per_s": statistics.median(t.rate for t in ours),
+                "raw_msgs_per_s": statistics.median(t.rate for t in raw),
+                "slowdown": statistics.median(r.rate / m.rate for r, m in pairs),
+                "mechakit_cpu_us_per_msg": statistics.median(t.cpu_us for t in ours),
+                "raw_cpu_us_per_msg": statistics.median(t.cpu_us for t in raw),
+                "cpu_ratio": statistics.median(m.cpu_us / r.cpu_us for r, m in pairs),
+                "rounds": {
+                    "mechakit": [t.rate for t in ours],
+                    "raw": [t.rate for t in raw],
+                    "mechakit_cpu_us": [t.cpu_us for t in ours],
+                    "raw_cpu_us": [t.cpu_us for t in raw],
+                },
             }
         )
     return rows
@@ -349,12 +377,17 @@ def main() -> None:
             results[name] = {"source": info.source, "rows": asyncio.run(bench(broker, info, args))}
         finally:
             info.stop()
-    print(f"{'broker':<10} {'mode':<14} {'mechakit':>12} {'raw':>12} {'slowdown':>9}")
+    print(
+        f"{'broker':<10} {'mode':<14} {'mechakit':>12} {'raw':>12} {'slowdown':>9} "
+        f"{'cpu/msg (ours / raw)':>22} {'cpu ratio':>9}"
+    )
     for name, result in results.items():
         for row in result["rows"]:
+            cpu = f"{row['mechakit_cpu_us_per_msg']:.0f} / {row['raw_cpu_us_per_msg']:.0f} µs"
             print(
                 f"{name:<10} {row['mode']:<14} {row['mechakit_msgs_per_s']:>10,.0f}/s "
-                f"{row['raw_msgs_per_s']:>10,.0f}/s {row['slowdown']:>8.2f}x"
+                f"{row['raw_msgs_per_s']:>10,.0f}/s {row['slowdown']:>8.2f}x "
+                f"{cpu:>22} {row['cpu_ratio']:>8.2f}x"
             )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"brokers-{time.strftime('%Y%m%d-%H%M%S')}.json"

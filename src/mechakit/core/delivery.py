@@ -26,7 +26,6 @@ that runs an engine per subscription keeps them in ``SubscriptionEngines``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -324,14 +323,15 @@ class DeliveryEngine:
         self._in_flight[delivery.key] = entry
         if key is not None:
             self._tails[key] = task
-        task.add_done_callback(functools.partial(self._ended, entry))
 
-    def _ended(self, entry: _InFlight, task: asyncio.Task[bool]) -> None:
+    def _ended(self, entry: _InFlight) -> None:
+        """The last step of an entry's task (not a done callback: one loop turn fewer per
+        message). A task cancelled before its first step never gets here; only ``stop``
+        cancels those, and it releases them itself."""
+        entry.ended = True
         key = entry.delivery.ordering_key
-        if key is not None and self._tails.get(key) is task:
+        if key is not None and self._tails.get(key) is entry.task:
             del self._tails[key]
-        if not task.cancelled():
-            task.exception()  # _run logs its own errors; retrieved so asyncio does not
         if entry.settled:
             self._forget(entry)
         elif not self._stopping:  # cancelled (its route was cancelled) before settling
@@ -362,6 +362,8 @@ class DeliveryEngine:
             if not entry.settled:
                 await self._release([entry])
             return False
+        finally:
+            self._ended(entry)
 
     async def _deliver(self, entry: _InFlight, after: asyncio.Task[bool] | None) -> bool:
         message = entry.delivery.message
@@ -570,7 +572,7 @@ class DeliveryEngine:
 
     def _settle(self, entry: _InFlight) -> None:
         entry.settled = True
-        if entry.task is None or entry.task.done():
+        if entry.ended or entry.task is None or entry.task.done():
             self._forget(entry)
 
     # --- stopping -------------------------------------------------------------------------
@@ -635,6 +637,8 @@ class _InFlight:
     """Holds a concurrency slot: its handler runs (or ran); stopping lets it finish."""
     settled: bool = False
     """Acked, retried or released: nothing more will be done with it."""
+    ended: bool = False
+    """Its task has run its last step."""
 
 
 class _Route(Subscription):

@@ -315,9 +315,10 @@ class Producer:
             return waiting
 
         waiting = await asyncio.to_thread(enqueue)
-        outcomes = await asyncio.gather(
-            *(asyncio.wait_for(w, _DELIVERED_WITHIN + 5) for w in waiting), return_exceptions=True
-        )
+        if len(waiting) == 1:  # one publish: waited for here, without a task of its own
+            outcomes: list[BaseException | None] = [await _acknowledged(waiting[0])]
+        else:
+            outcomes = await asyncio.gather(*(_acknowledged(w) for w in waiting))
         errors: list[BaseException | None] = [
             failure(f"publish to {r.topic!r} failed", o, component=self._label, key=r.topic)
             if isinstance(o, BaseException) else None
@@ -331,6 +332,16 @@ class Producer:
         if self._producer is None:
             raise ConnectionFailedError("the Kafka producer is closed", component=self._label)
         return self._producer
+
+
+async def _acknowledged(waiting: asyncio.Future[None]) -> BaseException | None:
+    """The error of one publish (None: the brokers acknowledged it)."""
+    try:
+        async with asyncio.timeout(_DELIVERED_WITHIN + 5):
+            await waiting
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _settle(

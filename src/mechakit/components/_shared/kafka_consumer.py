@@ -387,7 +387,8 @@ class GroupTransport(Transport):
         if not self._arrived:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # no task of its own, unlike wait_for
+                    await self._wake.wait()
         deliveries: list[Delivery] = []
         while self._arrived and len(deliveries) < max_count:
             receipt = self._arrived.popleft()

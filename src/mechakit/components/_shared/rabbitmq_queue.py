@@ -24,13 +24,14 @@ from mechakit.components._shared.rabbitmq import (
     is_connection_error,
     when_closed,
 )
-from mechakit.core.errors import ComponentError
+from mechakit.core.errors import BulkError, ComponentError
 from mechakit.core.pubsub import Delivery, Message, Transport
 
 _READY_WITHIN = 10.0
 """Seconds a consumer started while connected waits for its queue to be declared."""
 _COUNTED = 10_000
 """Failed deliveries remembered by message id (classic queues count none themselves)."""
+_NO_HEADERS: Mapping[str, Any] = types.MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class QueueConsumer(Transport):
             generation = self._generation
 
             async def on_message(message: Any) -> None:
-                await self._inbox.put((generation, message))
+                self._inbox.put_nowait((generation, message))
 
             await queue.consume(on_message, no_ack=False)
         except BaseException:
@@ -187,31 +188,38 @@ class QueueConsumer(Transport):
         return channel
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
-        try:
-            first = await asyncio.wait_for(self._inbox.get(), 1.0)
-        except TimeoutError:
-            return []
+        if self._inbox.empty():
+            try:
+                async with asyncio.timeout(1.0):  # no task of its own, unlike wait_for
+                    first = await self._inbox.get()
+            except TimeoutError:
+                return []
+        else:
+            first = self._inbox.get_nowait()
         got = [first]
         while len(got) < max_count and not self._inbox.empty():
             got.append(self._inbox.get_nowait())
         return [self._delivery(g, m) for g, m in got if g == self._generation]
 
     def _delivery(self, generation: int, msg: Any) -> Delivery:
-        headers = dict(msg.headers or {})
+        headers = msg.headers or _NO_HEADERS
         count = 1
         if isinstance(headers.get("x-delivery-count"), int):  # quorum queues count
             count = int(headers["x-delivery-count"]) + 1
-        else:
+        elif self._failures:
             count = self._failures.get(_identity(msg), 0) + 1
         if msg.redelivered:
             count = max(count, 2)
-        metadata = {str(k): _text(v) for k, v in headers.items() if not str(k).startswith("x-")}
-        if self._options.properties_to_metadata:
-            metadata.update(_properties(msg))
+        metadata: Mapping[str, str] = _NO_HEADERS
+        if headers or self._options.properties_to_metadata:
+            found = {str(k): _text(v) for k, v in headers.items() if not str(k).startswith("x-")}
+            if self._options.properties_to_metadata:
+                found.update(_properties(msg))
+            metadata = types.MappingProxyType(found)
         message = Message(
             topic=self.topic,
             data=bytes(msg.body),
-            metadata=types.MappingProxyType(metadata),
+            metadata=metadata,
             content_type=msg.content_type or None,
             id=str(msg.message_id or msg.delivery_tag),
             delivery_count=count,
@@ -223,10 +231,20 @@ class QueueConsumer(Transport):
         return msg if generation == self._generation else None
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if self._failures:
+            for delivery in deliveries:
+                self._failures.pop(_identity(delivery.receipt[1]), None)
+        failed: dict[str, Exception] = {}
         for delivery in deliveries:
-            self._failures.pop(_identity(delivery.receipt[1]), None)
-        live = [m for m in (self._live(d) for d in deliveries) if m is not None]
-        await asyncio.gather(*(m.ack() for m in live))
+            msg = self._live(delivery)
+            if msg is None:
+                continue
+            try:  # an ack has no reply: queued for the channel's writer, not waited for
+                await msg.channel.basic_ack(msg.delivery_tag, wait=False)
+            except Exception as exc:
+                failed[delivery.key] = exc
+        if failed:
+            raise BulkError(failed, component=self._label)
 
     async def retry_later(self, delivery: Delivery, delay: float) -> None:
         msg = self._live(delivery)

@@ -121,7 +121,8 @@ class MQTTPubSub(PubSub[MQTTPubSubSettings]):
 
     async def publish(self, request: PublishRequest) -> None:
         publisher = self.opened(self._publisher)
-        self.message_expiry(request)  # validates ttlInSeconds; MQTT 3.1.1 has no expiry
+        if request.metadata:
+            self.message_expiry(request)  # validates ttlInSeconds; MQTT 3.1.1 has no expiry
         await self._send(publisher, request.topic, request.data, request.content_type,
                          dict(request.metadata))  # fmt: skip
 
@@ -133,11 +134,15 @@ class MQTTPubSub(PubSub[MQTTPubSubSettings]):
         content_type: str | None,
         metadata: dict[str, str],
     ) -> None:
-        retain = metadata_flag(
-            metadata_value(metadata, "retain"), "retain", default=self.settings.retain,
-            component=self.label, key=topic,
-        )  # fmt: skip
-        carried = {k: v for k, v in metadata.items() if k.lower() not in ("retain", "ttlinseconds")}
+        retain, carried = self.settings.retain, metadata
+        if metadata:
+            retain = metadata_flag(
+                metadata_value(metadata, "retain"), "retain", default=retain,
+                component=self.label, key=topic,
+            )  # fmt: skip
+            carried = {
+                k: v for k, v in metadata.items() if k.lower() not in ("retain", "ttlinseconds")
+            }
         await mqtt.publish(
             publisher, self.settings, topic=topic, data=data, qos=self.settings.qos,
             retain=retain, properties=mqtt.publish_properties(self.settings, content_type, carried),
@@ -187,7 +192,9 @@ def _with_real_topic(handler: Handler) -> Callable[[Message], Awaitable[None]]:
 
     async def handle(message: Message) -> None:
         real = message.metadata.get(mqtt.TOPIC_METADATA) or message.topic
-        await handler(dataclasses.replace(message, topic=real))
+        await handler(
+            message if real == message.topic else dataclasses.replace(message, topic=real)
+        )
 
     return handle
 

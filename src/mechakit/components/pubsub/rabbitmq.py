@@ -201,8 +201,11 @@ class RabbitMQPubSub(PubSub[RabbitMQSettings]):
 
     async def publish(self, request: PublishRequest) -> None:
         self.opened(self._publisher)
-        self.message_expiry(request)  # rejects a bad ttlInSeconds, naming this component
-        ttl = parse_ttl(request.metadata)
+        ttl, routing_key = None, ""
+        if request.metadata:  # most publishes have none: nothing to look up
+            self.message_expiry(request)  # rejects a bad ttlInSeconds, naming this component
+            ttl = parse_ttl(request.metadata)
+            routing_key = metadata_value(request.metadata, "routingKey")
         if ttl is None:
             ttl = self.settings.ttl_in_seconds
         await self._send(
@@ -211,7 +214,7 @@ class RabbitMQPubSub(PubSub[RabbitMQSettings]):
             request.content_type,
             request.metadata,
             ttl=ttl,
-            routing_key=metadata_value(request.metadata, "routingKey"),
+            routing_key=routing_key,
         )
 
     async def _send(

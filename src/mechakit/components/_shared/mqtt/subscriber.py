@@ -88,10 +88,14 @@ class Subscriber(Transport):
         await self.connection.start()
 
     async def receive(self, max_count: int) -> Sequence[Delivery]:
-        try:
-            first = await asyncio.wait_for(self._queue.get(), 1.0)
-        except TimeoutError:
-            return []
+        if self._queue.empty():
+            try:
+                async with asyncio.timeout(1.0):  # no task of its own, unlike wait_for
+                    first = await self._queue.get()
+            except TimeoutError:
+                return []
+        else:
+            first = self._queue.get_nowait()
         taken = [first]
         while len(taken) < max_count and not self._queue.empty():
             taken.append(self._queue.get_nowait())
