@@ -170,6 +170,13 @@ def test_commands_work_without_the_sidecar_packages(tmp_path: Path, argv: list[s
     assert "Traceback" not in result.stderr
 
 
+def test_listing_the_components_imports_neither_pydantic_nor_a_driver(tmp_path: Path) -> None:
+    """``mechakit components list`` is a quick look: the registry's entries only."""
+    result = blocked(tmp_path, ["pydantic", *SIDECAR], "components", "list")
+    assert result.returncode == 0, result.stderr
+    assert "state.redis" in result.stdout and "Traceback" not in result.stderr
+
+
 def test_the_in_process_runtime_imports_no_sidecar_package(tmp_path: Path) -> None:
     folder = write_components(tmp_path / "components")
     names = ",".join(SIDECAR)  # blocked, then reported if imported all the same

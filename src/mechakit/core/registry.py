@@ -14,13 +14,15 @@ import importlib.metadata
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
 from .building_blocks import CATEGORIES
-from .component import Component
 from .errors import ComponentNotFoundError, ConfigurationError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from .component import Component
 
 PROJECT = "mechakit"
 ENTRY_POINT_GROUP = "mechakit.components"
@@ -83,6 +85,8 @@ class ComponentSpec:
                 ) from exc
         module_obj = importlib.import_module(module_name)
         cls = getattr(module_obj, attr)
+        from .component import Component  # here: listing types needs no pydantic
+
         if not (isinstance(cls, type) and issubclass(cls, Component)):
             raise ComponentNotFoundError(
                 f"{self.target} is not a mechakit Component class", component=self.type

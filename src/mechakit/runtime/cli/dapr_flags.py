@@ -18,7 +18,6 @@ import argparse
 import logging
 import secrets
 
-from mechakit.core.metadata import parse_bool, parse_bytesize
 from mechakit.runtime.app_transport import APP_PROTOCOLS, is_grpc
 
 DEFAULT_HTTP_PORT = 3500
@@ -80,6 +79,8 @@ def app_port(text: str) -> int | None:
 
 
 def flag_bool(text: str) -> bool:
+    from mechakit.core.metadata import parse_bool  # here: the other commands need no pydantic
+
     try:
         return parse_bool(text)
     except ValueError as exc:
@@ -142,6 +143,8 @@ def _size(text: str, *, unit: int) -> int:
         body = stripped[1:]
         if body and _parses_as_size(body):
             return 0
+    from mechakit.core.metadata import parse_bytesize
+
     try:
         if stripped.isdigit():
             return int(stripped) * unit
@@ -151,6 +154,8 @@ def _size(text: str, *, unit: int) -> int:
 
 
 def _parses_as_size(text: str) -> bool:
+    from mechakit.core.metadata import parse_bytesize
+
     try:
         parse_bytesize(text)
     except ValueError:

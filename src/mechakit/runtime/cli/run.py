@@ -10,8 +10,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mechakit.core.metadata import parse_bool
-
 from ._common import extra_hint, lacks_extra
 from .dapr_flags import (
     LOG_LEVELS,
@@ -134,6 +132,8 @@ def _abbreviated(options: dict[str, argparse.Action], name: str) -> argparse.Act
 
 
 def _is_bool(word: str) -> bool:
+    from mechakit.core.metadata import parse_bool  # here: the other commands need no pydantic
+
     try:
         parse_bool(word)
     except ValueError:
