@@ -144,12 +144,14 @@ def invoke_echo(client: httpx.Client, body: str) -> httpx.Response:
     return client.post("/v1.0/invoke/shop/method/echo", content=body.encode())
 
 
+@pytest.mark.parametrize("tls", [["-P", "https"], ["--app-ssl"]], ids=["https", "app-ssl"])
 def test_an_https_app_gets_deliveries_invocations_and_probes_over_tls(
-    sidecars: list[Sidecar], home: Path, certificate: tuple[Path, Path]
+    sidecars: list[Sidecar], home: Path, certificate: tuple[Path, Path], tls: list[str]
 ) -> None:
+    """``--app-ssl`` (deprecated in Dapr) is ``--app-protocol https`` for an HTTP app."""
     with AsgiApp(certificate) as app:
         sidecar, client = tcp_sidecar(
-            sidecars, home, "-a", "shop", "-p", str(app.port), "-P", "https", *HEALTH
+            sidecars, home, "-a", "shop", "-p", str(app.port), *tls, *HEALTH
         )
         sidecar.wait_for_line("delivering .*orders")
         publish(client, "tls-1")

@@ -220,7 +220,6 @@ IGNORED = [
     "--image=daprio/daprd:edge",
     "--runtime-path=/opt/dapr",
     "-k",
-    "--app-ssl=true",
 ]
 
 
@@ -239,6 +238,7 @@ def test_every_dapr_run_flag_is_taken_and_those_without_meaning_each_get_one_not
             "-a", "every-flag",
             "-p", str(app.port),
             "-P", "http",
+            "--app-ssl=false",  # true: https (tests/runtime/test_app_protocols.py)
             "--app-channel-address", "127.0.0.1",
             "--app-max-concurrency", "4",
             "-c", str(config),
@@ -283,8 +283,7 @@ def test_every_dapr_run_flag_is_taken_and_those_without_meaning_each_get_one_not
     notice_lines = [line for line in sidecar.lines if NOTICE in line]
     assert len(notice_lines) == len(IGNORED), sidecar.log
     for flag in ("--enable-profiling", "--profile-port", "--placement-host-address",
-                 "--scheduler-host-address", "--image", "--runtime-path", "--kubernetes",
-                 "--app-ssl"):  # fmt: skip
+                 "--scheduler-host-address", "--image", "--runtime-path", "--kubernetes"):  # fmt: skip
         assert sum(line.count(f"{flag} {NOTICE}") for line in notice_lines) == 1, flag
     assert "usage:" not in sidecar.log
     assert not (folder / "dapr-every-flag-http.socket").exists()

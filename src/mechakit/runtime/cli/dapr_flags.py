@@ -400,7 +400,8 @@ def add_dapr_run_flags(parser: argparse.ArgumentParser) -> None:
         run,
         "--app-ssl",
         default=False,
-        help="deprecated in Dapr for --app-protocol https/grpcs; taken with a notice",
+        help="call the app over TLS: --app-protocol http becomes https, grpc grpcs "
+        "(deprecated in Dapr for those)",
     )
     run.add_argument(
         "-f",
@@ -455,12 +456,16 @@ def notices(namespace: argparse.Namespace) -> list[str]:
         for dest, (flag, why) in NOTICES.items()
         if getattr(namespace, dest) not in (None, False)
     ]
-    if namespace.app_ssl:
-        lines.append(
-            "--app-ssl is accepted for dapr run compatibility and ignored (deprecated in "
-            "Dapr too): for TLS to the app use --app-protocol https or grpcs"
-        )
     return lines
+
+
+def apply_app_ssl(namespace: argparse.Namespace) -> None:
+    """``--app-ssl`` as daprd takes it: the app's protocol with TLS (http → https, grpc →
+    grpcs); the others (https, grpcs, h2c) stay as they are."""
+    if namespace.app_ssl:
+        namespace.app_protocol = {"http": "https", "grpc": "grpcs"}.get(
+            namespace.app_protocol, namespace.app_protocol
+        )
 
 
 def plain_protocol(protocol: str) -> str:

@@ -14,6 +14,7 @@ from ._common import extra_hint, lacks_extra
 from .dapr_flags import (
     LOG_LEVELS,
     add_dapr_run_flags,
+    apply_app_ssl,
     count,
     generate_app_id,
     non_negative,
@@ -157,6 +158,7 @@ def _run(namespace: argparse.Namespace, passthrough: list[str]) -> int:
     log = logging.getLogger("mechakit.run")
     for line in notices(namespace):
         log.warning("%s", line)
+    apply_app_ssl(namespace)
     if not namespace.app_id:
         namespace.app_id = generate_app_id()
         log.info("no --app-id given: the app id is %r", namespace.app_id)
