@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -51,3 +52,36 @@ def test_grpc_calls_are_counted_and_timed_by_method_and_status(
     bad = {**ok, "grpc_server_status": status}
     assert status != "OK" and series(text, "dapr_grpc_io_server_completed_rpcs", **bad) == 1
     assert "# TYPE dapr_grpc_io_server_server_latency histogram" in text
+
+
+def test_a_stream_is_counted_when_it_ends(sidecars: list[Sidecar], home: Path) -> None:
+    """As daprd counts them: a streaming call is one completed RPC, with its final status."""
+    import queue
+
+    from dapr.proto.runtime.v1 import pubsub_pb2
+
+    port = free_port()
+    sidecar, _ = tcp_sidecar(sidecars, home, "-a", "streamed", "-G", str(port))
+    outgoing: queue.Queue[pubsub_pb2.SubscribeTopicEventsRequestAlpha1 | None] = queue.Queue()
+    outgoing.put(
+        pubsub_pb2.SubscribeTopicEventsRequestAlpha1(
+            initial_request=pubsub_pb2.SubscribeTopicEventsRequestInitialAlpha1(
+                pubsub_name="pubsub", topic="metered"
+            )
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.SubscribeTopicEventsAlpha1(iter(outgoing.get, None), timeout=30)
+        assert next(call).HasField("initial_response")
+        outgoing.put(None)  # the app closes its side: the stream ends
+        assert list(call) == []
+    method = "/dapr.proto.runtime.v1.Dapr/SubscribeTopicEventsAlpha1"
+    url = sidecar.wait_for_line(r"metrics served on (\S+)").group(1)
+    labels = {"app_id": "streamed", "grpc_server_method": method, "grpc_server_status": "OK"}
+    for _ in range(50):  # the count is taken as the handler returns, just after the caller
+        text = httpx.get(url, trust_env=False).text
+        if series(text, "dapr_grpc_io_server_completed_rpcs", **labels) == 1:
+            break
+        time.sleep(0.1)
+    assert series(text, "dapr_grpc_io_server_completed_rpcs", **labels) == 1, text

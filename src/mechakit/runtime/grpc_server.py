@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypedDict, Unpack
 
 import grpc
@@ -49,35 +50,72 @@ Observer = Callable[[str, grpc.StatusCode, float], None]
 def _observed(
     handler: grpc.RpcMethodHandler[Any, Any], method: str, observers: list[Observer]
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` telling ``observers`` of each unary call once it completes (the API log
-    line, the metrics). Streams are long-lived and not observed per call."""
-    if handler.unary_unary is None or not observers:
+    """``handler`` telling ``observers`` of each call once it completes (the API log line,
+    the metrics): unary calls and, as daprd counts them, streams when they end."""
+    if not observers:
         return handler
-    behavior: Any = handler.unary_unary  # async under grpc.aio, typed as the sync API
+    for kind, make in _HANDLER_KINDS.items():
+        behavior: Any = getattr(handler, kind)  # async under grpc.aio, typed as the sync API
+        if behavior is not None:
+            return make(  # type: ignore[no-any-return]
+                _observing(behavior, method, observers),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
+
+
+_HANDLER_KINDS: dict[str, Callable[..., Any]] = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _observing(behavior: Any, method: str, observers: list[Observer]) -> Any:
+    """``behavior`` (a coroutine function, or an async generator function for a stream that
+    yields its answers) of the same kind, telling ``observers`` when it ends."""
+
+    def observe(context: Context, started: float, failed: bool) -> None:
+        code = context.code()
+        if not isinstance(code, grpc.StatusCode):
+            # grpc answers UNKNOWN for an exception (CANCELLED when the caller went away)
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        elapsed = (time.perf_counter() - started) * 1000
+        for observer in observers:
+            observer(method, code, elapsed)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def observed_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            started, failed = time.perf_counter(), False
+            try:
+                async for answer in behavior(request, context):
+                    yield answer
+            except grpc.aio.AbortError:
+                raise
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                observe(context, started, failed)
+
+        return observed_stream
 
     async def observed(request: Any, context: Context) -> Any:
-        started = time.perf_counter()
-        failed = False
+        started, failed = time.perf_counter(), False
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except BaseException:
-            failed = True  # grpc answers UNKNOWN (CANCELLED when the caller went away)
+            failed = True
             raise
         finally:
-            code = context.code()
-            if not isinstance(code, grpc.StatusCode):
-                code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-            elapsed = (time.perf_counter() - started) * 1000
-            for observer in observers:
-                observer(method, code, elapsed)
+            observe(context, started, failed)
 
-    return grpc.unary_unary_rpc_method_handler(
-        observed,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return observed
 
 
 class _ObservedRegistry:
