@@ -225,13 +225,6 @@ async def test_an_unknown_app_id_is_refused_with_the_resolvers_error(stub_of_a: 
     assert "'svc-nobody'" in details
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, open: on a loaded machine the refused call sometimes reaches the caller as "
-    "INTERNAL 'Internal error from Core' instead of PERMISSION_DENIED (2 of 6 runs at stop 21; "
-    "it is refused either way, the app is not called): a race in grpc_proxy._relay's relay of "
-    "an early status",
-)
 async def test_the_callees_access_control_checks_the_full_method(apps: Cluster) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{apps['svc-c'].grpc_port}") as channel:
         stub_of_c = EchoStub(channel)

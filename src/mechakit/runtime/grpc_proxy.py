@@ -14,10 +14,11 @@ back unchanged; cancellation and the deadline travel with the call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -42,6 +43,12 @@ _NEVER_FORWARDED = frozenset(
     {APP_ID, API_TOKEN, CALLER_NAMESPACE, CALLER_TRUST_DOMAIN, "user-agent", "te", "content-type"}
 )
 _PASSED_RESERVED = frozenset({"grpc-trace-bin", "grpc-tags-bin", "grpc-status-details-bin"})
+
+_END_WAIT = 0.01
+"""How long a proxied call's first request waits for the caller's end of requests (in the
+same frame for a unary call) before the call is streamed."""
+_REFUSAL_WAIT = 1.0
+"""How long a refusal waits at most for a streaming caller to stop sending."""
 
 Metadata = Iterable[tuple[str, str | bytes]]
 MethodCall = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], Any]
@@ -84,10 +91,14 @@ async def _relay(
     is; when the incoming call ends (cancelled, deadline passed) the outgoing one is
     cancelled."""
     remaining = context.time_remaining()
-    multicallable: Any = channel.stream_stream(method)
-    call: grpc.aio.StreamStreamCall[bytes, bytes] = multicallable(
-        requests, metadata=metadata, timeout=remaining
-    )
+    outgoing = await _outgoing(requests)
+    call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
+    if isinstance(outgoing, bytes):
+        unary: Any = channel.unary_stream(method)
+        call = unary(outgoing, metadata=metadata, timeout=remaining)
+    else:
+        streaming: Any = channel.stream_stream(method)
+        call = streaming(outgoing, metadata=metadata, timeout=remaining)
     try:
         with contextlib.suppress(grpc.aio.AioRpcError):  # its status is read from the call
             await context.send_initial_metadata(_passable(await call.initial_metadata()))
@@ -100,6 +111,62 @@ async def _relay(
             context.set_details(await call.details() or "")
     finally:
         call.cancel()
+
+
+async def _outgoing(requests: AsyncIterator[bytes]) -> bytes | AsyncIterator[bytes]:
+    """The request when the caller sent exactly one (any unary or server-streaming call),
+    else every request as a stream. A single request is sent with its end in one batch, as
+    grpc-python's unary calls do: streamed, its write can lose the race with an early status
+    from the callee (a refusal that does not read the request), and grpc-python then ends
+    the call INTERNAL "Internal error from Core" in place of the status the callee sent."""
+    iterator = aiter(requests)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        return _stream((), None, iterator)
+    second: asyncio.Future[bytes] = asyncio.ensure_future(anext(iterator))
+    await asyncio.wait({second}, timeout=_END_WAIT)
+    ended = second.done() and not second.cancelled()
+    if ended and isinstance(second.exception(), StopAsyncIteration):
+        return first
+    return _stream((first,), second, iterator)
+
+
+async def _stream(
+    read: Iterable[bytes], pending: asyncio.Future[bytes] | None, rest: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The requests already ``read``, the one ``pending``, then the ``rest``."""
+    for message in read:
+        yield message
+    if pending is not None:
+        try:
+            yield await pending
+        except StopAsyncIteration:
+            return
+    async for message in rest:
+        yield message
+
+
+async def _refuse(
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext[bytes, bytes],
+    code: grpc.StatusCode,
+    details: str,
+) -> NoReturn:
+    """End the call with ``code`` once the caller has stopped sending: its end of requests,
+    or no request for ``_END_WAIT`` (a caller waiting for an answer), at most
+    ``_REFUSAL_WAIT``. A status that overtakes a request still being written reaches a
+    grpc-python caller as INTERNAL "Internal error from Core" instead of ``code``."""
+
+    async def drain() -> None:
+        iterator = aiter(requests)
+        with contextlib.suppress(StopAsyncIteration, TimeoutError):
+            while True:
+                await asyncio.wait_for(anext(iterator), _END_WAIT)
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), _REFUSAL_WAIT)
+    await context.abort(code, details)
 
 
 class OutboundProxy(grpc.GenericRpcHandler):
@@ -130,12 +197,12 @@ class OutboundProxy(grpc.GenericRpcHandler):
         incoming: Metadata = tuple(context.invocation_metadata() or ())
         target = _first(incoming, CALLEE_ID, APP_ID)
         if target is None:
-            await context.abort(grpc.StatusCode.UNKNOWN, MISSING_APP_ID)
+            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, MISSING_APP_ID)
         invoker = self._invoker()
         if invoker is None:
-            await context.abort(grpc.StatusCode.UNKNOWN, NOT_STARTED)
+            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, NOT_STARTED)
         app_id, namespace = split_target(target)
-        channel = await _sidecar_of(invoker, app_id, namespace, context)
+        channel = await _sidecar_of(invoker, app_id, namespace, requests, context)
         metadata = _passable(incoming, _NEVER_FORWARDED | {CALLEE_ID, CALLER_ID})
         metadata += [
             (CALLER_ID, invoker.app_id),
@@ -150,6 +217,7 @@ async def _sidecar_of(
     invoker: Invoker,
     app_id: str,
     namespace: str,
+    requests: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext[bytes, bytes],
 ) -> grpc.aio.Channel:
     """A channel to a sidecar of ``app_id``, connected first: one that cannot be reached
@@ -166,7 +234,8 @@ async def _sidecar_of(
         except MechakitError as exc:
             if channel is not None:
                 return channel  # the call fails on it as UNAVAILABLE
-            await context.abort(grpc.StatusCode.UNKNOWN, f"failed to proxy request: {exc}")
+            details = f"failed to proxy request: {exc}"
+            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, details)
         channel = invoker.channel(address)
         unanswered.add(address)
         if len(unanswered) >= CONNECT_ATTEMPTS or await _connects(channel):
@@ -214,7 +283,9 @@ class InboundProxy(grpc.GenericRpcHandler):
         incoming: Metadata = tuple(context.invocation_metadata() or ())
         target = _first(incoming, CALLEE_ID, APP_ID) or ""
         if split_target(target)[0] != invoker.app_id:
-            await context.abort(
+            await _refuse(
+                requests,
+                context,
                 grpc.StatusCode.UNKNOWN,
                 f"failed to proxy request: app id {target!r} is not served here "
                 f"(this sidecar serves {invoker.app_id!r})",
@@ -222,14 +293,17 @@ class InboundProxy(grpc.GenericRpcHandler):
         try:
             method = normalize_method(method)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid method: {exc}")
+            details = f"invalid method: {exc}"
+            await _refuse(requests, context, grpc.StatusCode.INVALID_ARGUMENT, details)
         if invoker.access_control is not None:
             refusal = invoker.access_control.refusal(_caller(incoming), "", method)
             if refusal is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                await _refuse(requests, context, grpc.StatusCode.PERMISSION_DENIED, refusal)
         app = invoker.app
         if not isinstance(app, GrpcApp):
-            await context.abort(
+            await _refuse(
+                requests,
+                context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"failed to proxy request: app id {invoker.app_id!r} has no gRPC app to call "
                 "(--app-port with --app-protocol grpc)",
