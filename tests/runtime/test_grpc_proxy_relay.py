@@ -16,6 +16,7 @@ import grpc.aio
 import pytest
 
 from mechakit.runtime import grpc_proxy
+from mechakit.runtime.service.invocation import refuse
 
 CALLS = 300
 Context = grpc.aio.ServicerContext[bytes, bytes]
@@ -23,7 +24,7 @@ REFUSAL = "access control policy has denied access"
 
 
 async def _refusing(requests: AsyncIterator[bytes], context: Context) -> None:
-    await grpc_proxy._refuse(requests, context, grpc.StatusCode.PERMISSION_DENIED, REFUSAL)
+    await refuse(requests, context, grpc.StatusCode.PERMISSION_DENIED, REFUSAL)
 
 
 class _Refuser(grpc.GenericRpcHandler):

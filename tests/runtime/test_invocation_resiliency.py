@@ -4,6 +4,7 @@ the callee its policy names."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from mechakit.runtime.resiliency import Resiliency
 from .test_invocation import Cluster, Sidecar
 
 FLAKY = Path(__file__).with_name("invocation_flaky_app.py")
+STREAMER = Path(__file__).with_name("invocation_stream_app.py")
 RESILIENCY = """\
 apiVersion: dapr.io/v1alpha1
 kind: Resiliency
@@ -41,6 +43,7 @@ spec:
       slow: {timeout: quick}
       restarted: {retry: patient}
       flaky: {retry: twice}
+      replayed: {retry: twice}
       picky: {retry: only503}
       fused: {circuitBreaker: fuse}
 """
@@ -121,6 +124,18 @@ def test_an_apps_error_status_is_retried_then_passed_on_unchanged(cluster: Clust
     _app(picky, "/fail/503")
     assert _invoke(cluster, "picky", "work").status_code == 503
     assert _app(picky, "/calls") == 4
+
+
+def test_a_streamed_body_is_sent_again_whole_on_each_retry(cluster: Cluster) -> None:
+    callee = cluster.start("replayed", script=STREAMER)
+    chunks = [bytes([index]) * 100_000 for index in range(3)]  # chunked: streamed
+    url = f"{cluster['svc-a'].url}/v1.0/invoke/replayed/method/upload?fail=1"
+    answer = httpx.post(url, content=iter(chunks), timeout=60)
+    assert answer.status_code == 200, answer.text
+    whole = b"".join(chunks)
+    assert answer.json() == {"bytes": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+    progress = httpx.get(f"http://127.0.0.1:{callee.app_port}/progress", timeout=10).json()
+    assert progress["uploads"] == 2  # the first answered 503, the retry got the same body
 
 
 def test_a_circuit_breaker_opens_refuses_without_calling_then_half_opens(

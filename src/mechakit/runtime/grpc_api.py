@@ -529,7 +529,7 @@ class DaprGrpcApi(Door):
     async def InvokeService(
         self, request: invoke_pb2.InvokeServiceRequest, context: Context
     ) -> common_pb2.InvokeResponse:
-        from .service.invocation import grpc_code_of_http, grpc_invocation
+        from .service.invocation import grpc_code_of_http, grpc_invocation, read_body
 
         invoker = self.runtime.invoker
         if invoker is None:
@@ -538,11 +538,12 @@ class DaprGrpcApi(Door):
             )
         invocation = grpc_invocation(request.message, context.invocation_metadata())
         reply = await invoker.invoke(request.id, invocation)
+        body = await read_body(reply.body)
         if not 200 <= reply.status < 300:
-            message = reply.body.decode("utf-8", "replace") or f"HTTP {reply.status}"
+            message = body.decode("utf-8", "replace") or f"HTTP {reply.status}"
             code = grpc_code_of_http(reply.status)
             raise RpcFailure(code, "ERR_DIRECT_INVOKE", message)
-        data = any_pb2.Any(value=reply.body)
+        data = any_pb2.Any(value=body)
         return common_pb2.InvokeResponse(data=data, content_type=reply.content_type)
 
     async def GetMetadata(

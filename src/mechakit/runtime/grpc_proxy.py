@@ -18,16 +18,16 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from mechakit.core.errors import MechakitError
-from mechakit.core.nameresolution import ResolveRequest
 
 from .service.access_control import Caller, normalize_method, own_trust_domain
-from .service.invocation import CONNECT_ATTEMPTS, GrpcApp, Invoker, split_target
+from .service.invocation import GrpcApp, Invoker, refuse, split_target
+from .service.invocation_messages import END_WAIT
 
 APP_ID = "dapr-app-id"
 CALLEE_ID = "dapr-callee-app-id"
@@ -44,11 +44,6 @@ _NEVER_FORWARDED = frozenset(
 )
 _PASSED_RESERVED = frozenset({"grpc-trace-bin", "grpc-tags-bin", "grpc-status-details-bin"})
 
-_END_WAIT = 0.01
-"""How long a proxied call's first request waits for the caller's end of requests (in the
-same frame for a unary call) before the call is streamed."""
-_REFUSAL_WAIT = 1.0
-"""How long a refusal waits at most for a streaming caller to stop sending."""
 
 Metadata = Iterable[tuple[str, str | bytes]]
 MethodCall = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], Any]
@@ -125,7 +120,7 @@ async def _outgoing(requests: AsyncIterator[bytes]) -> bytes | AsyncIterator[byt
     except StopAsyncIteration:
         return _stream((), None, iterator)
     second: asyncio.Future[bytes] = asyncio.ensure_future(anext(iterator))
-    await asyncio.wait({second}, timeout=_END_WAIT)
+    await asyncio.wait({second}, timeout=END_WAIT)
     ended = second.done() and not second.cancelled()
     if ended and isinstance(second.exception(), StopAsyncIteration):
         return first
@@ -145,28 +140,6 @@ async def _stream(
             return
     async for message in rest:
         yield message
-
-
-async def _refuse(
-    requests: AsyncIterator[bytes],
-    context: grpc.aio.ServicerContext[bytes, bytes],
-    code: grpc.StatusCode,
-    details: str,
-) -> NoReturn:
-    """End the call with ``code`` once the caller has stopped sending: its end of requests,
-    or no request for ``_END_WAIT`` (a caller waiting for an answer), at most
-    ``_REFUSAL_WAIT``. A status that overtakes a request still being written reaches a
-    grpc-python caller as INTERNAL "Internal error from Core" instead of ``code``."""
-
-    async def drain() -> None:
-        iterator = aiter(requests)
-        with contextlib.suppress(StopAsyncIteration, TimeoutError):
-            while True:
-                await asyncio.wait_for(anext(iterator), _END_WAIT)
-
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(drain(), _REFUSAL_WAIT)
-    await context.abort(code, details)
 
 
 class OutboundProxy(grpc.GenericRpcHandler):
@@ -197,10 +170,10 @@ class OutboundProxy(grpc.GenericRpcHandler):
         incoming: Metadata = tuple(context.invocation_metadata() or ())
         target = _first(incoming, CALLEE_ID, APP_ID)
         if target is None:
-            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, MISSING_APP_ID)
+            await refuse(requests, context, grpc.StatusCode.UNKNOWN, MISSING_APP_ID)
         invoker = self._invoker()
         if invoker is None:
-            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, NOT_STARTED)
+            await refuse(requests, context, grpc.StatusCode.UNKNOWN, NOT_STARTED)
         app_id, namespace = split_target(target)
         channel = await _sidecar_of(invoker, app_id, namespace, requests, context)
         metadata = _passable(incoming, _NEVER_FORWARDED | {CALLEE_ID, CALLER_ID})
@@ -220,35 +193,13 @@ async def _sidecar_of(
     requests: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext[bytes, bytes],
 ) -> grpc.aio.Channel:
-    """A channel to a sidecar of ``app_id``, connected first: one that cannot be reached
-    (killed, still registered until its row expires) is skipped for another instance, up to
-    ``CONNECT_ATTEMPTS`` of them, since the messages cannot be replayed once sent."""
-    unanswered: set[str] = set()
-    channel: grpc.aio.Channel | None = None
-    while True:
-        request = ResolveRequest(
-            app_id, namespace, invoker.internal_port, exclude=frozenset(unanswered)
-        )
-        try:
-            address = await invoker.resolver.resolve(request)
-        except MechakitError as exc:
-            if channel is not None:
-                return channel  # the call fails on it as UNAVAILABLE
-            details = f"failed to proxy request: {exc}"
-            await _refuse(requests, context, grpc.StatusCode.UNKNOWN, details)
-        channel = invoker.channel(address)
-        unanswered.add(address)
-        if len(unanswered) >= CONNECT_ATTEMPTS or await _connects(channel):
-            return channel
-
-
-async def _connects(channel: grpc.aio.Channel) -> bool:
-    """Whether ``channel`` gets connected (READY) rather than failing to."""
-    state = channel.get_state(try_to_connect=True)
-    while state in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING):
-        await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
-    return state is grpc.ChannelConnectivity.READY
+    """A connected channel to a sidecar of ``app_id`` (:meth:`Invoker.connected`: the
+    messages of a call cannot be replayed once sent, so it is connected first)."""
+    try:
+        return (await invoker.connected(app_id, namespace))[1]
+    except MechakitError as exc:
+        details = f"failed to proxy request: {exc}"
+        await refuse(requests, context, grpc.StatusCode.UNKNOWN, details)
 
 
 class InboundProxy(grpc.GenericRpcHandler):
@@ -283,7 +234,7 @@ class InboundProxy(grpc.GenericRpcHandler):
         incoming: Metadata = tuple(context.invocation_metadata() or ())
         target = _first(incoming, CALLEE_ID, APP_ID) or ""
         if split_target(target)[0] != invoker.app_id:
-            await _refuse(
+            await refuse(
                 requests,
                 context,
                 grpc.StatusCode.UNKNOWN,
@@ -294,14 +245,14 @@ class InboundProxy(grpc.GenericRpcHandler):
             method = normalize_method(method)
         except ValueError as exc:
             details = f"invalid method: {exc}"
-            await _refuse(requests, context, grpc.StatusCode.INVALID_ARGUMENT, details)
+            await refuse(requests, context, grpc.StatusCode.INVALID_ARGUMENT, details)
         if invoker.access_control is not None:
             refusal = invoker.access_control.refusal(_caller(incoming), "", method)
             if refusal is not None:
-                await _refuse(requests, context, grpc.StatusCode.PERMISSION_DENIED, refusal)
+                await refuse(requests, context, grpc.StatusCode.PERMISSION_DENIED, refusal)
         app = invoker.app
         if not isinstance(app, GrpcApp):
-            await _refuse(
+            await refuse(
                 requests,
                 context,
                 grpc.StatusCode.UNAVAILABLE,

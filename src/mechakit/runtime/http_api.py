@@ -32,14 +32,14 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -427,15 +427,20 @@ class DaprHttpApi(Door):
             verb=request.method,
             query=request.url.query,
             headers=tuple(request.headers.items()),
-            body=await request.body(),
+            body=await _invocation_body(request),
         )
         reply = await invoker.invoke(request.path_params["app_id"], invocation)
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        response = Response(reply.body, reply.status)
-        response.raw_headers = [
-            *(h for h in headers if h[0].lower() != b"content-length"),
-            (b"content-length", str(len(reply.body)).encode()),
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers
+            if k.lower() != "content-length"
         ]
+        if isinstance(reply.body, bytes):
+            response = Response(reply.body, reply.status)
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+        else:
+            response = StreamingResponse(reply.body, reply.status)
+        response.raw_headers = headers
         return response
 
     async def get_metadata(self, request: Request) -> Response:
@@ -598,6 +603,17 @@ def _unsubscribe_failed(error: DaprError) -> Response:
     """Dapr's unsubscribe failure body (``ok``, ``message``), with our ``errorCode``."""
     body = {"ok": False, "errorCode": error.code, "message": error.message}
     return JSONResponse(body, http_status(error))
+
+
+async def _invocation_body(request: Request) -> bytes | AsyncIterator[bytes]:
+    """The body of an invocation: whole when short, else its chunks as they come (the
+    request guard left it unread, see :mod:`.http_guards`)."""
+    from .service.invocation_messages import streams
+
+    chunked = "transfer-encoding" in request.headers
+    if streams(request.headers.get("content-length"), chunked):
+        return request.stream()
+    return await request.body()
 
 
 def _subscription_entry(subscription: AppSubscription) -> dict[str, Any]:

@@ -10,7 +10,11 @@
   cancels a request's context. A save whose caller has gone and that still waits (for a
   pooled connection, a lock, a stalled backend) is then never written.
 
-The route receives the body it read in one ``http.request`` message.
+The route receives the body it read in one ``http.request`` message. An invocation whose
+body is long or of unannounced length (chunked) is the exception: it is streamed to the
+callee as it comes, so the guard passes its chunks on, counting them against
+``max_request_size`` (413 when over, the call to the callee cancelled), with no body
+deadline (daprd has none), and watches for a disconnect once the body is in.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class RequestGuard:
         except _Rejected as exc:
             await exc.answer(scope, receive, send)
             return
+        except _Streamed:
+            await self._serve(scope, None, receive, send)
+            return
         if body is None:
             log.debug(
                 "%s %s: the client went away before its request was read; nothing was done",
@@ -78,6 +85,8 @@ class RequestGuard:
             raise _Rejected(400, "ERR_MALFORMED_REQUEST", "invalid Content-Length")
         if declared is not None and int(declared) > limit:
             raise _too_large(limit)
+        if _streamed_invocation(scope, declared):
+            raise _Streamed
         chunks: list[bytes] = []
         received = 0
         try:
@@ -102,13 +111,16 @@ class RequestGuard:
             ) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        """Run the route in this task; a disconnect before the response is done cancels it."""
+    async def _serve(self, scope: Scope, body: bytes | None, receive: Receive, send: Send) -> None:
+        """Run the route in this task with ``body`` (None: the body's chunks as they come);
+        a disconnect before the response is done cancels it."""
         task = asyncio.current_task()
         assert task is not None
         gone = asyncio.Event()
         responded = False
         cancelled = False
+        rejected: _Rejected | None = None
+        started = False
 
         async def watch() -> None:
             nonlocal cancelled
@@ -122,23 +134,38 @@ class RequestGuard:
                 cancelled = True
                 task.cancel()
 
-        delivered = False
+        watcher: asyncio.Task[None] | None = None
+        received = 0
 
         async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+            nonlocal body, received, rejected, watcher
+            if watcher is None and body is None:  # streamed: pass the chunks on
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > self.max_request_size:
+                    rejected = _too_large(self.max_request_size)
+                    return {"type": "http.disconnect"}
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    watcher = asyncio.create_task(watch(), name="mechakit http disconnect watch")
+                return message
+            if body is not None:
+                message = {"type": "http.request", "body": body, "more_body": False}
+                body = None
+                return message
             await gone.wait()
             return {"type": "http.disconnect"}
 
         async def tracked(message: Message) -> None:
-            nonlocal responded
+            nonlocal responded, started
+            if rejected is not None:
+                return  # the route's answer to a body cut off is replaced by the 413
+            started = True
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 responded = True
             await send(message)
 
-        watcher = asyncio.create_task(watch(), name="mechakit http disconnect watch")
+        if body is not None:
+            watcher = asyncio.create_task(watch(), name="mechakit http disconnect watch")
         try:
             await self.app(scope, replay, tracked)
         except asyncio.CancelledError:
@@ -149,11 +176,30 @@ class RequestGuard:
                 scope["method"],
                 scope["path"],
             )
+        except Exception:
+            if rejected is None or started:
+                raise
         else:
             if cancelled:  # the route swallowed the cancellation: do not leave it pending
                 task.uncancel()
         finally:
-            watcher.cancel()  # not awaited: that could swallow a cancellation of this task
+            if watcher is not None:
+                watcher.cancel()  # not awaited: that could swallow a cancellation of this task
+        if rejected is not None and not started:
+            await rejected.answer(scope, receive, send)
+
+
+class _Streamed(Exception):
+    """The body is not read here: the route streams it."""
+
+
+def _streamed_invocation(scope: Scope, declared: bytes | None) -> bool:
+    """Whether the request is an invocation whose body is streamed to the callee: longer
+    than ``WHOLE_BODY`` or of unannounced length."""
+    from .service.invocation_messages import streams
+
+    chunked = any(key == b"transfer-encoding" for key, _ in scope["headers"])
+    return str(scope["path"]).startswith("/v1.0/invoke/") and streams(declared, chunked)
 
 
 def _too_large(limit: int) -> _Rejected:

@@ -254,7 +254,8 @@ async def connect(settings: RedisSettings, *, component: str) -> Any:
             "socket_timeout": common["socket_timeout"],
             **tls,
         }
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        untyped: Any = Sentinel  # typed from redis-py 8, untyped before
+        sentinel = untyped(
             addresses, sentinel_kwargs=sentinel_kwargs, db=settings.redis_db, **common
         )
         client = sentinel.master_for(

@@ -1,24 +1,21 @@
 """Service invocation: a call for app id X goes from this sidecar to X's sidecar over the
-internal gRPC port, which calls its app and hands back status, headers and body unchanged.
+internal gRPC port, which calls its app and hands back status, headers and body unchanged,
+streamed both ways (:mod:`.invocation_messages`).
 
 The resolver (a ``nameresolution`` component) is the Configuration's
 ``spec.nameResolution`` (``component``, ``version``, ``configuration``), as daprd reads it;
 without one it is ``nameresolution.sqlite``, so sidecars of one host find each other with
-nothing configured. Between sidecars one generic gRPC method carries a frame: a 4-byte
-length, a JSON header (method, verb, query, headers, caller with its namespace and trust
-domain) and the body as is. The callee's ``spec.accessControl`` is checked before its app is
-called (:mod:`.access_control`).
+nothing configured. The callee's ``spec.accessControl`` is checked before its app is called
+(:mod:`.access_control`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import struct
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -35,7 +32,6 @@ from mechakit.core.nameresolution import (
 )
 from mechakit.core.registry import Registry
 from mechakit.runtime import tracing
-from mechakit.runtime.app_transport import grpc_channel, http_client
 from mechakit.runtime.resiliency import Resiliency
 
 from .access_control import (
@@ -46,54 +42,32 @@ from .access_control import (
     own_trust_domain,
 )
 from .errors import DaprError, ErrorKind
+from .invocation_apps import (
+    CALL_TIMEOUT,
+    GrpcApp,
+    HttpApp,
+    grpc_code_of_http,
+    grpc_invocation,
+)
+from .invocation_messages import (
+    END_WAIT,
+    Body,
+    Invocation,
+    Reply,
+    close_body,
+    error_frame,
+    frame,
+    pieces,
+    read_body,
+    unframe,
+)
 
 INTERNAL_METHOD = "/mechakit.internal.v1.ServiceInvocation/CallLocal"
 DEFAULT_RESOLVER = "nameresolution.sqlite"
 CONNECT_ATTEMPTS = 3
 """Instances of an app id tried when their sidecars do not answer."""
-CALL_TIMEOUT = 60.0
-_HOP_BY_HOP = frozenset(
-    {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
-)
-_NOT_FORWARDED = _HOP_BY_HOP | {"dapr-app-id", "dapr-api-token"}
-_METADATA_KEY = re.compile(r"[a-z0-9._-]+(?<!-bin)")
-"""Header names gRPC metadata carries as text."""
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One call of an app's method, as the caller's app sent it."""
-
-    method: str
-    verb: str = "POST"
-    query: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-    caller: str = ""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """The callee app's answer, passed back unchanged."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-
-    @property
-    def content_type(self) -> str:
-        return next((v for k, v in self.headers if k.lower() == "content-type"), "")
-
-
-def _frame(header: Mapping[str, Any], body: bytes) -> bytes:
-    encoded = json.dumps(header).encode()
-    return struct.pack(">I", len(encoded)) + encoded + body
-
-
-def _unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
-    (size,) = struct.unpack(">I", data[:4])
-    header: dict[str, Any] = json.loads(data[4 : 4 + size])
-    return header, data[4 + size :]
+REFUSAL_WAIT = 1.0
+"""How long a refusal waits at most for a streaming caller to stop sending."""
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -108,89 +82,35 @@ def direct_invoke_error(target: str, reason: str) -> DaprError:
     )
 
 
-class HttpApp:
-    """The callee's own app over HTTP: the method is the path, verb and query as sent, and
-    ``dapr-caller-app-id`` (and ``dapr-api-token`` from ``APP_API_TOKEN``) added."""
+async def refuse(
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext[bytes, bytes],
+    code: grpc.StatusCode,
+    details: str,
+) -> NoReturn:
+    """End the call with ``code`` once the caller has stopped sending: its end of requests,
+    or no request for ``END_WAIT`` (a caller waiting for an answer), at most
+    ``REFUSAL_WAIT``. A status that overtakes a request still being written reaches a
+    grpc-python caller as INTERNAL "Internal error from Core" instead of ``code``."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", protocol: str = "http") -> None:
-        self._client = http_client(protocol, host, port, timeout=CALL_TIMEOUT)
+    async def drain() -> None:
+        iterator = aiter(requests)
+        with contextlib.suppress(StopAsyncIteration, TimeoutError):
+            while True:
+                await asyncio.wait_for(anext(iterator), END_WAIT)
 
-    async def call(self, invocation: Invocation, app_id: str) -> Reply:
-        headers = [(k, v) for k, v in invocation.headers if k.lower() not in _NOT_FORWARDED]
-        headers += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
-        headers = tracing.with_trace(headers, tracing.trace_headers)
-        token = os.environ.get("APP_API_TOKEN")
-        if token:
-            headers.append(("dapr-api-token", token))
-        path = "/" + invocation.method.lstrip("/")
-        url = f"{path}?{invocation.query}" if invocation.query else path
-        response = await self._client.request(
-            invocation.verb, url, headers=headers, content=invocation.body
-        )
-        kept = tuple((k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP)
-        return Reply(response.status_code, kept, response.content)
-
-    async def close(self) -> None:
-        await self._client.aclose()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(), REFUSAL_WAIT)
+    await context.abort(code, details)
 
 
-class GrpcApp:
-    """The callee's own app over gRPC: ``AppCallback.OnInvoke`` with the verb and query as
-    its HTTP extension and the headers as call metadata; its answer is a 200, an RPC error
-    the HTTP status of its code."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1", protocol: str = "grpc") -> None:
-        from dapr.proto.runtime.v1 import appcallback_pb2_grpc
-
-        self._link = grpc_channel(protocol, host, port)
-        self._channel = self._link.channel
-        self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)  # type: ignore[no-untyped-call]
-
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        """The channel to the app, kept for its lifetime (gRPC proxying uses it too)."""
-        return self._channel
-
-    async def call(self, invocation: Invocation, app_id: str) -> Reply:
-        from dapr.proto.common.v1 import common_pb2
-        from google.protobuf import any_pb2
-
-        verbs = common_pb2.HTTPExtension.Verb
-        verb = invocation.verb.upper()
-        extension = common_pb2.HTTPExtension(
-            verb=verbs.Value(verb) if verb in set(verbs.keys()) else verbs.NONE,
-            querystring=invocation.query,
-        )
-        headers = dict((k.lower(), v) for k, v in invocation.headers)
-        request = common_pb2.InvokeRequest(
-            method=invocation.method,
-            data=any_pb2.Any(value=invocation.body),
-            content_type=headers.pop("content-type", ""),
-            http_extension=extension,
-        )
-        metadata: list[tuple[str, str | bytes]] = [
-            (k, v)
-            for k, v in headers.items()
-            if k not in _NOT_FORWARDED and _METADATA_KEY.fullmatch(k) and v.isascii()
-        ]
-        metadata += [("dapr-caller-app-id", invocation.caller), ("dapr-callee-app-id", app_id)]
-        metadata = tracing.with_trace(metadata, tracing.trace_metadata)
-        token = os.environ.get("APP_API_TOKEN")
-        if token:
-            metadata.append(("dapr-api-token", token))
-        try:
-            answer = await self._stub.OnInvoke(request, metadata=metadata, timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                raise ConnectionError(exc.details() or "the app is unavailable") from exc
-            status = _HTTP_OF_GRPC.get(exc.code(), 500)
-            body = (exc.details() or exc.code().name).encode()
-            return Reply(status, (("content-type", "text/plain"),), body)
-        kept = (("content-type", answer.content_type),) if answer.content_type else ()
-        return Reply(200, kept, answer.data.value)
-
-    async def close(self) -> None:
-        await self._link.close()
+async def connects(channel: grpc.aio.Channel) -> bool:
+    """Whether ``channel`` gets connected (READY) rather than failing to."""
+    state = channel.get_state(try_to_connect=True)
+    while state in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING):
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return state is grpc.ChannelConnectivity.READY
 
 
 @dataclass
@@ -214,11 +134,15 @@ class Invoker:
         """Calls ``target``'s app under its resiliency policy, as daprd does: each try has
         the timeout, which cancels the internal call (and so the callee's call of its app);
         not reaching the callee and an app status outside 200-399 are failures the retry
-        repeats and the breaker counts; once retries run out, the app's answer passes on."""
+        repeats and the breaker counts; once retries run out, the app's answer passes on. A
+        try ends when the answer's head is back; a streamed body under a retry policy is
+        read whole first, so that each try can send it again (daprd's replay)."""
         policy = None if self.resiliency is None else self.resiliency.app(target, invocation.method)
         if policy is None:
             return await self._call(target, invocation)
         retry = policy.retry
+        if retry is not None and not isinstance(invocation.body, bytes):
+            invocation = replace(invocation, body=await read_body(invocation.body))
 
         async def attempt() -> Reply:
             try:
@@ -229,7 +153,7 @@ class Invoker:
                 raise _FailedTry(exc) from exc
             if not 200 <= reply.status < 400:
                 retried = retry is None or retry.retries_status(reply.status)
-                raise _FailedTry(reply, permanent=not retried)
+                raise _FailedTry(await reply.whole(), permanent=not retried)
             return reply
 
         try:
@@ -242,9 +166,9 @@ class Invoker:
             raise direct_invoke_error(target, exc.reason) from exc
 
     async def _call(self, target: str, invocation: Invocation) -> Reply:
-        """Calls ``target``'s sidecar; one that refuses the connection (killed, still
-        registered until its row expires) is skipped for another instance, up to
-        ``CONNECT_ATTEMPTS`` of them."""
+        """Calls ``target``'s sidecar (see :meth:`connected`); a whole body is sent again
+        to another instance when the one reached fails as UNAVAILABLE, a streamed one
+        cannot be."""
         app_id, namespace = split_target(target)
         header = {
             "app_id": app_id,
@@ -255,41 +179,56 @@ class Invoker:
             "caller": self.app_id,
             "caller_namespace": self.namespace,
             "caller_trust_domain": own_trust_domain(self.access_control),
+            "streamed": not isinstance(invocation.body, bytes),
         }
-        unanswered: set[str] = set()
+        tried: set[str] = set()
         while True:
             try:
-                request = ResolveRequest(
-                    app_id, namespace, self.internal_port, exclude=frozenset(unanswered)
-                )
-                address = await self.resolver.resolve(request)
+                address, channel = await self.connected(app_id, namespace, tried)
             except NotFoundError as exc:
                 raise direct_invoke_error(target, str(exc)) from exc
             except MechakitError as exc:
                 raise direct_invoke_error(target, f"name resolution failed: {exc}") from exc
-            channel = self.channel(address)
-            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-                INTERNAL_METHOD
-            )
             try:
-                data = await call(
-                    _frame(header, invocation.body),
-                    timeout=CALL_TIMEOUT,
-                    metadata=tracing.trace_metadata(),
-                )
+                return await _call_on(channel, header, invocation.body)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.PERMISSION_DENIED:
                     raise denied_error(target, exc.details() or "") from exc
-                unanswered.add(address)
-                retry = exc.code() == grpc.StatusCode.UNAVAILABLE
-                if retry and len(unanswered) < CONNECT_ATTEMPTS:
+                again = exc.code() is grpc.StatusCode.UNAVAILABLE
+                if again and isinstance(invocation.body, bytes) and len(tried) < CONNECT_ATTEMPTS:
                     continue
                 reason = (
                     f"the sidecar at {address} did not answer: {exc.details() or exc.code().name}"
                 )
                 raise direct_invoke_error(target, reason) from exc
-            answer, body = _unframe(data)
-            return Reply(int(answer["status"]), tuple(map(tuple, answer["headers"])), body)
+            except TimeoutError as exc:
+                reason = f"the sidecar at {address} did not answer within {CALL_TIMEOUT:g}s"
+                raise direct_invoke_error(target, reason) from exc
+
+    async def connected(
+        self, app_id: str, namespace: str, tried: set[str] | None = None
+    ) -> tuple[str, grpc.aio.Channel]:
+        """The address of a sidecar of ``app_id`` and its channel, connected: one that
+        cannot be reached (killed, still registered until its row expires) is skipped for
+        another instance, up to ``CONNECT_ATTEMPTS`` of them, after which the last one is
+        given (calls fail on it as UNAVAILABLE). ``tried`` collects the addresses tried and
+        is not resolved to again. Raises what the resolver raises when it finds none."""
+        tried = set() if tried is None else tried
+        found: tuple[str, grpc.aio.Channel] | None = None
+        while True:
+            request = ResolveRequest(
+                app_id, namespace, self.internal_port, exclude=frozenset(tried)
+            )
+            try:
+                address = await self.resolver.resolve(request)
+            except MechakitError:
+                if found is not None:
+                    return found
+                raise
+            found = address, self.channel(address)
+            tried.add(address)
+            if len(tried) >= CONNECT_ATTEMPTS or await connects(found[1]):
+                return found
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """The channel to the sidecar at ``address``: one per address, kept until closed."""
@@ -298,26 +237,32 @@ class Invoker:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
         return channel
 
-    async def serve_call(self, data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        """The internal method: the caller sidecar's frame in, the app's answer out."""
-        header, body = _unframe(data)
+    async def serve_call(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        """The internal method: the caller sidecar's frame (and chunks) in, the app's answer
+        (and chunks) out, each passed on as it comes."""
+        incoming = aiter(requests)
+        header, body = unframe(await anext(incoming))
         try:
             header["method"] = normalize_method(header["method"])
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid method: {exc}")
+            details = f"invalid method: {exc}"
+            await refuse(incoming, context, grpc.StatusCode.INVALID_ARGUMENT, details)
         if self.access_control is not None:
             verb = "" if isinstance(self.app, GrpcApp) else header["verb"]
             refusal = self.access_control.refusal(caller_of(header), verb, header["method"])
             if refusal is not None:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                await refuse(incoming, context, grpc.StatusCode.PERMISSION_DENIED, refusal)
         if self.app is None:
-            return _error_frame(f"app id {self.app_id!r} has no app port to call")
+            yield error_frame(f"app id {self.app_id!r} has no app port to call")
+            return
         invocation = Invocation(
             method=header["method"],
             verb=header["verb"],
             query=header["query"],
             headers=tuple(map(tuple, header["headers"])),
-            body=body,
+            body=_chunks(body, incoming) if header.get("streamed") else body,
             caller=header["caller"],
         )
         try:
@@ -328,12 +273,24 @@ class Invoker:
                 self.app.call(invocation, self.app_id),
             )
         except (httpx.HTTPError, ConnectionError) as exc:
-            return _error_frame(f"cannot reach the app of {self.app_id!r}: {exc}")
-        return _frame({"status": reply.status, "headers": reply.headers}, reply.body)
+            yield error_frame(f"cannot reach the app of {self.app_id!r}: {exc}")
+            return
+        head = {"status": reply.status, "headers": reply.headers}
+        if isinstance(reply.body, bytes):
+            yield frame(head, reply.body)
+            return
+        try:
+            yield frame({**head, "streamed": True})
+            async for chunk in reply.body:
+                for piece in pieces(chunk):
+                    yield piece
+        finally:
+            await close_body(reply.body)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        method: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-            self.serve_call
+        behaviour: Any = self.serve_call  # an async generator under grpc.aio
+        method: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
+            behaviour
         )
         service, _, name = INTERNAL_METHOD.strip("/").partition("/")
         return grpc.method_handlers_generic_handler(service, {name: method})
@@ -354,6 +311,74 @@ class Invoker:
         await self.resolver.close()
 
 
+async def _call_on(channel: grpc.aio.Channel, header: Mapping[str, Any], body: Body) -> Reply:
+    """The internal method called on ``channel``: a whole body goes in one message with the
+    end of the request, a streamed one chunk by chunk. No deadline covers the call (a
+    stream may be long): each message is waited for ``CALL_TIMEOUT`` at most."""
+    metadata = tracing.trace_metadata()
+    call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes]
+    if isinstance(body, bytes):
+        unary: Any = channel.unary_stream(INTERNAL_METHOD)
+        call = unary(frame(header, body), metadata=metadata)
+    else:
+        streaming: Any = channel.stream_stream(INTERNAL_METHOD)
+        call = streaming(_requests(header, body), metadata=metadata)
+    try:
+        head = await asyncio.wait_for(call.read(), CALL_TIMEOUT)
+    except asyncio.CancelledError:
+        call.cancel()
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        # grpc-python cancels the call when the request body fails (cut off, too long)
+        raise DaprError(
+            ErrorKind.INVALID, "ERR_BODY_READ", "failed to read request body: it was cut off"
+        ) from None
+    except BaseException:
+        call.cancel()
+        raise
+    if head is grpc.aio.EOF:
+        head = error_frame("the callee's sidecar ended the call with no answer")
+    assert isinstance(head, bytes)
+    answer, first = unframe(head)
+    headers = tuple(map(tuple, answer["headers"]))
+    if not answer.get("streamed"):
+        return Reply(int(answer["status"]), headers, first)
+    return Reply(int(answer["status"]), headers, _answer(call, first))
+
+
+async def _requests(header: Mapping[str, Any], body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The internal call's messages for a streamed ``body``: the header, then its chunks."""
+    yield frame(header)
+    async for chunk in body:
+        for piece in pieces(chunk):
+            yield piece
+
+
+async def _answer(
+    call: grpc.aio.UnaryStreamCall[bytes, bytes] | grpc.aio.StreamStreamCall[bytes, bytes],
+    first: bytes,
+) -> AsyncIterator[bytes]:
+    """A streamed answer's chunks as they come; the call is ended when its reader stops."""
+    try:
+        if first:
+            yield first
+        while (chunk := await asyncio.wait_for(call.read(), CALL_TIMEOUT)) is not grpc.aio.EOF:
+            assert isinstance(chunk, bytes)
+            yield chunk
+    finally:
+        call.cancel()
+
+
+async def _chunks(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A streamed request's body on the callee's side: the chunk of its header's frame,
+    then the chunks that follow it."""
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
 class _FailedTry(Exception):
     """One failed try of an invocation under a resiliency policy: the callee's sidecar not
     reached (a :class:`DaprError`) or its app's error status (a :class:`Reply`, not retried
@@ -365,11 +390,6 @@ class _FailedTry(Exception):
         self.outcome, self.permanent = outcome, permanent
         failure = f"HTTP {outcome.status}" if isinstance(outcome, Reply) else str(outcome)
         super().__init__(failure)
-
-
-def _error_frame(message: str) -> bytes:
-    body = json.dumps({"errorCode": "ERR_DIRECT_INVOKE", "message": message}).encode()
-    return _frame({"status": 500, "headers": [("content-type", "application/json")]}, body)
 
 
 async def open_resolver(
@@ -395,55 +415,21 @@ async def open_resolver(
 
 
 __all__ = [
+    "CALL_TIMEOUT",
+    "CONNECT_ATTEMPTS",
     "DEFAULT_RESOLVER",
+    "Body",
     "GrpcApp",
     "HttpApp",
     "Invocation",
     "Invoker",
     "Reply",
+    "connects",
     "direct_invoke_error",
     "grpc_code_of_http",
     "grpc_invocation",
     "open_resolver",
+    "read_body",
+    "refuse",
     "split_target",
 ]
-
-
-_GRPC_OF_HTTP = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-_HTTP_OF_GRPC = {code: status for status, code in _GRPC_OF_HTTP.items()}
-
-
-def grpc_code_of_http(status: int) -> grpc.StatusCode:
-    """The gRPC status a non-2xx HTTP answer of the app becomes on ``InvokeService``."""
-    return _GRPC_OF_HTTP.get(status, grpc.StatusCode.UNKNOWN)
-
-
-def grpc_invocation(message: Any, metadata: Any) -> Invocation:
-    """An ``InvokeRequest`` of the public gRPC API (``common.v1``) and the call's metadata
-    as an :class:`Invocation`: the HTTP verb (POST when none), query, content type, and the
-    metadata as headers."""
-    from dapr.proto.common.v1 import common_pb2
-
-    extension = message.http_extension
-    verb = common_pb2.HTTPExtension.Verb.Name(extension.verb) if extension.verb else "POST"
-    headers = [("content-type", message.content_type)] if message.content_type else []
-    headers += [
-        (str(key), value)
-        for key, value in metadata or ()
-        if isinstance(value, str) and not key.startswith((":", "grpc-")) and key != "user-agent"
-    ]
-    return Invocation(
-        message.method, verb, extension.querystring, tuple(headers), message.data.value
-    )
