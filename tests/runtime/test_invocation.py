@@ -164,6 +164,24 @@ def test_the_dapr_app_id_header_form_and_a_namespaced_id(sidecars: Cluster) -> N
     assert namespaced.status_code == 200, namespaced.text
 
 
+def test_a_plain_app_id_is_found_in_the_callers_own_namespace(tmp_path: Path) -> None:
+    """As daprd: ``svc-b`` means ``svc-b`` in the caller's ``NAMESPACE``, not ``default``."""
+    cluster = Cluster(tmp_path)
+    cluster.environment["NAMESPACE"] = "shop"
+    try:
+        caller = cluster.start("svc-a").url
+        cluster.start("svc-b")
+        for target in ("svc-b", "svc-b.shop"):
+            answer = httpx.get(f"{caller}/v1.0/invoke/{target}/method/n")
+            assert answer.status_code == 200, (target, answer.text)
+        elsewhere = httpx.get(f"{caller}/v1.0/invoke/svc-b.default/method/n")
+        assert elsewhere.status_code == 500
+        assert elsewhere.json()["errorCode"] == "ERR_DIRECT_INVOKE"
+    finally:
+        for app_id in cluster:
+            cluster.stop(app_id)
+
+
 def test_an_unknown_app_id_answers_err_direct_invoke(sidecars: Cluster) -> None:
     answer = httpx.get(f"{sidecars['svc-a'].url}/v1.0/invoke/nobody/method/x")
     assert answer.status_code == 500

@@ -174,7 +174,7 @@ class OutboundProxy(grpc.GenericRpcHandler):
         invoker = self._invoker()
         if invoker is None:
             await refuse(requests, context, grpc.StatusCode.UNKNOWN, NOT_STARTED)
-        app_id, namespace = split_target(target)
+        app_id, namespace = split_target(target, invoker.namespace)
         channel = await _sidecar_of(invoker, app_id, namespace, requests, context)
         metadata = _passable(incoming, _NEVER_FORWARDED | {CALLEE_ID, CALLER_ID})
         metadata += [

@@ -70,10 +70,11 @@ REFUSAL_WAIT = 1.0
 """How long a refusal waits at most for a streaming caller to stop sending."""
 
 
-def split_target(target: str) -> tuple[str, str]:
-    """``svc-b.ns`` → (``svc-b``, ``ns``); a plain id is in the default namespace."""
+def split_target(target: str, own_namespace: str = DEFAULT_NAMESPACE) -> tuple[str, str]:
+    """``svc-b.ns`` → (``svc-b``, ``ns``); a plain id is in the caller's own namespace
+    (its ``NAMESPACE``), as daprd has it."""
     app_id, dot, namespace = target.partition(".")
-    return app_id, namespace if dot and namespace else DEFAULT_NAMESPACE
+    return app_id, namespace if dot and namespace else own_namespace
 
 
 def direct_invoke_error(target: str, reason: str) -> DaprError:
@@ -169,7 +170,7 @@ class Invoker:
         """Calls ``target``'s sidecar (see :meth:`connected`); a whole body is sent again
         to another instance when the one reached fails as UNAVAILABLE, a streamed one
         cannot be."""
-        app_id, namespace = split_target(target)
+        app_id, namespace = split_target(target, self.namespace)
         header = {
             "app_id": app_id,
             "method": invocation.method,
