@@ -35,10 +35,21 @@ app = Starlette(routes=[Route("/{path:path}", echo, methods=VERBS)])
 
 
 def grpc_app() -> Any:
-    """The same over gRPC: ``dapr.ext.grpc.App`` answering method ``echo``."""
+    """The same over gRPC: ``dapr.ext.grpc.App`` answering method ``echo``; ``boom`` fails
+    (UNKNOWN, the SDK's status for a raising method) and ``booms`` counts its calls."""
     from dapr.ext.grpc import App, InvokeMethodRequest, InvokeMethodResponse
 
     served = App()
+    booms = [0]
+
+    @served.method("boom")  # type: ignore[untyped-decorator]
+    def boom(request: InvokeMethodRequest) -> InvokeMethodResponse:
+        booms[0] += 1
+        raise RuntimeError("boom")
+
+    @served.method("booms")  # type: ignore[untyped-decorator]
+    def count(request: InvokeMethodRequest) -> InvokeMethodResponse:
+        return InvokeMethodResponse(str(booms[0]).encode(), "text/plain")
 
     @served.method("echo")  # type: ignore[untyped-decorator]
     def echo_method(request: InvokeMethodRequest) -> InvokeMethodResponse:

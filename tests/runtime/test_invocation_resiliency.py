@@ -36,6 +36,9 @@ spec:
       patient: {policy: constant, duration: 200ms, maxRetries: 150}
       twice: {policy: constant, duration: 20ms, maxRetries: 2}
       only503: {policy: constant, duration: 20ms, maxRetries: 2, matching: {httpStatusCodes: "503"}}
+      grpcOnly14: {policy: constant, duration: 20ms, maxRetries: 2, matching: {gRPCStatusCodes: "14"}}
+      grpc2: {policy: constant, duration: 20ms, maxRetries: 2,
+              matching: {httpStatusCodes: "503", gRPCStatusCodes: "1-4"}}
     circuitBreakers:
       fuse: {maxRequests: 1, timeout: 2s, trip: consecutiveFailures >= 3}
   targets:
@@ -45,6 +48,8 @@ spec:
       flaky: {retry: twice}
       replayed: {retry: twice}
       picky: {retry: only503}
+      grpc-picky: {retry: grpcOnly14}
+      grpc-unknown: {retry: grpc2}
       fused: {circuitBreaker: fuse}
 """
 
@@ -126,6 +131,29 @@ def test_an_apps_error_status_is_retried_then_passed_on_unchanged(cluster: Clust
     assert _app(picky, "/calls") == 4
 
 
+def test_a_grpc_apps_error_is_retried_by_its_code_and_reaches_invoke_service_unchanged(
+    cluster: Cluster,
+) -> None:
+    """``matching.gRPCStatusCodes`` matches a gRPC app's own code (UNKNOWN here), not the
+    HTTP status it maps to; gRPC ``InvokeService`` answers that code."""
+    import grpc
+    from dapr.proto.common.v1 import common_pb2
+    from dapr.proto.runtime.v1 import dapr_pb2_grpc, invoke_pb2
+
+    for app_id, calls in (("grpc-picky", 1), ("grpc-unknown", 3)):
+        cluster.start(app_id, "grpc")
+        assert _invoke(cluster, app_id, "boom").status_code == 500
+        assert _invoke(cluster, app_id, "booms").text == str(calls), app_id
+    with grpc.insecure_channel(f"127.0.0.1:{cluster['svc-a'].grpc_port}") as channel:
+        request = invoke_pb2.InvokeServiceRequest(
+            id="grpc-picky", message=common_pb2.InvokeRequest(method="boom")
+        )
+        with pytest.raises(grpc.RpcError) as failure:
+            dapr_pb2_grpc.DaprStub(channel).InvokeService(request, timeout=30)  # type: ignore[no-untyped-call]
+    assert isinstance(failure.value, grpc.Call)
+    assert failure.value.code() is grpc.StatusCode.UNKNOWN
+
+
 def test_a_streamed_body_is_sent_again_whole_on_each_retry(cluster: Cluster) -> None:
     callee = cluster.start("replayed", script=STREAMER)
     chunks = [bytes([index]) * 100_000 for index in range(3)]  # chunked: streamed
@@ -164,13 +192,17 @@ def test_a_circuit_breaker_opens_refuses_without_calling_then_half_opens(
         ("svc-b: {retries: twice}", "spec.targets.apps.svc-b.retries"),
         ("svc-b: twice", "spec.targets.apps.svc-b"),
         ("svc-b: {retry: bad}", "spec.policies.retries.bad.matching.httpStatusCodes"),
+        ("svc-b: {retry: worse}", "spec.policies.retries.worse.matching.gRPCStatusCodes"),
     ],
 )
 def test_an_app_target_names_the_file_and_field_it_gets_wrong(
     tmp_path: Path, target: str, field: str
 ) -> None:
     file = tmp_path / "resiliency.yaml"
-    policies = "retries: {twice: {maxRetries: 2}, bad: {matching: {httpStatusCodes: 700}}}"
+    policies = (
+        "retries: {twice: {maxRetries: 2}, bad: {matching: {httpStatusCodes: 700}},"
+        " worse: {matching: {gRPCStatusCodes: 17}}}"
+    )
     spec = f"spec:\n  policies: {{{policies}}}\n  targets:\n    apps:\n      {target}\n"
     file.write_text(
         f"apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: r}}\n{spec}"

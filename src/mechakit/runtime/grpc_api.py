@@ -529,7 +529,7 @@ class DaprGrpcApi(Door):
     async def InvokeService(
         self, request: invoke_pb2.InvokeServiceRequest, context: Context
     ) -> common_pb2.InvokeResponse:
-        from .service.invocation import grpc_code_of_http, grpc_invocation, read_body
+        from .service.invocation import grpc_code_of, grpc_invocation, read_body
 
         invoker = self.runtime.invoker
         if invoker is None:
@@ -541,7 +541,7 @@ class DaprGrpcApi(Door):
         body = await read_body(reply.body)
         if not 200 <= reply.status < 300:
             message = body.decode("utf-8", "replace") or f"HTTP {reply.status}"
-            code = grpc_code_of_http(reply.status)
+            code = grpc_code_of(reply)
             raise RpcFailure(code, "ERR_DIRECT_INVOKE", message)
         data = any_pb2.Any(value=body)
         return common_pb2.InvokeResponse(data=data, content_type=reply.content_type)

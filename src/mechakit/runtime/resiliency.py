@@ -54,14 +54,20 @@ class RetryPolicy:
     max_retries: int = -1
     """-1: retry until the call succeeds (or fails in a way that is not retriable)."""
     http_status_codes: tuple[tuple[int, int], ...] | None = None
-    """``matching.httpStatusCodes``: the ranges of an app's error statuses that are retried
-    (None: every one, daprd's default)."""
+    """``matching.httpStatusCodes``: the ranges of an HTTP app's error statuses that are
+    retried (None: every one, daprd's default)."""
+    grpc_status_codes: tuple[tuple[int, int], ...] | None = None
+    """``matching.gRPCStatusCodes``: the same for a gRPC app's error codes (0-16)."""
 
-    def retries_status(self, status: int) -> bool:
-        """Whether an invoked app's error ``status`` is tried again."""
-        if self.http_status_codes is None:
-            return True
-        return any(low <= status <= high for low, high in self.http_status_codes)
+    def retries_status(self, status: int, grpc_code: int | None = None) -> bool:
+        """Whether an invoked app's error is tried again: a gRPC app's by its code, an
+        HTTP app's by its ``status``."""
+        codes, value = (
+            (self.http_status_codes, status)
+            if grpc_code is None
+            else (self.grpc_status_codes, grpc_code)
+        )
+        return codes is None or any(low <= value <= high for low, high in codes)
 
     def delays(self) -> Iterator[float]:
         tries = 0
@@ -355,28 +361,39 @@ def _retry(manifest: ResiliencyManifest, name: str, raw: Any) -> RetryPolicy:
         except (TypeError, ValueError):
             raise _error(manifest, f"{where}.maxRetries", "a whole number (-1: no limit)") from None
     matching = _mapping(manifest, spec.get("matching"), f"{where}.matching")
-    if matching.get("httpStatusCodes"):
-        codes = str(matching["httpStatusCodes"])
-        values["http_status_codes"] = _status_ranges(manifest, codes, f"{where}.matching")
+    for key, attr, bounds in (
+        ("httpStatusCodes", "http_status_codes", _HTTP_CODES),
+        ("gRPCStatusCodes", "grpc_status_codes", _GRPC_CODES),
+    ):
+        if matching.get(key):
+            values[attr] = _status_ranges(
+                manifest, str(matching[key]), f"{where}.matching.{key}", bounds
+            )
     return RetryPolicy(name, exponential=kind == "exponential", **values)
 
 
+_HTTP_CODES = (100, 599, "HTTP statuses", "429,500-504")
+_GRPC_CODES = (0, 16, "gRPC status codes", "1-4,8-11,13,14")
+
+
 def _status_ranges(
-    manifest: ResiliencyManifest, codes: str, where: str
+    manifest: ResiliencyManifest, codes: str, where: str, bounds: tuple[int, int, str, str]
 ) -> tuple[tuple[int, int], ...]:
-    """``"429,500-504"``: codes and ranges of HTTP statuses (100-599), as daprd reads them."""
+    """``"429,500-504"``: codes and ranges of statuses within ``bounds``, as daprd reads
+    them."""
+    lowest, highest, what, example = bounds
     ranges: list[tuple[int, int]] = []
     for part in filter(None, (piece.strip() for piece in codes.split(","))):
         low, dash, high = part.partition("-")
         try:
             span = (int(low), int(high) if dash else int(low))
         except ValueError:
-            span = (0, 0)
-        if not 100 <= span[0] <= span[1] <= 599:
+            span = (-1, -1)
+        if not lowest <= span[0] <= span[1] <= highest:
             expected = (
-                f"codes or ranges of HTTP statuses (100-599) such as 429,500-504, got {part!r}"
+                f"codes or ranges of {what} ({lowest}-{highest}) such as {example}, got {part!r}"
             )
-            raise _error(manifest, f"{where}.httpStatusCodes", expected)
+            raise _error(manifest, where, expected)
         ranges.append(span)
     return tuple(ranges)
 

@@ -46,7 +46,7 @@ from .invocation_apps import (
     CALL_TIMEOUT,
     GrpcApp,
     HttpApp,
-    grpc_code_of_http,
+    grpc_code_of,
     grpc_invocation,
 )
 from .invocation_messages import (
@@ -153,7 +153,7 @@ class Invoker:
                     raise
                 raise _FailedTry(exc) from exc
             if not 200 <= reply.status < 400:
-                retried = retry is None or retry.retries_status(reply.status)
+                retried = retry is None or retry.retries_status(reply.status, reply.grpc_code)
                 raise _FailedTry(await reply.whole(), permanent=not retried)
             return reply
 
@@ -276,7 +276,9 @@ class Invoker:
         except (httpx.HTTPError, ConnectionError) as exc:
             yield error_frame(f"cannot reach the app of {self.app_id!r}: {exc}")
             return
-        head = {"status": reply.status, "headers": reply.headers}
+        head: dict[str, Any] = {"status": reply.status, "headers": reply.headers}
+        if reply.grpc_code is not None:
+            head["grpc_code"] = reply.grpc_code
         if isinstance(reply.body, bytes):
             yield frame(head, reply.body)
             return
@@ -343,9 +345,10 @@ async def _call_on(channel: grpc.aio.Channel, header: Mapping[str, Any], body: B
     assert isinstance(head, bytes)
     answer, first = unframe(head)
     headers = tuple(map(tuple, answer["headers"]))
+    status, code = int(answer["status"]), answer.get("grpc_code")
     if not answer.get("streamed"):
-        return Reply(int(answer["status"]), headers, first)
-    return Reply(int(answer["status"]), headers, _answer(call, first))
+        return Reply(status, headers, first, code)
+    return Reply(status, headers, _answer(call, first), code)
 
 
 async def _requests(header: Mapping[str, Any], body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -427,7 +430,7 @@ __all__ = [
     "Reply",
     "connects",
     "direct_invoke_error",
-    "grpc_code_of_http",
+    "grpc_code_of",
     "grpc_invocation",
     "open_resolver",
     "read_body",

@@ -161,7 +161,8 @@ class GrpcApp:
                 raise ConnectionError(exc.details() or "the app is unavailable") from exc
             status = _HTTP_OF_GRPC.get(exc.code(), 500)
             body = (exc.details() or exc.code().name).encode()
-            return Reply(status, (("content-type", "text/plain"),), body)
+            code = exc.code().value[0]
+            return Reply(status, (("content-type", "text/plain"),), body, grpc_code=code)
         kept = (("content-type", answer.content_type),) if answer.content_type else ()
         return Reply(200, kept, answer.data.value)
 
@@ -185,9 +186,15 @@ _GRPC_OF_HTTP = {
 _HTTP_OF_GRPC = {code: status for status, code in _GRPC_OF_HTTP.items()}
 
 
-def grpc_code_of_http(status: int) -> grpc.StatusCode:
-    """The gRPC status a non-2xx HTTP answer of the app becomes on ``InvokeService``."""
-    return _GRPC_OF_HTTP.get(status, grpc.StatusCode.UNKNOWN)
+def grpc_code_of(reply: Reply) -> grpc.StatusCode:
+    """The gRPC status a failed answer becomes on ``InvokeService``: a gRPC app's own, an
+    HTTP app's status mapped as daprd maps it."""
+    if reply.grpc_code is not None:
+        return next((c for c in grpc.StatusCode if c.value[0] == reply.grpc_code), _UNKNOWN)
+    return _GRPC_OF_HTTP.get(reply.status, _UNKNOWN)
+
+
+_UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
 def grpc_invocation(message: Any, metadata: Any) -> Invocation:
@@ -209,4 +216,4 @@ def grpc_invocation(message: Any, metadata: Any) -> Invocation:
     )
 
 
-__all__ = ["CALL_TIMEOUT", "GrpcApp", "HttpApp", "grpc_code_of_http", "grpc_invocation"]
+__all__ = ["CALL_TIMEOUT", "GrpcApp", "HttpApp", "grpc_code_of", "grpc_invocation"]

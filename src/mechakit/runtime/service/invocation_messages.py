@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 Body = bytes | AsyncIterator[bytes]
@@ -48,6 +48,9 @@ class Reply:
     status: int
     headers: tuple[tuple[str, str], ...] = ()
     body: Body = b""
+    grpc_code: int | None = None
+    """A gRPC app's error: its status code (``status`` is that code's HTTP status), which
+    the caller's InvokeService answers and ``matching.gRPCStatusCodes`` matches."""
 
     @property
     def content_type(self) -> str:
@@ -55,7 +58,7 @@ class Reply:
 
     async def whole(self) -> Reply:
         """This reply with its body read whole (and its stream closed)."""
-        return Reply(self.status, self.headers, await read_body(self.body))
+        return replace(self, body=await read_body(self.body))
 
 
 def streams(content_length: str | bytes | None, chunked: bool) -> bool:
