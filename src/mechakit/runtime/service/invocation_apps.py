@@ -184,17 +184,15 @@ _GRPC_OF_HTTP = {
 
 
 _HTTP_OF_GRPC = {code: status for status, code in _GRPC_OF_HTTP.items()}
+_GRPC_OF_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def grpc_code_of(reply: Reply) -> grpc.StatusCode:
     """The gRPC status a failed answer becomes on ``InvokeService``: a gRPC app's own, an
     HTTP app's status mapped as daprd maps it."""
     if reply.grpc_code is not None:
-        return next((c for c in grpc.StatusCode if c.value[0] == reply.grpc_code), _UNKNOWN)
-    return _GRPC_OF_HTTP.get(reply.status, _UNKNOWN)
-
-
-_UNKNOWN = grpc.StatusCode.UNKNOWN
+        return _GRPC_OF_NUMBER.get(reply.grpc_code, grpc.StatusCode.UNKNOWN)
+    return _GRPC_OF_HTTP.get(reply.status, grpc.StatusCode.UNKNOWN)
 
 
 def grpc_invocation(message: Any, metadata: Any) -> Invocation:
